@@ -1,0 +1,176 @@
+"""Command line: ``python -m app ...`` (DESIGN.md section 6). ``--json`` output is a contract."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from app import clickhouse, deadletters, embedded_redis, migrations, runtime
+from app import constants as c
+from app.locks import redis_lock
+from app.metrics import UserMetrics
+from app.query import MetricsSource, UserMetricsQueryService
+from app.runtime import Runtime
+from app.settings import Settings, load_settings
+
+cli = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="User metrics and image reactions service.")
+dead_cli = typer.Typer(no_args_is_help=True, help="Inspect, replay or purge dead letters.")
+cli.add_typer(dead_cli, name="dead-letters")
+console = Console()
+err = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def _runtime() -> Iterator[Runtime]:
+    """A runtime for this command: the configured Redis, the running stack's, or a temporary embedded one."""
+    settings = load_settings()
+    with embedded_redis.ensure(settings) as url:
+        rt = Runtime(settings.model_copy(update={"redis_url": url}))
+        runtime.install(rt)
+        try:
+            yield rt
+        finally:
+            runtime.install(None)
+
+
+def _worker_source(rt: Runtime) -> MetricsSource:
+    """Reach ClickHouse through the worker that owns it (embedded mode while the stack runs)."""
+    from tasks.celery_app import configure
+
+    app = configure(rt.settings)
+
+    def compute(user_ids: Sequence[int], as_of: datetime | None = None) -> dict[int, UserMetrics]:
+        result = app.send_task(
+            c.QUERY_USER_METRICS,
+            kwargs={"user_ids": list(user_ids), "as_of": as_of.isoformat() if as_of else None},
+            queue=c.READS_QUEUE,
+        )
+        data: dict[str, dict[str, str]] = result.get(timeout=rt.settings.read_timeout_s)
+        return {int(uid): UserMetrics.from_hash(fields) for uid, fields in data.items()}
+
+    return compute
+
+
+def _metrics_service(rt: Runtime) -> UserMetricsQueryService:
+    if clickhouse.owner_is_elsewhere(rt.settings):
+        return UserMetricsQueryService(rt, _worker_source(rt))
+    return UserMetricsQueryService(rt)
+
+
+@cli.command()
+def run() -> None:
+    """Start worker, beat and Flower (embedded defaults unless service URLs are set). Ctrl-C stops all."""
+    from app.runner import run_stack
+
+    logging.basicConfig(level=logging.INFO)
+    raise typer.Exit(run_stack(load_settings()))
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply pending ClickHouse migrations (idempotent; safe to run concurrently)."""
+    with _runtime() as rt:
+        if clickhouse.owner_is_elsewhere(rt.settings):
+            from tasks.celery_app import configure
+
+            applied = configure(rt.settings).send_task(c.APPLY_MIGRATIONS, queue=c.READS_QUEUE).get(timeout=300)
+        else:
+            with redis_lock(rt.redis, "migrate", timeout_s=300):
+                applied = migrations.migrate(rt.clickhouse)
+    console.print(f"applied: {applied or 'nothing (up to date)'}")
+
+
+@cli.command("user-metrics")
+def user_metrics(
+    user_ids: Annotated[list[int], typer.Argument(help="User ids")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Metrics of users: cache first, ClickHouse on a miss."""
+    with _runtime() as rt:
+        found = _metrics_service(rt).get_user_metrics(user_ids)
+    if as_json:
+        print(json.dumps({str(uid): m.to_json() for uid, m in found.items()}))
+        return
+    table = Table("metric", *(str(uid) for uid in found))
+    for name in UserMetrics().to_json():
+        table.add_row(name, *("-" if (v := m.to_json()[name]) is None else str(v) for m in found.values()))
+    console.print(table)
+
+
+@dead_cli.command("list")
+def dead_list(
+    limit: int = 50, as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False
+) -> None:
+    """Show dead letters, oldest first."""
+    with _runtime() as rt:
+        letters = deadletters.list_letters(rt.redis, limit)
+        total = deadletters.count(rt.redis)
+    if as_json:
+        print(json.dumps({"total": total, "letters": [d.as_dict() for d in letters]}))
+        return
+    table = Table("id", "task", "error", "reason", "payload", title=f"{total} dead letters")
+    for d in letters:
+        table.add_row(d.entry_id, d.task, d.error, d.reason, json.dumps(d.kwargs)[:120])
+    console.print(table)
+
+
+@dead_cli.command("replay")
+def dead_replay(
+    ids: Annotated[list[str] | None, typer.Argument(help="Dead-letter ids; all when omitted")] = None,
+) -> None:
+    """Re-enqueue dead letters through the producer's validation; those that now pass are removed."""
+    from app.producer import EventProducer
+    from tasks.celery_app import configure
+
+    with _runtime() as rt:
+        producer = EventProducer(configure(rt.settings))
+        letters = deadletters.get(rt.redis, ids) if ids else deadletters.list_letters(rt.redis, 100_000)
+        replayed, refused = 0, 0
+        for letter in letters:
+            try:
+                if letter.task not in c.EVENT_TASKS or not isinstance(letter.kwargs, dict):
+                    raise ValueError(f"not a replayable event task message ({letter.task or 'no task name'})")
+                producer.send(letter.task, **letter.kwargs)
+            except (ValueError, TypeError) as exc:
+                refused += 1
+                err.print(f"[yellow]{letter.entry_id}[/]: still invalid: {exc}")
+                continue
+            deadletters.delete(rt.redis, [letter.entry_id])
+            replayed += 1
+    console.print(f"replayed {replayed}, still refused {refused}")
+    if refused:
+        raise typer.Exit(1)
+
+
+@dead_cli.command("purge")
+def dead_purge(
+    ids: Annotated[list[str] | None, typer.Argument(help="Dead-letter ids")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Purge every dead letter")] = False,
+) -> None:
+    """Delete dead letters (given ids, or --all)."""
+    if not ids and not all_:
+        err.print("give dead-letter ids or --all")
+        raise typer.Exit(2)
+    with _runtime() as rt:
+        n = deadletters.purge_all(rt.redis) if all_ else deadletters.delete(rt.redis, ids or [])
+    console.print(f"purged {n}")
+
+
+def main(argv: Sequence[str] | None = None) -> Any:
+    return cli(args=list(argv) if argv is not None else sys.argv[1:], prog_name="python -m app")
+
+
+__all__ = ["Settings", "cli", "main"]

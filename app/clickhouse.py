@@ -1,0 +1,177 @@
+"""ClickHouse adapter: one client factory for server (HTTP) and embedded (chdb) mode, and the event insert.
+
+Embedded mode has one hard limit: only one process at a time may open a chdb data path. The process that
+opens it first takes an exclusive ``flock`` on ``<path>.owner`` for its lifetime; any other process sees the lock
+and reaches ClickHouse through the owner (a read task on the ``reads`` queue) instead of failing to open the
+engine. ``owner_is_elsewhere`` is that check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+from app.errors import StoreBusyError, TransientError
+from app.events import Event
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EVENT_TABLE = "entityMetricEvents"
+EVENT_COLUMNS = (
+    "eventId",
+    "entityType",
+    "entityId",
+    "userId",
+    "ownerId",
+    "metricType",
+    "metricValue",
+    "createdAt",
+)
+
+_owner_handles: dict[Path, IO[str]] = {}
+_owner_guard = threading.Lock()
+
+
+def _owner_file(path: Path) -> Path:
+    return path.with_name(path.name + ".owner")
+
+
+def owner_is_elsewhere(settings: Settings) -> bool:
+    """True when another process owns the embedded ClickHouse path (server mode: always False)."""
+    path = settings.chdb_path
+    if path is None or path in _owner_handles:
+        return False
+    owner = _owner_file(path)
+    if not owner.exists():
+        return False
+    with open(owner, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def _claim_ownership(path: Path) -> None:
+    with _owner_guard:
+        if path in _owner_handles:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(_owner_file(path), "a+")  # noqa: SIM115 - held open for the process lifetime
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            handle.close()
+            raise StoreBusyError(
+                f"the embedded ClickHouse at {path} is owned by another process (the running worker); "
+                "reach it through the worker, or stop the stack first"
+            ) from exc
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        _owner_handles[path] = handle
+
+
+class ClickHouse:
+    """A thread-safe handle on one ClickHouse database.
+
+    The HTTP client is used by one thread at a time per session, and the chdb engine is one per process; a lock
+    serialises calls on both, which is what either would do internally anyway.
+    """
+
+    def __init__(self, client: Client, database: str) -> None:
+        self.client = client
+        self.database = database
+        self._lock = threading.RLock()
+
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        with self._lock:
+            return self.client.command(sql, parameters=parameters)
+
+    def rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return list(self.client.query(sql, parameters=parameters).result_rows)
+
+    def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> None:
+        with self._lock:
+            self.client.insert(table, rows, column_names=list(columns))
+
+    def close(self) -> None:
+        with self._lock:
+            self.client.close()
+
+
+def connect(settings: Settings) -> ClickHouse:
+    """Open the configured ClickHouse and make sure the project database exists."""
+    dsn = settings.clickhouse_dsn
+    db = settings.clickhouse_database
+    try:
+        if settings.chdb_path is not None:
+            _claim_ownership(settings.chdb_path)
+            client = clickhouse_connect.get_client(dsn=dsn)
+        else:
+            client = clickhouse_connect.get_client(
+                dsn=dsn,
+                connect_timeout=settings.clickhouse_timeout_s,
+                send_receive_timeout=settings.clickhouse_timeout_s,
+                autogenerate_session_id=False,
+            )
+    except StoreBusyError:
+        raise
+    except Exception as exc:
+        raise TransientError(f"cannot reach ClickHouse at {_redact(dsn)}: {exc}") from exc
+    client.command(f"CREATE DATABASE IF NOT EXISTS `{db}`")
+    client.database = db
+    return ClickHouse(client, db)
+
+
+def _redact(dsn: str) -> str:
+    if "@" in dsn and "://" in dsn:
+        scheme, rest = dsn.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return dsn
+
+
+@contextlib.contextmanager
+def session(settings: Settings) -> Iterator[ClickHouse]:
+    ch = connect(settings)
+    try:
+        yield ch
+    finally:
+        ch.close()
+
+
+def insert_events(ch: ClickHouse, events: Sequence[Event]) -> int:
+    """Write a batch of events with one insert. Returns the number of rows written."""
+    if not events:
+        return 0
+    rows = [
+        (
+            e.event_id,
+            e.entity_type,
+            e.entity_id,
+            e.user_id,
+            e.owner_id,
+            e.metric_type.value,
+            e.metric_value,
+            e.created_at,
+        )
+        for e in events
+    ]
+    started = time.perf_counter()
+    ch.insert(EVENT_TABLE, rows, EVENT_COLUMNS)
+    log.debug("inserted %d events in %.1f ms", len(rows), (time.perf_counter() - started) * 1000)
+    return len(rows)

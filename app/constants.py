@@ -1,0 +1,49 @@
+"""Names that other programs depend on: Redis keys, TTLs, queues, task names. Units are in the names."""
+
+from __future__ import annotations
+
+# Redis keys (DESIGN.md section 4; a contract read by the web app).
+USER_METRICS_KEY = "user:metrics:{user_id}"
+USER_METRICS_TTL_S = 3600
+# Companion of a metrics hash: the Redis time (microseconds) at which the ClickHouse snapshot behind the
+# hash was taken. A write only lands when its snapshot is newer, so a slow writer never overwrites fresher
+# numbers. Same TTL as the hash it guards.
+USER_METRICS_VERSION_KEY = "user:metrics:v:{user_id}"
+REACTIONS_KEY = "reactions:{user_id}"
+REACTIONS_TTL_S = 604_800
+LEADERBOARD_KEY = "leaderboard:engagement"
+
+# The durable event buffer between event tasks and ClickHouse (a Redis stream with a consumer group).
+EVENT_STREAM_KEY = "events:buffer"
+EVENT_STREAM_GROUP = "flushers"
+# Renewed on every append; only an idle buffer that nobody drained for this long could expire.
+EVENT_STREAM_TTL_S = 30 * 86_400
+# First receive time of an event whose producer gave no occurred_at, pinned so a redelivery keeps it.
+EVENT_TIME_PIN_KEY = "events:first-seen:{event_id}"
+EVENT_TIME_PIN_TTL_S = 7 * 86_400
+
+DEAD_LETTER_KEY = "deadletters"
+DEAD_LETTER_TTL_S = 90 * 86_400
+DEAD_LETTER_MAXLEN = 1_000_000
+
+LOCK_KEY = "lock:{name}"
+COUNTER_KEY = "stats:counters"
+COUNTER_TTL_S = 90 * 86_400
+
+# Queues.
+EVENTS_QUEUE = "events"
+MAINTENANCE_QUEUE = "maintenance"
+READS_QUEUE = "reads"
+
+# Event task names (DESIGN.md section 5; a contract for producers in any language).
+RECORD_FOLLOW = "record_follow"
+RECORD_UPLOAD = "record_upload"
+SET_REACTION = "set_reaction"
+RECORD_ENTITY_METRIC = "record_entity_metric"
+RECORD_EVENTS = "record_events"
+EVENT_TASKS = (RECORD_FOLLOW, RECORD_UPLOAD, SET_REACTION, RECORD_ENTITY_METRIC, RECORD_EVENTS)
+
+# Read and maintenance task names.
+QUERY_USER_METRICS = "query_user_metrics"
+APPLY_MIGRATIONS = "apply_migrations"
+CHECK_EVENT_BUFFER = "check_event_buffer"

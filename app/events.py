@@ -1,0 +1,143 @@
+"""Events: the rows of ``entityMetricEvents`` and the two families of metric types (DESIGN.md section 3).
+
+*State* types assert an on/off state of a key ``(entityType, entityId, metricType, userId)``; the state is the
+value of the key's latest event by ``(createdAt, eventId)``. *Additive* types add their value once per distinct
+``eventId``. Nothing here sums state events: that is the seeds' bug this project exists to avoid.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import IntFlag, StrEnum
+
+
+class MetricType(StrEnum):
+    FOLLOW = "Follow"
+    UPLOAD = "Upload"
+    REACTION_LIKE = "ReactionLike"
+    REACTION_HEART = "ReactionHeart"
+    REACTION_LAUGH = "ReactionLaugh"
+    REACTION_CRY = "ReactionCry"
+    DOWNLOAD = "Download"
+    GENERATION = "Generation"
+    COMMENT = "Comment"
+    VIEW = "View"
+
+
+STATE_TYPES: frozenset[MetricType] = frozenset(
+    {
+        MetricType.FOLLOW,
+        MetricType.UPLOAD,
+        MetricType.REACTION_LIKE,
+        MetricType.REACTION_HEART,
+        MetricType.REACTION_LAUGH,
+        MetricType.REACTION_CRY,
+    }
+)
+ADDITIVE_TYPES: frozenset[MetricType] = frozenset(set(MetricType) - STATE_TYPES)
+
+
+class ReactionFlag(IntFlag):
+    """Bit flags of ``reactions:{userId}`` (DESIGN.md section 4)."""
+
+    LIKE = 1
+    HEART = 2
+    LAUGH = 4
+    CRY = 8
+
+
+REACTION_TYPES: dict[ReactionFlag, MetricType] = {
+    ReactionFlag.LIKE: MetricType.REACTION_LIKE,
+    ReactionFlag.HEART: MetricType.REACTION_HEART,
+    ReactionFlag.LAUGH: MetricType.REACTION_LAUGH,
+    ReactionFlag.CRY: MetricType.REACTION_CRY,
+}
+
+UPLOAD_ENTITY_TYPES = ("Model", "Post", "Image")
+
+# Value written for "on" and "off" state events. Readers only look at the sign (value > 0 is on).
+STATE_ON = 1
+STATE_OFF = -1
+
+# Namespace for event ids derived from other ids (a Celery task id, a parent event id, a legacy row key).
+EVENT_ID_NAMESPACE = uuid.UUID("6f1c8a52-3b0e-4c55-9a0f-5d2b7c9e41aa")
+
+
+def derive_event_id(parent: uuid.UUID | str, name: str) -> uuid.UUID:
+    """A deterministic child id: the same parent and name always give the same event id."""
+    return uuid.uuid5(EVENT_ID_NAMESPACE, f"{parent}/{name}")
+
+
+def new_event_id() -> uuid.UUID:
+    """A time-ordered UUID (version 7): later events sort later, which keeps inserts local in ClickHouse."""
+    ms = int(datetime.now(UTC).timestamp() * 1000)
+    rand = uuid.uuid4().int
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76
+    value |= ((rand >> 64) & 0xFFF) << 64
+    value |= 0b10 << 62
+    value |= rand & ((1 << 62) - 1)
+    return uuid.UUID(int=value)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One row of ``entityMetricEvents``. ``owner_id`` 0 means not known at write time."""
+
+    event_id: uuid.UUID
+    entity_type: str
+    entity_id: int
+    user_id: int
+    owner_id: int
+    metric_type: MetricType
+    metric_value: int
+    created_at: datetime
+
+    @property
+    def is_state(self) -> bool:
+        return self.metric_type in STATE_TYPES
+
+    @property
+    def is_on(self) -> bool:
+        return self.metric_value > 0
+
+    def to_json(self) -> dict[str, str | int]:
+        return {
+            "eventId": str(self.event_id),
+            "entityType": self.entity_type,
+            "entityId": self.entity_id,
+            "userId": self.user_id,
+            "ownerId": self.owner_id,
+            "metricType": self.metric_type.value,
+            "metricValue": self.metric_value,
+            "createdAtMs": epoch_ms(self.created_at),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, str | int]) -> Event:
+        return cls(
+            event_id=uuid.UUID(str(data["eventId"])),
+            entity_type=str(data["entityType"]),
+            entity_id=int(data["entityId"]),
+            user_id=int(data["userId"]),
+            owner_id=int(data["ownerId"]),
+            metric_type=MetricType(str(data["metricType"])),
+            metric_value=int(data["metricValue"]),
+            created_at=from_epoch_ms(int(data["createdAtMs"])),
+        )
+
+    def affected_users(self) -> tuple[int, ...]:
+        """Users whose ``user:metrics`` hash this event can change: the actor and the owner."""
+        if self.owner_id and self.owner_id != self.user_id:
+            return (self.user_id, self.owner_id)
+        return (self.user_id,)
+
+
+def epoch_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def from_epoch_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)

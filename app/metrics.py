@@ -1,0 +1,196 @@
+"""User metrics, computed from the event log exactly as DESIGN.md section 3 defines them.
+
+Every query is idempotent in ``eventId``: state keys take their latest value with ``argMax`` over
+``(createdAt, eventId)`` (a duplicate row cannot change a maximum), additive events are grouped by ``eventId``
+before summing. So duplicated, replayed or reordered deliveries give the same numbers as one clean delivery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from app.clickhouse import ClickHouse
+from app.events import ADDITIVE_TYPES, REACTION_TYPES, MetricType
+
+# Scores are summed as integers in units of 1/10,000 so that they are exact, whatever the weights.
+SCORE_SCALE = 10_000
+
+_REACTIONS = [m.value for m in REACTION_TYPES.values()]
+_ADDITIVE = sorted(m.value for m in ADDITIVE_TYPES)
+
+_LATEST_STATE = """
+    SELECT entityType, entityId, metricType, userId,
+           argMax(metricValue, (createdAt, toString(eventId))) AS v,
+           max(createdAt) AS lastAt,
+           max(ownerId) AS owner
+    FROM entityMetricEvents
+    WHERE {where} AND createdAt <= {{asof:DateTime64(3, 'UTC')}}
+    GROUP BY entityType, entityId, metricType, userId
+"""
+
+ACTOR_SQL = f"""
+SELECT userId,
+       countIf(metricType = 'Follow' AND v > 0),
+       countIf(metricType = 'Upload' AND entityType = 'Model' AND v > 0),
+       countIf(metricType = 'Upload' AND entityType = 'Post' AND v > 0),
+       countIf(metricType = 'Upload' AND entityType = 'Image' AND v > 0)
+FROM ({_LATEST_STATE.format(where="userId IN {users:Array(Int64)} AND metricType IN ('Follow', 'Upload')")})
+GROUP BY userId
+"""
+
+OWNER_STATE_SQL = f"""
+SELECT owner,
+       countIf(metricType = 'Follow' AND v > 0),
+       countIf(metricType IN {{reactions:Array(String)}} AND v > 0),
+       sumIf(transform(metricType, {{wtypes:Array(String)}}, {{wvalues:Array(Int64)}}, {{wdefault:Int64}}),
+             v > 0 AND lastAt >= {{since:DateTime64(3, 'UTC')}})
+FROM ({_LATEST_STATE.format(
+    where="ownerId IN {users:Array(Int64)} AND userId != ownerId "
+    "AND userId NOT IN {excluded:Array(Int64)} "
+    "AND metricType IN ('Follow', 'ReactionLike', 'ReactionHeart', 'ReactionLaugh', 'ReactionCry')"
+)})
+GROUP BY owner
+"""
+
+OWNER_ADDITIVE_SQL = """
+SELECT owner,
+       sumIf(val, mt = 'Download'),
+       sumIf(val, mt = 'Generation'),
+       sumIf(val * transform(mt, {wtypes:Array(String)}, {wvalues:Array(Int64)}, {wdefault:Int64}),
+             actor != owner AND at >= {since:DateTime64(3, 'UTC')})
+FROM (
+    SELECT eventId, any(ownerId) AS owner, any(userId) AS actor, any(metricType) AS mt,
+           any(metricValue) AS val, any(createdAt) AS at
+    FROM entityMetricEvents
+    WHERE ownerId IN {users:Array(Int64)} AND metricType IN {additive:Array(String)}
+      AND userId NOT IN {excluded:Array(Int64)} AND createdAt <= {asof:DateTime64(3, 'UTC')}
+    GROUP BY eventId
+)
+GROUP BY owner
+"""
+
+
+@dataclass
+class UserMetrics:
+    """The fields of ``user:metrics:{userId}``; ``rank`` is None for users without a positive score."""
+
+    follower_count: int = 0
+    following_count: int = 0
+    model_count: int = 0
+    post_count: int = 0
+    image_count: int = 0
+    upload_count: int = 0
+    reaction_count: int = 0
+    download_count: int = 0
+    generation_count: int = 0
+    engagement_score: Decimal = field(default_factory=lambda: Decimal(0))
+    rank: int | None = None
+
+    def to_hash(self) -> dict[str, str]:
+        """Redis hash fields (camelCase, decimal strings). ``rank`` is absent when the user has no rank."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            out[_camel(f.name)] = format_score(value) if isinstance(value, Decimal) else str(value)
+        return out
+
+    @classmethod
+    def from_hash(cls, data: Mapping[str, str]) -> UserMetrics:
+        kwargs: dict[str, object] = {}
+        for f in fields(cls):
+            raw = data.get(_camel(f.name))
+            if raw is None or raw == "":
+                continue
+            kwargs[f.name] = Decimal(raw) if f.name == "engagement_score" else int(raw)
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+    def to_json(self) -> dict[str, int | float | None]:
+        out: dict[str, int | float | None] = {}
+        for name, value in asdict(self).items():
+            out[_camel(name)] = float(value) if isinstance(value, Decimal) else value
+        return out
+
+
+HASH_FIELDS = tuple(_f for _f in (
+    "followerCount", "followingCount", "modelCount", "postCount", "imageCount", "uploadCount",
+    "reactionCount", "downloadCount", "generationCount", "engagementScore", "rank",
+))
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def format_score(score: Decimal) -> str:
+    text = format(score.quantize(Decimal("0.0001")).normalize(), "f")
+    return "0" if text in ("-0", "0.0000") else text
+
+
+@dataclass(frozen=True)
+class EngagementWeights:
+    """Weights per metric type in units of ``1 / SCORE_SCALE``; ``default`` applies to any other type."""
+
+    by_type: Mapping[str, int]
+    default: int
+
+    @classmethod
+    def from_settings(cls, weights: Mapping[str, Decimal]) -> EngagementWeights:
+        scaled = {k: int(Decimal(v) * SCORE_SCALE) for k, v in weights.items()}
+        default = scaled.pop("*", int(Decimal("0.1") * SCORE_SCALE))
+        return cls(scaled, default)
+
+    def params(self) -> dict[str, object]:
+        types = sorted(self.by_type)
+        return {"wtypes": types, "wvalues": [self.by_type[t] for t in types], "wdefault": self.default}
+
+
+def compute_user_metrics(
+    ch: ClickHouse,
+    user_ids: Iterable[int],
+    *,
+    weights: EngagementWeights,
+    window: timedelta,
+    as_of: datetime | None = None,
+    excluded: Iterable[int] = (),
+) -> dict[int, UserMetrics]:
+    """Every metric of DESIGN.md section 3 for ``user_ids`` (rank excluded), as of ``as_of`` (default now)."""
+    users = sorted(set(user_ids))
+    if not users:
+        return {}
+    asof = (as_of or datetime.now(UTC)).astimezone(UTC)
+    params: dict[str, object] = {
+        "users": users,
+        "asof": asof,
+        "since": asof - window,
+        "excluded": sorted(set(excluded)),
+        "reactions": _REACTIONS,
+        "additive": _ADDITIVE,
+        **weights.params(),
+    }
+    out = {uid: UserMetrics() for uid in users}
+    for uid, following, models, posts, images in ch.rows(ACTOR_SQL, params):
+        m = out[int(uid)]
+        m.following_count = int(following)
+        m.model_count, m.post_count, m.image_count = int(models), int(posts), int(images)
+        m.upload_count = m.model_count + m.post_count + m.image_count
+    scores = dict.fromkeys(users, 0)
+    for owner, followers, reactions, score in ch.rows(OWNER_STATE_SQL, params):
+        m = out[int(owner)]
+        m.follower_count, m.reaction_count = int(followers), int(reactions)
+        scores[int(owner)] += int(score)
+    for owner, downloads, generations, score in ch.rows(OWNER_ADDITIVE_SQL, params):
+        m = out[int(owner)]
+        m.download_count, m.generation_count = int(downloads), int(generations)
+        scores[int(owner)] += int(score)
+    for uid, score in scores.items():
+        out[uid].engagement_score = Decimal(score) / SCORE_SCALE
+    return out
+
+
+__all__ = ["HASH_FIELDS", "MetricType", "UserMetrics", "compute_user_metrics", "EngagementWeights"]

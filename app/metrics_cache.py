@@ -1,0 +1,65 @@
+"""``user:metrics:{userId}`` hashes: whole-hash writes that never go back in time.
+
+A writer takes a snapshot version (Redis server time) *before* it queries ClickHouse, and the write lands only
+if no newer snapshot has been written for that user. Since a query started later sees every event an earlier one
+saw, the newest snapshot always wins, however the writers interleave. Each write replaces the whole hash (never a
+partial one), keeps the ``rank`` the rank job set, and sets the TTL on both keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from app import constants as c
+from app.metrics import UserMetrics
+from app.redis_store import RedisClient
+
+_WRITE_SCRIPT = """
+local current = redis.call('GET', KEYS[2])
+if current and tonumber(current) >= tonumber(ARGV[1]) then
+  return 0
+end
+local rank = redis.call('HGET', KEYS[1], 'rank')
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+if rank and redis.call('HEXISTS', KEYS[1], 'rank') == 0 then
+  redis.call('HSET', KEYS[1], 'rank', rank)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+
+def metrics_key(user_id: int) -> str:
+    return c.USER_METRICS_KEY.format(user_id=user_id)
+
+
+def version_key(user_id: int) -> str:
+    return c.USER_METRICS_VERSION_KEY.format(user_id=user_id)
+
+
+def write(r: RedisClient, version_us: int, metrics: Mapping[int, UserMetrics]) -> int:
+    """Write whole hashes for many users in one round trip; returns how many landed."""
+    if not metrics:
+        return 0
+    script = r.register_script(_WRITE_SCRIPT)
+    pipe = r.pipeline(transaction=False)
+    for user_id, m in metrics.items():
+        flat: list[str | int] = [version_us, c.USER_METRICS_TTL_S]
+        for name, value in m.to_hash().items():
+            flat.extend((name, value))
+        script(keys=[metrics_key(user_id), version_key(user_id)], args=flat, client=pipe)
+    return sum(int(x) for x in pipe.execute())
+
+
+def read(r: RedisClient, user_ids: Iterable[int]) -> dict[int, UserMetrics | None]:
+    """Cached metrics per user, None on a miss. One round trip."""
+    ids = list(dict.fromkeys(user_ids))
+    pipe = r.pipeline(transaction=False)
+    for user_id in ids:
+        pipe.hgetall(metrics_key(user_id))
+    out: dict[int, UserMetrics | None] = {}
+    for user_id, data in zip(ids, pipe.execute(), strict=True):
+        out[user_id] = UserMetrics.from_hash(data) if data else None
+    return out

@@ -1,0 +1,47 @@
+"""Event tasks (DESIGN.md section 5): validate the message and hand its events to the durable buffer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app import constants as c
+from app import ingest, runtime
+from app.errors import ValidationError
+from tasks.base import project_task
+
+
+def _receive(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    if args:
+        raise ValidationError(f"{task.name} takes keyword arguments only, got {len(args)} positional")
+    events = ingest.receive(runtime.get().redis, task.name, task.request.id, kwargs)
+    return len(events)
+
+
+@project_task(c.RECORD_FOLLOW, queue=c.EVENTS_QUEUE)
+def record_follow(self: Any, *args: Any, **kwargs: Any) -> int:
+    """kwargs: follower_id, user_id, is_follow=true, occurred_at?, event_id?"""
+    return _receive(self, args, kwargs)
+
+
+@project_task(c.RECORD_UPLOAD, queue=c.EVENTS_QUEUE)
+def record_upload(self: Any, *args: Any, **kwargs: Any) -> int:
+    """kwargs: user_id, content_type (Model/Post/Image), entity_id, is_removed=false, occurred_at?, event_id?"""
+    return _receive(self, args, kwargs)
+
+
+@project_task(c.SET_REACTION, queue=c.EVENTS_QUEUE)
+def set_reaction(self: Any, *args: Any, **kwargs: Any) -> int:
+    """kwargs: user_id, image_id, reactions (flags 0..15), owner_id?, occurred_at?, event_id?"""
+    return _receive(self, args, kwargs)
+
+
+@project_task(c.RECORD_ENTITY_METRIC, queue=c.EVENTS_QUEUE)
+def record_entity_metric(self: Any, *args: Any, **kwargs: Any) -> int:
+    """kwargs: entity_type, entity_id, metric_type, metric_value, user_id, owner_id?, occurred_at?, event_id?"""
+    return _receive(self, args, kwargs)
+
+
+@project_task(c.RECORD_EVENTS, queue=c.EVENTS_QUEUE)
+def record_events(self: Any, *args: Any, **kwargs: Any) -> int:
+    """kwargs: events (a list of {"type": <event task name>, ...its kwargs}), occurred_at?, event_id?"""
+    return _receive(self, args, kwargs)
