@@ -12,12 +12,15 @@ acknowledge the stream entries. A crash anywhere before the acknowledgement repl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
 import threading
 import time
 from dataclasses import dataclass
+
+import redis
 
 from app import buffer, deadletters, metrics_cache
 from app import constants as c
@@ -135,14 +138,22 @@ class Flusher:
     # Thread ----------------------------------------------------------------------------------------------------
     def run(self) -> None:
         failures = 0
-        buffer.ensure_group(self.rt.redis)
         while not self._stop.is_set():
             try:
+                if failures == 0 and self._recover:
+                    buffer.ensure_group(self.rt.redis)
                 result = self.flush_once()
                 failures = 0
                 if result.events:
                     log.debug("flushed %d events from %d entries", result.events, result.entries)
-            except Exception:
+            except Exception as exc:
+                if isinstance(exc, redis.ResponseError) and ("NOGROUP" in str(exc) or "UNBLOCKED" in str(exc)):
+                    # The stream or its group vanished (FLUSHALL, a new Redis): recreate it and carry on.
+                    log.warning("event buffer group missing; recreating it")
+                    with contextlib.suppress(Exception):
+                        buffer.ensure_group(self.rt.redis)
+                    self._stop.wait(0.1)
+                    continue
                 failures += 1
                 delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**failures) * random.uniform(0.5, 1.0)  # noqa: S311
                 log.exception("flush failed (%d in a row); retrying in %.1f s", failures, delay)
@@ -152,6 +163,9 @@ class Flusher:
         self._thread = threading.Thread(target=self.run, name=f"flusher-{self.consumer}", daemon=True)
         self._thread.start()
         log.info("event flusher started as consumer %s", self.consumer)
+
+    def terminate(self) -> None:
+        self.stop()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stop.set()

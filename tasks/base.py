@@ -50,12 +50,11 @@ class ProjectTask(Task):  # type: ignore[misc]
 def project_task(
     name: str,
     *,
-    queue: str,
     time_limit_s: int = 60,
     ignore_result: bool = True,
     max_retries: int | None = None,
 ) -> Callable[[Callable[P, R]], Any]:
-    """Register a task under an explicit, stable ``name`` on ``queue``.
+    """Register a task under an explicit, stable ``name`` (its queue comes from ``task_routes``).
 
     Transient errors (a store unreachable) retry with exponential backoff and full jitter up to ``max_retries``,
     then dead-letter; permanent errors dead-letter at once.
@@ -67,7 +66,6 @@ def project_task(
             name=name,
             base=ProjectTask,
             bind=True,
-            queue=queue,
             ignore_result=ignore_result,
             acks_late=True,
             reject_on_worker_lost=True,

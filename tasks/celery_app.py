@@ -71,20 +71,13 @@ class FlusherStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
     requires = {"celery.worker.components:Pool"}
 
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
-        super().__init__(worker, **kwargs)
-        self.flusher: Flusher | None = None
-
     def start(self, worker: Any) -> None:
         rt = runtime.get()
         with redis_lock(rt.redis, "migrate", timeout_s=120):
             migrations.migrate(rt.clickhouse)
-        self.flusher = Flusher(rt, consumer=worker.hostname)
-        self.flusher.start()
-
-    def stop(self, worker: Any) -> None:
-        if self.flusher is not None:
-            self.flusher.stop()
+        # StartStopStep stops (or terminates) ``self.obj`` when the worker shuts down.
+        self.obj = Flusher(rt, consumer=worker.hostname)
+        self.obj.start()
 
 
 celery_app.steps["worker"].add(FlusherStep)

@@ -17,31 +17,31 @@ def _receive(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
     return len(events)
 
 
-@project_task(c.RECORD_FOLLOW, queue=c.EVENTS_QUEUE)
+@project_task(c.RECORD_FOLLOW)
 def record_follow(self: Any, *args: Any, **kwargs: Any) -> int:
     """kwargs: follower_id, user_id, is_follow=true, occurred_at?, event_id?"""
     return _receive(self, args, kwargs)
 
 
-@project_task(c.RECORD_UPLOAD, queue=c.EVENTS_QUEUE)
+@project_task(c.RECORD_UPLOAD)
 def record_upload(self: Any, *args: Any, **kwargs: Any) -> int:
     """kwargs: user_id, content_type (Model/Post/Image), entity_id, is_removed=false, occurred_at?, event_id?"""
     return _receive(self, args, kwargs)
 
 
-@project_task(c.SET_REACTION, queue=c.EVENTS_QUEUE)
+@project_task(c.SET_REACTION)
 def set_reaction(self: Any, *args: Any, **kwargs: Any) -> int:
     """kwargs: user_id, image_id, reactions (flags 0..15), owner_id?, occurred_at?, event_id?"""
     return _receive(self, args, kwargs)
 
 
-@project_task(c.RECORD_ENTITY_METRIC, queue=c.EVENTS_QUEUE)
+@project_task(c.RECORD_ENTITY_METRIC)
 def record_entity_metric(self: Any, *args: Any, **kwargs: Any) -> int:
     """kwargs: entity_type, entity_id, metric_type, metric_value, user_id, owner_id?, occurred_at?, event_id?"""
     return _receive(self, args, kwargs)
 
 
-@project_task(c.RECORD_EVENTS, queue=c.EVENTS_QUEUE)
+@project_task(c.RECORD_EVENTS)
 def record_events(self: Any, *args: Any, **kwargs: Any) -> int:
     """kwargs: events (a list of {"type": <event task name>, ...its kwargs}), occurred_at?, event_id?"""
     return _receive(self, args, kwargs)

@@ -13,7 +13,7 @@ from tasks.base import project_task
 log = logging.getLogger(__name__)
 
 
-@project_task(c.CHECK_EVENT_BUFFER, queue=c.MAINTENANCE_QUEUE, time_limit_s=30, max_retries=0)
+@project_task(c.CHECK_EVENT_BUFFER, time_limit_s=30, max_retries=0)
 def check_event_buffer(self: Any) -> dict[str, Any]:
     """Measure the write path's lag (buffer length, pending entries, oldest pending age) and dead letters."""
     rt = runtime.get()

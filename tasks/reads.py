@@ -12,7 +12,7 @@ from app.query import direct_source
 from tasks.base import project_task
 
 
-@project_task(c.QUERY_USER_METRICS, queue=c.READS_QUEUE, ignore_result=False, max_retries=0, time_limit_s=30)
+@project_task(c.QUERY_USER_METRICS, ignore_result=False, max_retries=0, time_limit_s=30)
 def query_user_metrics(self: Any, user_ids: list[int], as_of: str | None = None) -> dict[str, Any]:
     """Compute metrics from ClickHouse (no cache) and return them as ``{userId: hash fields}``."""
     when = datetime.fromisoformat(as_of) if as_of else None
@@ -20,7 +20,7 @@ def query_user_metrics(self: Any, user_ids: list[int], as_of: str | None = None)
     return {str(uid): m.to_hash() for uid, m in computed.items()}
 
 
-@project_task(c.APPLY_MIGRATIONS, queue=c.READS_QUEUE, ignore_result=False, max_retries=0, time_limit_s=300)
+@project_task(c.APPLY_MIGRATIONS, ignore_result=False, max_retries=0, time_limit_s=300)
 def apply_migrations(self: Any) -> list[int]:
     rt = runtime.get()
     with redis_lock(rt.redis, "migrate", timeout_s=300):

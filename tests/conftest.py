@@ -1,0 +1,137 @@
+"""Test fixtures against real services.
+
+Redis: ``REDIS_URL`` when set (the machine's server), else a private ``redis-server`` started here. The broker
+and the caches get separate databases so a test can flush the cache database without unbinding the broker's
+queues. ClickHouse: the real engine in-process (chdb) on a temporary path, one per test session (chdb allows one
+engine per process); tables are truncated between tests. Workers: Celery's in-process test worker.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+_ROOT = Path(tempfile.mkdtemp(prefix="usermetrics-tests-"))
+atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
+
+
+def _with_db(url: str, db: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, ""))
+
+
+def _base_redis_url() -> str:
+    configured = os.environ.get("REDIS_URL")
+    if configured:
+        return configured
+    from app import embedded_redis
+    from app.settings import Settings
+
+    url, pid = embedded_redis.start(Settings(DATA_DIR=str(_ROOT / "embedded")))
+    atexit.register(embedded_redis.stop, pid)
+    return url
+
+
+BASE_REDIS_URL = _base_redis_url()
+CACHE_REDIS_URL = _with_db(BASE_REDIS_URL, 15)
+BROKER_REDIS_URL = _with_db(BASE_REDIS_URL, 14)
+
+os.environ.update(
+    DATA_DIR=str(_ROOT / "data"),
+    REDIS_URL=CACHE_REDIS_URL,
+    CELERY_BROKER_URL=BROKER_REDIS_URL,
+    FLUSH_MAX_WAIT_MS="50",
+    TASK_MAX_RETRIES="2",
+    RETRY_BACKOFF_MAX_S="1",
+)
+os.environ.pop("CLICKHOUSE_URL", None)
+
+from app import clickhouse, migrations, runtime  # noqa: E402
+from app.runtime import Runtime  # noqa: E402
+from app.settings import Settings, load_settings  # noqa: E402
+
+ROOT = _ROOT
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def rt(settings: Settings) -> Iterator[Runtime]:
+    r = Runtime(settings)
+    runtime.install(r)
+    migrations.migrate(r.clickhouse)
+    yield r
+
+
+@pytest.fixture()
+def clean(rt: Runtime) -> Runtime:
+    """A clean slate: empty cache database and empty ClickHouse tables."""
+    rt.redis.flushdb()
+    for (table,) in rt.clickhouse.rows(
+        "SELECT name FROM system.tables WHERE database = currentDatabase() AND engine NOT LIKE '%View%' "
+        "AND name != 'schema_migrations'"
+    ):
+        rt.clickhouse.command(f"TRUNCATE TABLE `{table}`")
+    return rt
+
+
+@pytest.fixture(scope="session")
+def celery_app(rt: Runtime):  # type: ignore[no-untyped-def]
+    from tasks.celery_app import celery_app as app
+
+    return app
+
+
+@pytest.fixture(scope="session")
+def worker(celery_app, rt: Runtime):  # type: ignore[no-untyped-def]
+    """A real Celery worker (thread pool) in this process, consuming every queue, with the event flusher."""
+    from celery.contrib.testing.worker import start_worker
+
+    from app import constants as c
+
+    with start_worker(
+        celery_app,
+        pool="threads",
+        concurrency=4,
+        queues=[c.EVENTS_QUEUE, c.MAINTENANCE_QUEUE, c.READS_QUEUE],
+        perform_ping_check=False,
+        loglevel="WARNING",
+        shutdown_timeout=30,
+    ) as w:
+        yield w
+
+
+@pytest.fixture()
+def producer(celery_app):  # type: ignore[no-untyped-def]
+    from app.producer import EventProducer
+
+    return EventProducer(celery_app)
+
+
+def wait_drained(rt: Runtime, timeout_s: float = 20.0) -> None:
+    """Block until every sent message was executed and every buffered event was flushed."""
+    import redis
+
+    from app import constants as c
+
+    broker = redis.Redis.from_url(BROKER_REDIS_URL)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        queued = sum(int(broker.llen(q)) for q in (c.EVENTS_QUEUE, c.MAINTENANCE_QUEUE, c.READS_QUEUE))
+        unacked = int(broker.hlen("unacked"))
+        buffered = int(rt.redis.xlen(c.EVENT_STREAM_KEY))
+        if queued == 0 and unacked == 0 and buffered == 0:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"not drained in {timeout_s}s: queued={queued} unacked={unacked} buffered={buffered}")

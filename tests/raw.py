@@ -1,0 +1,49 @@
+"""Publish task messages the way a producer in another language would: plain kombu, Celery protocol 2."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from kombu import Connection, Exchange, Queue
+
+from tests.conftest import BROKER_REDIS_URL
+
+
+def publish_raw(
+    task: str,
+    kwargs: dict[str, Any] | None = None,
+    *,
+    task_id: str | None = None,
+    body: Any = None,
+    content_type: str = "application/json",
+    queue: str = "events",
+) -> str:
+    task_id = task_id or str(uuid.uuid4())
+    headers = {
+        "lang": "js",
+        "task": task,
+        "id": task_id,
+        "root_id": task_id,
+        "parent_id": None,
+        "group": None,
+        "retries": 0,
+        "eta": None,
+        "expires": None,
+    }
+    if body is None:
+        body = [[], kwargs or {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    exchange = Exchange(queue, type="direct")
+    encoding: dict[str, Any] = {"serializer": "json"}
+    if isinstance(body, bytes):  # already encoded (or deliberately garbage)
+        encoding = {"content_type": content_type, "content_encoding": "binary"}
+    with Connection(BROKER_REDIS_URL) as conn:
+        conn.Producer().publish(
+            body,
+            exchange=exchange,
+            routing_key=queue,
+            declare=[Queue(queue, exchange, routing_key=queue)],
+            headers=headers,
+            **encoding,
+        )
+    return task_id
