@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -36,7 +37,7 @@ class Entry:
 def pin_first_seen_ms(r: RedisClient, event_id: str, now_ms: int) -> int:
     """The first time this event id was seen; a redelivered message keeps its original receive time."""
     key = c.EVENT_TIME_PIN_KEY.format(event_id=event_id)
-    return int(r.eval(_PIN_SCRIPT, 1, key, now_ms, c.EVENT_TIME_PIN_TTL_S))  # type: ignore[arg-type]
+    return int(r.eval(_PIN_SCRIPT, 1, key, now_ms, c.EVENT_TIME_PIN_TTL_S))
 
 
 def append(r: RedisClient, task: str, events: list[Event]) -> str:
@@ -70,7 +71,7 @@ def _decode(raw: list[tuple[str, dict[str, str]]]) -> list[Entry]:
 
 def read(r: RedisClient, consumer: str, count: int, block_ms: int | None, *, own_pending: bool = False) -> list[Entry]:
     """New entries for this consumer, or (``own_pending``) those it read earlier and never acknowledged."""
-    reply = r.xreadgroup(
+    reply: Any = r.xreadgroup(
         c.EVENT_STREAM_GROUP,
         consumer,
         {c.EVENT_STREAM_KEY: "0" if own_pending else ">"},
@@ -94,7 +95,7 @@ def ack(r: RedisClient, entry_ids: list[str]) -> None:
 
 def claim_stale(r: RedisClient, consumer: str, idle_ms: int, count: int) -> list[Entry]:
     """Take over entries another consumer read but did not acknowledge for ``idle_ms`` (it likely died)."""
-    reply = r.xautoclaim(c.EVENT_STREAM_KEY, c.EVENT_STREAM_GROUP, consumer, idle_ms, "0-0", count=count)
+    reply: Any = r.xautoclaim(c.EVENT_STREAM_KEY, c.EVENT_STREAM_GROUP, consumer, idle_ms, "0-0", count=count)
     return _decode(reply[1])
 
 

@@ -26,7 +26,8 @@ cli = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="User metrics and image reactions service.")
+    help="User metrics and image reactions service.",
+)
 dead_cli = typer.Typer(no_args_is_help=True, help="Inspect, replay or purge dead letters.")
 cli.add_typer(dead_cli, name="dead-letters")
 console = Console()
@@ -93,6 +94,31 @@ def migrate() -> None:
     console.print(f"applied: {applied or 'nothing (up to date)'}")
 
 
+@cli.command()
+def enqueue(
+    task: Annotated[str, typer.Argument(help=f"One of: {', '.join(c.EVENT_TASKS)}")],
+    payloads: Annotated[
+        list[str], typer.Argument(help='JSON keyword arguments, e.g. \'{"follower_id": 1, "user_id": 2}\'')
+    ],
+) -> None:
+    """Validate and enqueue event tasks, exactly as the web app's producer does. Prints the event ids."""
+    from app.errors import ValidationError
+    from app.producer import EventProducer
+    from tasks.celery_app import configure
+
+    with _runtime() as rt:
+        producer = EventProducer(configure(rt.settings))
+        for raw in payloads:
+            try:
+                kwargs = json.loads(raw)
+                if not isinstance(kwargs, dict):
+                    raise ValidationError("the payload must be a JSON object")
+                print(producer.send(task, **kwargs))
+            except (ValueError, ValidationError) as exc:
+                err.print(f"refused: {exc}")
+                raise typer.Exit(2) from exc
+
+
 @cli.command("user-metrics")
 def user_metrics(
     user_ids: Annotated[list[int], typer.Argument(help="User ids")],
@@ -111,9 +137,7 @@ def user_metrics(
 
 
 @dead_cli.command("list")
-def dead_list(
-    limit: int = 50, as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False
-) -> None:
+def dead_list(limit: int = 50, as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False) -> None:
     """Show dead letters, oldest first."""
     with _runtime() as rt:
         letters = deadletters.list_letters(rt.redis, limit)

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -103,11 +103,12 @@ class ClickHouse:
 
     def rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         with self._lock:
-            return list(self.client.query(sql, parameters=parameters).result_rows)
+            result: Any = self.client.query(sql, parameters=parameters)
+            return [tuple(row) for row in result.result_rows]
 
     def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> None:
         with self._lock:
-            self.client.insert(table, rows, column_names=list(columns))
+            self.client.insert(table, cast(Any, rows), column_names=list(columns))
 
     def close(self) -> None:
         with self._lock:

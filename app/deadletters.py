@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from app import constants as c
 from app.redis_store import RedisClient
@@ -68,6 +68,11 @@ def record(r: RedisClient, *, task: str, reason: str, error: str, task_id: str, 
     return str(entry_id)
 
 
+def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
+    """Stream entries as a decode_responses client returns them."""
+    return cast(list[tuple[str, dict[str, str]]], reply or [])
+
+
 def _parse(entry_id: str, fields: dict[str, str]) -> DeadLetter:
     try:
         kwargs = json.loads(fields.get("kwargs", "null"))
@@ -85,13 +90,13 @@ def _parse(entry_id: str, fields: dict[str, str]) -> DeadLetter:
 
 
 def list_letters(r: RedisClient, limit: int = 100) -> list[DeadLetter]:
-    return [_parse(eid, fields) for eid, fields in r.xrange(c.DEAD_LETTER_KEY, count=limit)]
+    return [_parse(eid, fields) for eid, fields in _entries(r.xrange(c.DEAD_LETTER_KEY, count=limit))]
 
 
 def get(r: RedisClient, entry_ids: list[str]) -> list[DeadLetter]:
-    out = []
+    out: list[DeadLetter] = []
     for eid in entry_ids:
-        found = r.xrange(c.DEAD_LETTER_KEY, min=eid, max=eid)
+        found = _entries(r.xrange(c.DEAD_LETTER_KEY, min=eid, max=eid))
         out.extend(_parse(i, f) for i, f in found)
     return out
 

@@ -78,15 +78,24 @@ def start(settings: Settings) -> tuple[str, int]:
     pidfile.unlink(missing_ok=True)
     args = [
         redis_binary(),
-        "--bind", "127.0.0.1",
-        "--port", str(port),
-        "--dir", str(state),
-        "--appendonly", "yes",
-        "--appendfsync", "everysec",
-        "--save", "",
-        "--daemonize", "yes",
-        "--pidfile", str(pidfile),
-        "--logfile", str(state / "redis.log"),
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(state),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--daemonize",
+        "yes",
+        "--pidfile",
+        str(pidfile),
+        "--logfile",
+        str(state / "redis.log"),
     ]
     subprocess.run(args, check=True, stdout=subprocess.DEVNULL)  # noqa: S603 - fixed argv, no shell
     url = f"redis://127.0.0.1:{port}/0"

@@ -21,6 +21,7 @@ SCORE_SCALE = 10_000
 _REACTIONS = [m.value for m in REACTION_TYPES.values()]
 _ADDITIVE = sorted(m.value for m in ADDITIVE_TYPES)
 
+# The f-strings below splice constant SQL fragments only; every value is a bound parameter.
 _LATEST_STATE = """
     SELECT entityType, entityId, metricType, userId,
            argMax(metricValue, (createdAt, toString(eventId))) AS v,
@@ -39,7 +40,7 @@ SELECT userId,
        countIf(metricType = 'Upload' AND entityType = 'Image' AND v > 0)
 FROM ({_LATEST_STATE.format(where="userId IN {users:Array(Int64)} AND metricType IN ('Follow', 'Upload')")})
 GROUP BY userId
-"""
+"""  # noqa: S608
 
 OWNER_STATE_SQL = f"""
 SELECT owner,
@@ -47,13 +48,15 @@ SELECT owner,
        countIf(metricType IN {{reactions:Array(String)}} AND v > 0),
        sumIf(transform(metricType, {{wtypes:Array(String)}}, {{wvalues:Array(Int64)}}, {{wdefault:Int64}}),
              v > 0 AND lastAt >= {{since:DateTime64(3, 'UTC')}})
-FROM ({_LATEST_STATE.format(
-    where="ownerId IN {users:Array(Int64)} AND userId != ownerId "
-    "AND userId NOT IN {excluded:Array(Int64)} "
-    "AND metricType IN ('Follow', 'ReactionLike', 'ReactionHeart', 'ReactionLaugh', 'ReactionCry')"
-)})
+FROM ({
+    _LATEST_STATE.format(
+        where="ownerId IN {users:Array(Int64)} AND userId != ownerId "
+        "AND userId NOT IN {excluded:Array(Int64)} "
+        "AND metricType IN ('Follow', 'ReactionLike', 'ReactionHeart', 'ReactionLaugh', 'ReactionCry')"
+    )
+})
 GROUP BY owner
-"""
+"""  # noqa: S608
 
 OWNER_ADDITIVE_SQL = """
 SELECT owner,
@@ -116,10 +119,22 @@ class UserMetrics:
         return out
 
 
-HASH_FIELDS = tuple(_f for _f in (
-    "followerCount", "followingCount", "modelCount", "postCount", "imageCount", "uploadCount",
-    "reactionCount", "downloadCount", "generationCount", "engagementScore", "rank",
-))
+HASH_FIELDS = tuple(
+    _f
+    for _f in (
+        "followerCount",
+        "followingCount",
+        "modelCount",
+        "postCount",
+        "imageCount",
+        "uploadCount",
+        "reactionCount",
+        "downloadCount",
+        "generationCount",
+        "engagementScore",
+        "rank",
+    )
+)
 
 
 def _camel(name: str) -> str:

@@ -219,24 +219,22 @@ class RecordEntityMetric(_Payload):
 
 
 class _BatchFollow(RecordFollow):
-    type: Literal["record_follow"]  # type: ignore[assignment]
+    type: Literal["record_follow"]
 
 
 class _BatchUpload(RecordUpload):
-    type: Literal["record_upload"]  # type: ignore[assignment]
+    type: Literal["record_upload"]
 
 
 class _BatchReaction(SetReaction):
-    type: Literal["set_reaction"]  # type: ignore[assignment]
+    type: Literal["set_reaction"]
 
 
 class _BatchMetric(RecordEntityMetric):
-    type: Literal["record_entity_metric"]  # type: ignore[assignment]
+    type: Literal["record_entity_metric"]
 
 
-BatchItem = Annotated[
-    _BatchFollow | _BatchUpload | _BatchReaction | _BatchMetric, Field(discriminator="type")
-]
+BatchItem = Annotated[_BatchFollow | _BatchUpload | _BatchReaction | _BatchMetric, Field(discriminator="type")]
 
 
 class RecordEvents(_Payload):

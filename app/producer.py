@@ -73,7 +73,12 @@ class EventProducer:
     ) -> uuid.UUID:
         extra = {"owner_id": owner_id} if owner_id is not None else {}
         return self.send(
-            c.SET_REACTION, user_id=user_id, image_id=image_id, reactions=reactions, **extra, **_when(occurred_at)
+            c.SET_REACTION,
+            user_id=user_id,
+            image_id=image_id,
+            reactions=reactions,
+            **extra,
+            **_when(occurred_at),
         )
 
     def record_entity_metric(

@@ -31,18 +31,29 @@ class Child:
     proc: subprocess.Popen[bytes]
 
 
-def commands(settings: Settings, flower_auth: str, beat_schedule_path: str) -> dict[str, list[str]]:
+def commands(settings: Settings, beat_schedule_path: str) -> dict[str, list[str]]:
+    """The processes of the stack. Flower reads its credentials from FLOWER_BASIC_AUTH (never argv)."""
     pool = ["--pool", "threads"] if settings.clickhouse_embedded else ["--pool", "prefork"]
     return {
         "worker": [
-            *CELERY, "worker",
-            "-Q", f"{c.EVENTS_QUEUE},{c.MAINTENANCE_QUEUE},{c.READS_QUEUE}",
-            *pool, "--concurrency", str(settings.worker_concurrency),
-            "--hostname", "worker@%h", "--task-events", "--loglevel", settings.log_level,
+            *CELERY,
+            "worker",
+            "-Q",
+            f"{c.EVENTS_QUEUE},{c.MAINTENANCE_QUEUE},{c.READS_QUEUE}",
+            *pool,
+            "--concurrency",
+            str(settings.worker_concurrency),
+            "--hostname",
+            "worker@%h",
+            "--task-events",
+            "--loglevel",
+            settings.log_level,
         ],
         "beat": [*CELERY, "beat", "--schedule", beat_schedule_path, "--loglevel", settings.log_level],
         "flower": [
-            *CELERY, "flower", f"--port={settings.flower_port}", f"--basic-auth={flower_auth}",
+            *CELERY,
+            "flower",
+            f"--port={settings.flower_port}",
             "--address=127.0.0.1" if settings.env == "dev" else "--address=0.0.0.0",
         ],
     }
@@ -90,7 +101,7 @@ def run_stack(settings: Settings, log: Callable[[str], None] = print) -> int:
                 CELERY_BROKER_URL=settings.celery_broker_url or redis_url,
                 FLOWER_BASIC_AUTH=auth,
             )
-            cmds = commands(settings, auth, str(settings.data_path / "celerybeat-schedule"))
+            cmds = commands(settings, str(settings.data_path / "celerybeat-schedule"))
             children = [
                 Child(name, subprocess.Popen(argv, env=env, start_new_session=True))  # noqa: S603
                 for name, argv in cmds.items()

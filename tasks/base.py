@@ -21,7 +21,7 @@ R = TypeVar("R")
 _settings = load_settings()
 
 
-class ProjectTask(Task):  # type: ignore[misc]
+class ProjectTask(Task[Any, Any]):
     """Base class: a task that fails for good is dead-lettered with its reason and payload, never dropped."""
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
@@ -61,7 +61,8 @@ def project_task(
     """
 
     def wrap(fn: Callable[P, R]) -> Any:
-        return celery_app.task(
+        register: Any = celery_app.task
+        return register(
             fn,
             name=name,
             base=ProjectTask,

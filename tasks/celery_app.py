@@ -46,10 +46,10 @@ def _dead_letter_message(message: Message, reason: str, exc: BaseException | Non
         log.exception("could not record a dead letter for an undeliverable message: %s", reason)
 
 
-class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
+class DeadLetteringConsumer(Consumer):
     """Celery's consumer, but a message it cannot run is dead-lettered (with its reason) before it is dropped."""
 
-    def on_decode_error(self, message: Message, exc: BaseException) -> None:
+    def on_decode_error(self, message: Message, exc: Exception) -> None:
         _dead_letter_message(message, f"cannot decode message: {exc}", exc)
         super().on_decode_error(message, exc)
 
@@ -57,19 +57,19 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         _dead_letter_message(message, "message in an unknown format", None)
         super().on_unknown_message(body, message)
 
-    def on_unknown_task(self, body: Any, message: Message, exc: BaseException) -> None:
+    def on_unknown_task(self, body: Any, message: Message, exc: Exception) -> None:
         _dead_letter_message(message, f"unknown task: {exc}", exc)
         super().on_unknown_task(body, message, exc)
 
-    def on_invalid_task(self, body: Any, message: Message, exc: BaseException) -> None:
+    def on_invalid_task(self, body: Any, message: Message, exc: Exception) -> None:
         _dead_letter_message(message, f"invalid task message: {exc}", exc)
         super().on_invalid_task(body, message, exc)
 
 
-class FlusherStep(bootsteps.StartStopStep):  # type: ignore[misc]
+class FlusherStep(bootsteps.StartStopStep):
     """Runs the event flusher beside the pool, in the worker process (which owns chdb in embedded mode)."""
 
-    requires = {"celery.worker.components:Pool"}
+    requires = ("celery.worker.components:Pool",)
 
     def start(self, worker: Any) -> None:
         rt = runtime.get()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from app import migrations, runtime
 from app import constants as c
+from app import migrations, runtime
 from app.locks import redis_lock
 from app.query import direct_source
 from tasks.base import project_task
@@ -25,5 +25,3 @@ def apply_migrations(self: Any) -> list[int]:
     rt = runtime.get()
     with redis_lock(rt.redis, "migrate", timeout_s=300):
         return migrations.migrate(rt.clickhouse)
-
-

@@ -54,7 +54,7 @@ os.environ.update(
 )
 os.environ.pop("CLICKHOUSE_URL", None)
 
-from app import clickhouse, migrations, runtime  # noqa: E402
+from app import migrations, runtime  # noqa: E402
 from app.runtime import Runtime  # noqa: E402
 from app.settings import Settings, load_settings  # noqa: E402
 

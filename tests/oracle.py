@@ -9,7 +9,12 @@ from decimal import Decimal
 
 STATE = {"Follow", "Upload", "ReactionLike", "ReactionHeart", "ReactionLaugh", "ReactionCry"}
 REACTIONS = {"ReactionLike": 1, "ReactionHeart": 2, "ReactionLaugh": 4, "ReactionCry": 8}
-WEIGHTS = {"Download": Decimal(1), "Generation": Decimal(2), "ReactionHeart": Decimal("0.5"), "Comment": Decimal("1.5")}
+WEIGHTS = {
+    "Download": Decimal(1),
+    "Generation": Decimal(2),
+    "ReactionHeart": Decimal("0.5"),
+    "Comment": Decimal("1.5"),
+}
 OTHER_WEIGHT = Decimal("0.1")
 
 
@@ -41,7 +46,7 @@ class Oracle:
             else:
                 self.additive[e.event_id] = e
 
-    def metrics(self, user: int) -> dict[str, object]:
+    def metrics(self, user: int) -> dict[str, object]:  # noqa: C901 - a flat list of the definitions
         out: dict[str, object] = defaultdict(int)
         score = Decimal(0)
         since = self.now.timestamp() - self.window_days * 86400

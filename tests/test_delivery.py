@@ -91,8 +91,12 @@ def test_dead_letter_cli_list_replay_purge(clean):  # type: ignore[no-untyped-de
 def test_replay_of_a_fixed_dead_letter_enqueues_it(clean):  # type: ignore[no-untyped-def]
     # Given a dead letter whose payload is valid now (e.g. it failed for a reason since fixed)
     deadletters.record(
-        clean.redis, task="record_follow", reason="ClickHouse down", error="OperationalError",
-        task_id="t1", kwargs={"follower_id": 71, "user_id": 72},
+        clean.redis,
+        task="record_follow",
+        reason="ClickHouse down",
+        error="OperationalError",
+        task_id="t1",
+        kwargs={"follower_id": 71, "user_id": 72},
     )
     result = CliRunner().invoke(cli, ["dead-letters", "replay"])
     assert result.exit_code == 0, result.output

@@ -114,8 +114,13 @@ def test_follow_counts_match_oracle_under_duplicates_and_reordering(clean, produ
     sent = []
     for follower, user, on, seconds in history:
         sent.append(
-            dict(follower_id=follower, user_id=user, is_follow=on, event_id=uuid.uuid4(),
-                 occurred_at=base + timedelta(seconds=seconds))
+            dict(
+                follower_id=follower,
+                user_id=user,
+                is_follow=on,
+                event_id=uuid.uuid4(),
+                occurred_at=base + timedelta(seconds=seconds),
+            )
         )
     # Deliver with duplicates, in a shuffled order.
     dupes = data.draw(st.lists(st.sampled_from(sent), max_size=10))
@@ -125,11 +130,21 @@ def test_follow_counts_match_oracle_under_duplicates_and_reordering(clean, produ
     wait_drained(clean)
 
     oracle = Oracle(now=datetime.now(UTC))
-    oracle.apply_all([
-        E(str(k["event_id"]), "User", k["user_id"], k["follower_id"], k["user_id"], "Follow",
-          1 if k["is_follow"] else -1, k["occurred_at"])
-        for k in sent
-    ])
+    oracle.apply_all(
+        [
+            E(
+                str(k["event_id"]),
+                "User",
+                k["user_id"],
+                k["follower_id"],
+                k["user_id"],
+                "Follow",
+                1 if k["is_follow"] else -1,
+                k["occurred_at"],
+            )
+            for k in sent
+        ]
+    )
     got = cached(clean, 1, 2, 3, 4, 5)
     for uid in range(1, 6):
         m = got[uid]

@@ -1,0 +1,39 @@
+# Two commands on a fresh machine with Python 3.11 (or 3.12) and make:
+#   make run    start worker, beat and Flower on embedded defaults (Ctrl-C stops everything)
+#   make test   run the test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
+UV_VERSION := 0.13.8
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: install run test lint bench clean
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --python $(PYTHON)
+	touch $@
+
+install: $(VENV)/.synced
+
+run: install
+	$(PY) -m app run
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check app tasks tests
+	$(VENV)/bin/ruff format --check app tasks tests
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) -m app bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .data .mypy_cache .ruff_cache .pytest_cache
