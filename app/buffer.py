@@ -93,6 +93,26 @@ def ack(r: RedisClient, entry_ids: list[str]) -> None:
     pipe.execute()
 
 
+def delivery_counts(r: RedisClient, consumer: str, entry_ids: list[str]) -> dict[str, int]:
+    """How many times each of this consumer's pending entries has been delivered."""
+    if not entry_ids:
+        return {}
+    rows: Any = r.xpending_range(
+        c.EVENT_STREAM_KEY,
+        c.EVENT_STREAM_GROUP,
+        min=min(entry_ids, key=_id_key),
+        max=max(entry_ids, key=_id_key),
+        count=len(entry_ids) + 1000,
+        consumername=consumer,
+    )
+    return {str(row["message_id"]): int(row["times_delivered"]) for row in rows}
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, seq = entry_id.split("-", 1)
+    return int(ms), int(seq)
+
+
 def claim_stale(r: RedisClient, consumer: str, idle_ms: int, count: int) -> list[Entry]:
     """Take over entries another consumer read but did not acknowledge for ``idle_ms`` (it likely died)."""
     reply: Any = r.xautoclaim(c.EVENT_STREAM_KEY, c.EVENT_STREAM_GROUP, consumer, idle_ms, "0-0", count=count)

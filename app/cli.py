@@ -14,11 +14,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from app import clickhouse, deadletters, embedded_redis, migrations, runtime
+from app import buffer, clickhouse, deadletters, embedded_redis, migrations, runtime
 from app import constants as c
+from app.events import Event, ReactionFlag
 from app.locks import redis_lock
 from app.metrics import UserMetrics
 from app.query import MetricsSource, UserMetricsQueryService
+from app.reactions import ReactionSource, UserReactionQueryService, latest_reactions
+from app.reactions_cache import BitUpdate
 from app.runtime import Runtime
 from app.settings import Settings, load_settings
 
@@ -63,6 +66,23 @@ def _worker_source(rt: Runtime) -> MetricsSource:
         return {int(uid): UserMetrics.from_hash(fields) for uid, fields in data.items()}
 
     return compute
+
+
+def _reaction_source(rt: Runtime) -> ReactionSource:
+    if not clickhouse.owner_is_elsewhere(rt.settings):
+        return lambda user_id, image_ids: latest_reactions(rt.clickhouse, user_id, image_ids)
+    from tasks.celery_app import configure
+
+    app = configure(rt.settings)
+
+    def through_worker(user_id: int, image_ids: Sequence[int]) -> dict[int, list[BitUpdate]]:
+        result = app.send_task(
+            c.QUERY_REACTIONS, kwargs={"user_id": user_id, "image_ids": list(image_ids)}, queue=c.READS_QUEUE
+        )
+        data: dict[str, list[list[Any]]] = result.get(timeout=rt.settings.read_timeout_s)
+        return {int(i): [BitUpdate(int(i), int(b), bool(on), str(v)) for b, on, v in bits] for i, bits in data.items()}
+
+    return through_worker
 
 
 def _metrics_service(rt: Runtime) -> UserMetricsQueryService:
@@ -136,6 +156,25 @@ def user_metrics(
     console.print(table)
 
 
+@cli.command()
+def reactions(
+    user_id: Annotated[int, typer.Argument(help="User id")],
+    image_ids: Annotated[list[int], typer.Argument(help="Image ids (up to 1000)")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """A user's reactions on images as bit flags (Like=1, Heart=2, Laugh=4, Cry=8): cache first."""
+    with _runtime() as rt:
+        found = UserReactionQueryService(rt.redis, _reaction_source(rt)).get_user_reactions(user_id, image_ids)
+    if as_json:
+        print(json.dumps({str(i): flags for i, flags in found.items()}))
+        return
+    table = Table("image", "flags", "reactions")
+    for image, flags in found.items():
+        names = [f.name.title() for f in ReactionFlag if flags & f and f.name] or ["-"]
+        table.add_row(str(image), str(flags), ", ".join(names))
+    console.print(table)
+
+
 @dead_cli.command("list")
 def dead_list(limit: int = 50, as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False) -> None:
     """Show dead letters, oldest first."""
@@ -165,10 +204,15 @@ def dead_replay(
         replayed, refused = 0, 0
         for letter in letters:
             try:
-                if letter.task not in c.EVENT_TASKS or not isinstance(letter.kwargs, dict):
+                if letter.task == c.BUFFERED_EVENTS_TASK and isinstance(letter.kwargs, dict):
+                    # Validated events the flusher could not write: back into the buffer as they were.
+                    events = [Event.from_json(item) for item in letter.kwargs["events"]]
+                    buffer.append(rt.redis, str(letter.kwargs.get("source_task", "")), events)
+                elif letter.task in c.EVENT_TASKS and isinstance(letter.kwargs, dict):
+                    producer.send(letter.task, **letter.kwargs)
+                else:
                     raise ValueError(f"not a replayable event task message ({letter.task or 'no task name'})")
-                producer.send(letter.task, **letter.kwargs)
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, KeyError) as exc:
                 refused += 1
                 err.print(f"[yellow]{letter.entry_id}[/]: still invalid: {exc}")
                 continue

@@ -11,6 +11,8 @@ USER_METRICS_TTL_S = 3600
 USER_METRICS_VERSION_KEY = "user:metrics:v:{user_id}"
 REACTIONS_KEY = "reactions:{user_id}"
 REACTIONS_TTL_S = 604_800
+# Companion of a reactions hash: per ``{imageId}:{bit}``, the version of the event that set it. Same TTL.
+REACTIONS_VERSION_KEY = "reactions:v:{user_id}"
 LEADERBOARD_KEY = "leaderboard:engagement"
 
 # The durable event buffer between event tasks and ClickHouse (a Redis stream with a consumer group).
@@ -23,6 +25,8 @@ EVENT_TIME_PIN_KEY = "events:first-seen:{event_id}"
 EVENT_TIME_PIN_TTL_S = 7 * 86_400
 
 DEAD_LETTER_KEY = "deadletters"
+# Task name recorded on dead letters of already-validated events that the flusher could not write.
+BUFFERED_EVENTS_TASK = "events:buffer"
 DEAD_LETTER_TTL_S = 90 * 86_400
 DEAD_LETTER_MAXLEN = 1_000_000
 
@@ -45,5 +49,6 @@ EVENT_TASKS = (RECORD_FOLLOW, RECORD_UPLOAD, SET_REACTION, RECORD_ENTITY_METRIC,
 
 # Read and maintenance task names.
 QUERY_USER_METRICS = "query_user_metrics"
+QUERY_REACTIONS = "query_reactions"
 APPLY_MIGRATIONS = "apply_migrations"
 CHECK_EVENT_BUFFER = "check_event_buffer"

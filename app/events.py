@@ -24,6 +24,7 @@ class MetricType(StrEnum):
     GENERATION = "Generation"
     COMMENT = "Comment"
     VIEW = "View"
+    ENGAGEMENT = "Engagement"
 
 
 STATE_TYPES: frozenset[MetricType] = frozenset(
@@ -36,7 +37,9 @@ STATE_TYPES: frozenset[MetricType] = frozenset(
         MetricType.REACTION_CRY,
     }
 )
-ADDITIVE_TYPES: frozenset[MetricType] = frozenset(set(MetricType) - STATE_TYPES)
+# Gauges record a measured value (the seed's Engagement score, in units of 1/10,000); the latest one counts.
+GAUGE_TYPES: frozenset[MetricType] = frozenset({MetricType.ENGAGEMENT})
+ADDITIVE_TYPES: frozenset[MetricType] = frozenset(set(MetricType) - STATE_TYPES - GAUGE_TYPES)
 
 
 class ReactionFlag(IntFlag):
@@ -55,7 +58,9 @@ REACTION_TYPES: dict[ReactionFlag, MetricType] = {
     ReactionFlag.CRY: MetricType.REACTION_CRY,
 }
 
+# Entity types that are uploaded; their owner is the user of their latest Upload event.
 UPLOAD_ENTITY_TYPES = ("Model", "Post", "Image")
+ENGAGEMENT_SCALE = 10_000
 
 # Value written for "on" and "off" state events. Readers only look at the sign (value > 0 is on).
 STATE_ON = 1

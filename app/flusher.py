@@ -13,7 +13,6 @@ acknowledge the stream entries. A crash anywhere before the acknowledgement repl
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
 import threading
@@ -22,12 +21,11 @@ from dataclasses import dataclass
 
 import redis
 
-from app import buffer, deadletters, metrics_cache
+from app import buffer, deadletters, metrics_cache, owners, reactions_cache
 from app import constants as c
 from app.buffer import Entry
 from app.clickhouse import insert_events
 from app.errors import PermanentError, classify
-from app.events import Event
 from app.metrics import compute_user_metrics
 from app.redis_store import server_time_us
 from app.runtime import Runtime
@@ -70,7 +68,7 @@ class Flusher:
         r = self.rt.redis
         count = self.rt.settings.flush_max_events
         if self._recover:
-            entries = buffer.read(r, self.consumer, count, None, own_pending=True)
+            entries = self._give_up_on_exhausted(buffer.read(r, self.consumer, count, None, own_pending=True))
             if entries:
                 return entries
             self._recover = False
@@ -98,17 +96,58 @@ class Flusher:
             raise
 
     def _write(self, entries: list[Entry]) -> FlushResult:
-        events: list[Event] = [e for entry in entries for e in entry.events]
-        insert_events(self.rt.clickhouse, events)
-        users = {u for e in events for u in e.affected_users()}
+        r, ch = self.rt.redis, self.rt.clickhouse
+        resolution = owners.resolve(ch, [e for entry in entries for e in entry.events])
+        if resolution.conflicts:
+            entries = self._dead_letter_conflicts(entries, resolution.conflicts)
+        keep = {str(e.event_id) for entry in entries for e in entry.events}
+        events = [e for e in resolution.events if str(e.event_id) in keep]
+        insert_events(ch, events + resolution.adopted)
+        users = {u for e in (*events, *resolution.adopted) for u in e.affected_users()}
         refreshed = refresh_user_caches(self.rt, users)
-        buffer.ack(self.rt.redis, [entry.entry_id for entry in entries])
+        reactions_cache.merge(r, reactions_cache.updates_from_events(events))
+        buffer.ack(r, [entry.entry_id for entry in entries])
         pipe = self.rt.redis.pipeline(transaction=False)
         pipe.hincrby(c.COUNTER_KEY, "events_ingested_total", len(events))
         pipe.hincrby(c.COUNTER_KEY, "flushes_total", 1)
         pipe.expire(c.COUNTER_KEY, c.COUNTER_TTL_S)
         pipe.execute()
         return FlushResult(len(entries), len(events), refreshed)
+
+    def _give_up_on_exhausted(self, entries: list[Entry]) -> list[Entry]:
+        """Entries that failed ``FLUSH_MAX_DELIVERIES`` times go to the dead letters (replayable), not round again."""
+        limit = self.rt.settings.flush_max_deliveries
+        counts = buffer.delivery_counts(self.rt.redis, self.consumer, [e.entry_id for e in entries])
+        keep = []
+        for entry in entries:
+            tries = counts.get(entry.entry_id, 0)
+            if tries > limit:
+                self._dead_letter(entry, f"not written after {tries - 1} attempts (ClickHouse unreachable?)", "GaveUp")
+            else:
+                keep.append(entry)
+        return keep
+
+    def _dead_letter_conflicts(self, entries: list[Entry], conflicts: dict[str, str]) -> list[Entry]:
+        """Dead-letter whole messages that carry wrong owner data; return the others."""
+        good = []
+        for entry in entries:
+            reasons = [conflicts[str(e.event_id)] for e in entry.events if str(e.event_id) in conflicts]
+            if not reasons:
+                good.append(entry)
+                continue
+            self._dead_letter(entry, "; ".join(reasons), "OwnerConflict")
+        return good
+
+    def _dead_letter(self, entry: Entry, reason: str, error: str) -> None:
+        deadletters.record(
+            self.rt.redis,
+            task=c.BUFFERED_EVENTS_TASK,
+            reason=reason,
+            error=error,
+            task_id=entry.entry_id,
+            kwargs={"source_task": entry.task, "events": [e.to_json() for e in entry.events]},
+        )
+        buffer.ack(self.rt.redis, [entry.entry_id])
 
     def _write_one_by_one(self, entries: list[Entry]) -> FlushResult:
         """A batch hit a permanent error: isolate the bad entries, dead-letter them, write the rest."""
@@ -119,15 +158,7 @@ class Flusher:
             except Exception as exc:
                 if classify(exc) is not PermanentError:
                     raise
-                deadletters.record(
-                    self.rt.redis,
-                    task=entry.task,
-                    reason=f"ClickHouse refused the events: {exc}",
-                    error=type(exc).__name__,
-                    task_id=entry.entry_id,
-                    kwargs=json.loads(json.dumps([e.to_json() for e in entry.events])),
-                )
-                buffer.ack(self.rt.redis, [entry.entry_id])
+                self._dead_letter(entry, f"ClickHouse refused the events: {exc}", type(exc).__name__)
                 continue
             total.entries += result.entries
             total.events += result.events

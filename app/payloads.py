@@ -186,7 +186,10 @@ class RecordEntityMetric(_Payload):
     entity_type: Annotated[str, Field(pattern=r"^[A-Z][A-Za-z]{0,31}$", description="e.g. Model, Post, Image")]
     entity_id: EntityId
     metric_type: MetricType
-    metric_value: Annotated[StrictInt, Field(ge=-(2**31), lt=2**31)] = 1
+    metric_value: Annotated[
+        StrictInt,
+        Field(ge=-(2**31), lt=2**31, description="Additive: the amount; state: > 0 on, <= 0 off; Engagement: x10,000"),
+    ] = 1
     user_id: UserId
     owner_id: UserId | None = None
 
@@ -196,13 +199,15 @@ class RecordEntityMetric(_Payload):
             raise ValueError("Follow events are on entity_type User")
         if self.metric_type is MetricType.UPLOAD and self.entity_type not in UPLOAD_ENTITY_TYPES:
             raise ValueError(f"Upload events are on one of {', '.join(UPLOAD_ENTITY_TYPES)}")
+        if self.metric_type is MetricType.ENGAGEMENT and (self.entity_type != "User" or self.entity_id != self.user_id):
+            raise ValueError("Engagement is recorded on the user itself (entity_type User, entity_id == user_id)")
         return self
 
     def to_events(self, event_id: uuid.UUID, occurred_at: datetime) -> list[Event]:
         owner = self.owner_id or 0
-        if self.metric_type in (MetricType.FOLLOW,):
+        if self.metric_type is MetricType.FOLLOW:
             owner = self.entity_id
-        elif self.metric_type is MetricType.UPLOAD:
+        elif self.metric_type in (MetricType.UPLOAD, MetricType.ENGAGEMENT):
             owner = self.user_id
         return [
             self._event(

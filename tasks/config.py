@@ -48,6 +48,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             **{name: {"queue": c.EVENTS_QUEUE} for name in c.EVENT_TASKS},
             c.QUERY_USER_METRICS: {"queue": c.READS_QUEUE},
+            c.QUERY_REACTIONS: {"queue": c.READS_QUEUE},
             c.APPLY_MIGRATIONS: {"queue": c.READS_QUEUE},
             c.CHECK_EVENT_BUFFER: {"queue": c.MAINTENANCE_QUEUE},
         },

@@ -9,6 +9,7 @@ from app import constants as c
 from app import migrations, runtime
 from app.locks import redis_lock
 from app.query import direct_source
+from app.reactions import latest_reactions
 from tasks.base import project_task
 
 
@@ -18,6 +19,13 @@ def query_user_metrics(self: Any, user_ids: list[int], as_of: str | None = None)
     when = datetime.fromisoformat(as_of) if as_of else None
     computed = direct_source(runtime.get())([int(u) for u in user_ids], when)
     return {str(uid): m.to_hash() for uid, m in computed.items()}
+
+
+@project_task(c.QUERY_REACTIONS, ignore_result=False, max_retries=0, time_limit_s=30)
+def query_reactions(self: Any, user_id: int, image_ids: list[int]) -> dict[str, list[list[Any]]]:
+    """Latest reaction bits of a user on images, from ClickHouse: ``{imageId: [[bit, on, version], ...]}``."""
+    states = latest_reactions(runtime.get().clickhouse, int(user_id), [int(i) for i in image_ids])
+    return {str(image): [[u.bit, u.on, u.version] for u in bits] for image, bits in states.items()}
 
 
 @project_task(c.APPLY_MIGRATIONS, ignore_result=False, max_retries=0, time_limit_s=300)

@@ -1,0 +1,100 @@
+"""A user's reactions on a page of images: the seeds' cache and query services (DESIGN.md sections 4 and 6)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+from app import reactions_cache
+from app.clickhouse import ClickHouse
+from app.errors import ValidationError
+from app.events import epoch_ms
+from app.reactions_cache import ALL_BITS, BIT_OF, NO_VERSION, BitUpdate
+from app.redis_store import RedisClient
+
+MAX_IMAGES_PER_READ = 1000
+
+_REACTIONS_SQL = """
+SELECT entityId, metricType,
+       argMax(metricValue, (createdAt, toString(eventId))),
+       max((createdAt, toString(eventId)))
+FROM entityMetricEvents
+WHERE userId = {user:Int64} AND metricType IN {reactions:Array(String)} AND entityType = 'Image'
+  AND entityId IN {images:Array(Int64)}
+GROUP BY entityId, metricType
+"""
+
+
+def latest_reactions(ch: ClickHouse, user_id: int, image_ids: Sequence[int]) -> dict[int, list[BitUpdate]]:
+    """The latest state of all four reactions of ``user_id`` on each image, with versions (latest event wins)."""
+    found: dict[int, dict[int, BitUpdate]] = {int(i): {} for i in image_ids}
+    params = {"user": user_id, "images": sorted(found), "reactions": sorted(m.value for m in BIT_OF)}
+    for image, metric, value, (created, event_id) in ch.rows(_REACTIONS_SQL, params):
+        bit = BIT_OF[metric]
+        when = created if created.tzinfo else created.replace(tzinfo=UTC)
+        version = reactions_cache.version_of(epoch_ms(when), str(event_id))
+        found[int(image)][bit] = BitUpdate(int(image), bit, int(value) > 0, version)
+    return {
+        image: [bits.get(b) or BitUpdate(image, b, False, NO_VERSION) for b in ALL_BITS]
+        for image, bits in found.items()
+    }
+
+
+class ReactionSource(Protocol):
+    def __call__(self, user_id: int, image_ids: Sequence[int]) -> dict[int, list[BitUpdate]]: ...
+
+
+def flags_of(bits: Sequence[BitUpdate]) -> int:
+    return sum(u.bit for u in bits if u.on)
+
+
+class UserReactionCacheService:
+    """``reactions:{userId}`` operations. Writes are version-merged: an older state never overwrites a newer one."""
+
+    def __init__(self, redis: RedisClient) -> None:
+        self.redis = redis
+
+    def get_user_reactions(self, user_id: int, image_ids: Sequence[int]) -> dict[int, int | None]:
+        """Cached flags per image; None where the cache does not know. Renews the TTL."""
+        return reactions_cache.read(self.redis, user_id, image_ids)
+
+    def set_reaction(
+        self, user_id: int, image_id: int, reactions: int, *, at: datetime | None = None, event_id: str | None = None
+    ) -> None:
+        """Cache a full reaction state (e.g. read-your-writes right after enqueuing ``set_reaction``)."""
+        if not 0 <= reactions <= 15:
+            raise ValidationError(f"reactions must be flags 0..15, got {reactions}")
+        version = reactions_cache.version_of(epoch_ms(at or datetime.now(UTC)), event_id or str(uuid.uuid4()))
+        updates = [BitUpdate(image_id, b, bool(reactions & b), version) for b in ALL_BITS]
+        reactions_cache.merge(self.redis, {user_id: updates})
+
+    def clear_reaction(self, user_id: int, image_id: int) -> None:
+        """Forget one image; the next read resolves it from ClickHouse again."""
+        reactions_cache.forget(self.redis, user_id, image_id)
+
+    def populate_from_clickhouse(self, user_id: int, image_ids: Sequence[int], source: ReactionSource) -> None:
+        states = source(user_id, image_ids)
+        reactions_cache.merge(self.redis, {user_id: [u for bits in states.values() for u in bits]})
+
+
+class UserReactionQueryService:
+    """Cache first; misses resolved from ClickHouse (latest event wins), cached (absences as 0), returned."""
+
+    def __init__(self, redis: RedisClient, source: ReactionSource) -> None:
+        self.cache = UserReactionCacheService(redis)
+        self.source = source
+
+    def get_user_reactions(self, user_id: int, image_ids: Sequence[int]) -> dict[int, int]:
+        ids = list(dict.fromkeys(int(i) for i in image_ids))
+        if len(ids) > MAX_IMAGES_PER_READ:
+            raise ValidationError(f"at most {MAX_IMAGES_PER_READ} images per read, got {len(ids)}")
+        cached = self.cache.get_user_reactions(user_id, ids)
+        misses = [i for i, flags in cached.items() if flags is None]
+        out = {i: flags for i, flags in cached.items() if flags is not None}
+        if misses:
+            states = self.source(user_id, misses)
+            reactions_cache.merge(self.cache.redis, {user_id: [u for bits in states.values() for u in bits]})
+            out.update({image: flags_of(bits) for image, bits in states.items()})
+        return {i: out[i] for i in ids}
