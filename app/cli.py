@@ -139,6 +139,24 @@ def enqueue(
                 raise typer.Exit(2) from exc
 
 
+@cli.command()
+def schemas(
+    write: Annotated[bool, typer.Option("--write", help="Regenerate schemas/*.json")] = False,
+) -> None:
+    """Check (or --write) the published JSON Schemas of the task payloads."""
+    from app import schemas as s
+
+    if write:
+        for path in s.write_all():
+            console.print(f"wrote {path}")
+        return
+    stale = s.drifted()
+    if stale:
+        err.print(f"schemas out of date for: {', '.join(stale)}; run `python -m app schemas --write`")
+        raise typer.Exit(1)
+    console.print("schemas up to date")
+
+
 @cli.command("user-metrics")
 def user_metrics(
     user_ids: Annotated[list[int], typer.Argument(help="User ids")],

@@ -16,6 +16,7 @@ from pydantic import (
     Field,
     StrictBool,
     StrictInt,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -42,7 +43,18 @@ MAX_BATCH_EVENTS = 10_000
 class _Payload(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    occurred_at: datetime | None = Field(
+    occurred_at: Annotated[
+        datetime | None,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "format": "date-time"},
+                    {"type": "integer", "description": "epoch milliseconds"},
+                    {"type": "null"},
+                ]
+            }
+        ),
+    ] = Field(
         default=None,
         description="When it happened on the producer's clock: RFC 3339 with a zone, or epoch milliseconds.",
     )
