@@ -22,8 +22,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": broker,
         "broker_connection_retry_on_startup": True,
-        # Unacknowledged messages return to the queue after this long (Redis broker); longer than any task.
-        "broker_transport_options": {"visibility_timeout": 3600},
+        # Unacknowledged messages (a worker died) return to the queue after this long; longer than any task.
+        "broker_transport_options": {"visibility_timeout": settings.broker_visibility_timeout_s},
         "result_backend": redis_url,
         "result_expires": 3600,
         "task_ignore_result": True,

@@ -18,6 +18,7 @@ def publish_raw(
     body: Any = None,
     content_type: str = "application/json",
     queue: str = "events",
+    broker_url: str = BROKER_REDIS_URL,
 ) -> str:
     task_id = task_id or str(uuid.uuid4())
     headers = {
@@ -37,7 +38,7 @@ def publish_raw(
     encoding: dict[str, Any] = {"serializer": "json"}
     if isinstance(body, bytes):  # already encoded (or deliberately garbage)
         encoding = {"content_type": content_type, "content_encoding": "binary"}
-    with Connection(BROKER_REDIS_URL) as conn:
+    with Connection(broker_url) as conn:
         conn.Producer().publish(
             body,
             exchange=exchange,
