@@ -31,6 +31,8 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
     help="User metrics and image reactions service.",
 )
+bench_cli = typer.Typer(no_args_is_help=True, help="Benchmarks: figures and ratios against a same-run baseline.")
+cli.add_typer(bench_cli, name="bench")
 dead_cli = typer.Typer(no_args_is_help=True, help="Inspect, replay or purge dead letters.")
 cli.add_typer(dead_cli, name="dead-letters")
 console = Console()
@@ -157,6 +159,53 @@ def schemas(
     console.print("schemas up to date")
 
 
+@cli.command()
+def simulate(
+    users: Annotated[int, typer.Option(help="Distinct users")] = 1000,
+    events: Annotated[int, typer.Option(help="Messages to send")] = 10_000,
+    rate: Annotated[float, typer.Option(help="Messages per second (0 = as fast as possible)")] = 500.0,
+    duplicates: Annotated[float, typer.Option(help="Fraction re-sent with the same event id")] = 0.0,
+    out_of_order: Annotated[float, typer.Option(help="Fraction stamped up to 60 s in the past")] = 0.0,
+    batch: Annotated[int, typer.Option(help="Events per record_events message (1 = one task per event)")] = 1,
+    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+) -> None:
+    """Drive realistic web-app traffic through the real task path, with a progress bar."""
+    import time
+
+    from rich.progress import Progress
+
+    from app.producer import EventProducer
+    from app.simulate import TrafficGenerator
+    from tasks.celery_app import configure
+
+    with _runtime() as rt:
+        producer = EventProducer(configure(rt.settings))
+        stream = TrafficGenerator(users=users, seed=seed).stream(
+            events, duplicates=duplicates, out_of_order=out_of_order
+        )
+        started = time.monotonic()
+        pending: list[dict[str, Any]] = []
+        with Progress(console=console) as progress:
+            bar = progress.add_task("sending", total=events)
+            for sent, msg in enumerate(stream, start=1):
+                if batch > 1:
+                    pending.append({"type": msg.task, **msg.kwargs})
+                    if len(pending) >= batch:
+                        producer.send(c.RECORD_EVENTS, events=pending)
+                        pending = []
+                else:
+                    producer.send(msg.task, **msg.kwargs)
+                progress.advance(bar)
+                if rate > 0:
+                    ahead = sent / rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+            if pending:
+                producer.send(c.RECORD_EVENTS, events=pending)
+        elapsed = time.monotonic() - started
+    console.print(f"sent {events} events in {elapsed:.1f} s ({events / elapsed:,.0f}/s)")
+
+
 @cli.command("user-metrics")
 def user_metrics(
     user_ids: Annotated[list[int], typer.Argument(help="User ids")],
@@ -253,6 +302,28 @@ def dead_purge(
     with _runtime() as rt:
         n = deadletters.purge_all(rt.redis) if all_ else deadletters.delete(rt.redis, ids or [])
     console.print(f"purged {n}")
+
+
+def _print_bench(title: str, rows: list[tuple[str, str, str]], figures: dict[str, float], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(figures))
+        return
+    table = Table("measure", "result", "against", title=title)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+@bench_cli.command("ingest")
+def bench_ingest(
+    quick: Annotated[bool, typer.Option("--quick", help="Small sizes, under a minute")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON")] = False,
+) -> None:
+    """Write path: no-op ceiling, per-message mix, 500-event batches, latency, worker memory."""
+    from app.bench import ingest
+
+    result = ingest.run(quick)
+    _print_bench("ingest" + (" (quick)" if quick else ""), result.rows(), result.figures, as_json)
 
 
 def main(argv: Sequence[str] | None = None) -> Any:

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     flush_max_wait_ms: int = Field(default=250, ge=1, le=5000, alias="FLUSH_MAX_WAIT_MS")
     flush_max_events: int = Field(default=5000, ge=1, alias="FLUSH_MAX_EVENTS")
     flush_max_deliveries: int = Field(default=30, ge=1, alias="FLUSH_MAX_DELIVERIES")
+    task_events: bool = Field(default=True, alias="TASK_EVENTS")
+    worker_prefetch: int = Field(default=8, ge=1, alias="WORKER_PREFETCH")
     broker_visibility_timeout_s: int = Field(default=3600, ge=1, alias="BROKER_VISIBILITY_TIMEOUT_S")
     task_max_retries: int = Field(default=8, ge=0, alias="TASK_MAX_RETRIES")
     retry_backoff_max_s: int = Field(default=120, ge=1, alias="RETRY_BACKOFF_MAX_S")

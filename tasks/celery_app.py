@@ -94,6 +94,7 @@ def _close_process(**_: Any) -> None:
 
 
 # Register the task modules.
+import tasks.bench  # noqa: E402,F401
 import tasks.events  # noqa: E402,F401
 import tasks.maintenance  # noqa: E402,F401
 import tasks.reads  # noqa: E402,F401

@@ -37,7 +37,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         # Small tasks: a modest prefetch keeps the pool busy without hoarding messages a peer could run.
-        "worker_prefetch_multiplier": 8,
+        "worker_prefetch_multiplier": settings.worker_prefetch,
         "task_queues": [
             Queue(name, Exchange(name, type="direct"), routing_key=name)
             for name in (c.EVENTS_QUEUE, c.MAINTENANCE_QUEUE, c.READS_QUEUE)
@@ -51,9 +51,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             c.QUERY_REACTIONS: {"queue": c.READS_QUEUE},
             c.APPLY_MIGRATIONS: {"queue": c.READS_QUEUE},
             c.CHECK_EVENT_BUFFER: {"queue": c.MAINTENANCE_QUEUE},
+            c.BENCH_NOOP: {"queue": c.EVENTS_QUEUE},
         },
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "worker_send_task_events": settings.task_events,
+        # No "task-sent" events: they would double the producer's broker writes; workers report the rest.
+        "task_send_sent_event": False,
         "worker_consumer": "tasks.celery_app:DeadLetteringConsumer",
         "beat_schedule": beat_schedule(settings),
     }

@@ -32,17 +32,40 @@ N_FOLLOWS = 1000
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "CLICKHOUSE_URL"}
     env.update(
-        DATA_DIR=str(ROOT / "crash"), REDIS_URL=CACHE_URL, CELERY_BROKER_URL=BROKER_URL,
-        FLUSH_MAX_EVENTS="300", BROKER_VISIBILITY_TIMEOUT_S="3", RECLAIM_IDLE_MS="1000", LOG_LEVEL="WARNING",
+        DATA_DIR=str(ROOT / "crash"),
+        REDIS_URL=CACHE_URL,
+        CELERY_BROKER_URL=BROKER_URL,
+        FLUSH_MAX_EVENTS="300",
+        BROKER_VISIBILITY_TIMEOUT_S="3",
+        RECLAIM_IDLE_MS="1000",
+        LOG_LEVEL="WARNING",
     )
     return env
 
 
 def _worker() -> subprocess.Popen[bytes]:
     return subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "celery", "-A", "tasks.celery_app:celery_app", "worker", "--pool", "threads",
-         "-c", "4", "-Q", "events,maintenance,reads", "--hostname", "crash@%h", "--loglevel", "WARNING"],
-        env=_env(), cwd=REPO, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks.celery_app:celery_app",
+            "worker",
+            "--pool",
+            "threads",
+            "-c",
+            "4",
+            "-Q",
+            "events,maintenance,reads",
+            "--hostname",
+            "crash@%h",
+            "--loglevel",
+            "WARNING",
+        ],
+        env=_env(),
+        cwd=REPO,
+        start_new_session=True,
     )
 
 
@@ -54,16 +77,25 @@ def _publish_all() -> None:
         for i in range(N_DOWNLOADS + N_FOLLOWS):
             if i < N_DOWNLOADS:
                 task = "record_entity_metric"
-                kwargs = {"entity_type": "Model", "entity_id": 1000 + i % 50, "metric_type": "Download",
-                          "metric_value": 1, "user_id": 100 + i, "owner_id": OWNERS[i % len(OWNERS)],
-                          "event_id": str(uuid.uuid4())}
+                kwargs = {
+                    "entity_type": "Model",
+                    "entity_id": 1000 + i % 50,
+                    "metric_type": "Download",
+                    "metric_value": 1,
+                    "user_id": 100 + i,
+                    "owner_id": OWNERS[i % len(OWNERS)],
+                    "event_id": str(uuid.uuid4()),
+                }
             else:
                 task = "record_follow"
                 kwargs = {"follower_id": 10_000 + i, "user_id": OWNERS[i % len(OWNERS)], "event_id": str(uuid.uuid4())}
             task_id = str(uuid.uuid4())
             producer.publish(
                 [[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}],
-                exchange=exchange, routing_key="events", declare=[queue], serializer="json",
+                exchange=exchange,
+                routing_key="events",
+                declare=[queue],
+                serializer="json",
                 headers={"lang": "py", "task": task, "id": task_id, "root_id": task_id, "retries": 0},
             )
 
@@ -108,7 +140,11 @@ def test_sigkill_mid_batch_loses_nothing_and_counts_nothing_twice() -> None:
     cache.delete(*[f"user:metrics:{o}" for o in OWNERS], *[f"user:metrics:v:{o}" for o in OWNERS])
     out = subprocess.run(  # noqa: S603
         [sys.executable, "-m", "app", "user-metrics", *map(str, OWNERS), "--json"],
-        env=_env(), cwd=REPO, capture_output=True, text=True, timeout=120,
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     metrics = json.loads(out.stdout)

@@ -29,8 +29,12 @@ def _event() -> Event:
 @pytest.fixture()
 def unreachable(settings: Settings) -> Runtime:
     cfg = settings.model_copy(
-        update={"clickhouse_url": "http://127.0.0.1:9/usermetrics", "redis_url": ISOLATED_REDIS,
-                "flush_max_deliveries": 3, "clickhouse_timeout_s": 1.0}
+        update={
+            "clickhouse_url": "http://127.0.0.1:9/usermetrics",
+            "redis_url": ISOLATED_REDIS,
+            "flush_max_deliveries": 3,
+            "clickhouse_timeout_s": 1.0,
+        }
     )
     rt = Runtime(cfg)
     rt.redis.flushdb()

@@ -15,10 +15,20 @@ GOOD = {
     "record_follow": {"follower_id": 1, "user_id": 2, "is_follow": False, "occurred_at": 1767225600000},
     "record_upload": {"user_id": 1, "content_type": "Post", "entity_id": 9, "occurred_at": "2026-01-01T00:00:00Z"},
     "set_reaction": {"user_id": 1, "image_id": 3, "reactions": 5, "owner_id": 2},
-    "record_entity_metric": {"entity_type": "Model", "entity_id": 4, "metric_type": "Download", "metric_value": 2,
-                             "user_id": 1, "owner_id": 7},
-    "record_events": {"events": [{"type": "record_follow", "follower_id": 1, "user_id": 2},
-                                 {"type": "set_reaction", "user_id": 1, "image_id": 3, "reactions": 0}]},
+    "record_entity_metric": {
+        "entity_type": "Model",
+        "entity_id": 4,
+        "metric_type": "Download",
+        "metric_value": 2,
+        "user_id": 1,
+        "owner_id": 7,
+    },
+    "record_events": {
+        "events": [
+            {"type": "record_follow", "follower_id": 1, "user_id": 2},
+            {"type": "set_reaction", "user_id": 1, "image_id": 3, "reactions": 0},
+        ]
+    },
 }
 BAD = {
     "record_follow": {"follower_id": "1", "user_id": 2},
@@ -49,6 +59,11 @@ def test_schema_and_model_agree_on_good_and_bad_payloads(task: str) -> None:
 
 def test_what_the_producer_sends_validates_against_the_schema() -> None:
     payload = PAYLOADS["record_follow"].model_validate(
-        {"follower_id": 1, "user_id": 2, "occurred_at": datetime.now(UTC), "event_id": "0190a4f2-7b9c-7000-8000-000000000001"}
+        {
+            "follower_id": 1,
+            "user_id": 2,
+            "occurred_at": datetime.now(UTC),
+            "event_id": "0190a4f2-7b9c-7000-8000-000000000001",
+        }
     )
     jsonschema.validate(payload.model_dump(mode="json", exclude_none=True), load("record_follow"))

@@ -51,8 +51,14 @@ def an_event(draw: Any) -> dict[str, Any]:
     if kind == "reaction":
         image = draw(st.sampled_from(IMAGES))
         owner = {"owner_id": OWNER[image]} if draw(st.booleans()) else {}
-        return {"type": "set_reaction", "user_id": draw(users), "image_id": image, "reactions": draw(st.integers(0, 15)),
-                **owner, **base}
+        return {
+            "type": "set_reaction",
+            "user_id": draw(users),
+            "image_id": image,
+            "reactions": draw(st.integers(0, 15)),
+            **owner,
+            **base,
+        }
     entity = draw(st.sampled_from(IMAGES + MODELS))
     owner = {"owner_id": OWNER[entity]} if draw(st.booleans()) else {}
     return {
@@ -73,21 +79,66 @@ def oracle_events(sent: list[dict[str, Any]]) -> list[E]:
     for m in sent:
         at = datetime.fromisoformat(m["occurred_at"])
         if m["type"] == "record_follow":
-            out.append(E(m["event_id"], "User", m["user_id"], m["follower_id"], m["user_id"], "Follow",
-                         1 if m["is_follow"] else -1, at))
+            out.append(
+                E(
+                    m["event_id"],
+                    "User",
+                    m["user_id"],
+                    m["follower_id"],
+                    m["user_id"],
+                    "Follow",
+                    1 if m["is_follow"] else -1,
+                    at,
+                )
+            )
         elif m["type"] == "record_upload":
-            out.append(E(m["event_id"], m["content_type"], m["entity_id"], m["user_id"], m["user_id"], "Upload",
-                         -1 if m["is_removed"] else 1, at))
+            out.append(
+                E(
+                    m["event_id"],
+                    m["content_type"],
+                    m["entity_id"],
+                    m["user_id"],
+                    m["user_id"],
+                    "Upload",
+                    -1 if m["is_removed"] else 1,
+                    at,
+                )
+            )
         else:
             entity = m.get("image_id", m.get("entity_id"))
             owner = m.get("owner_id") or (OWNER[entity] if entity in uploaded else 0)
             if m["type"] == "set_reaction":
-                for bit, metric in ((1, "ReactionLike"), (2, "ReactionHeart"), (4, "ReactionLaugh"), (8, "ReactionCry")):
-                    out.append(E(str(derive_event_id(m["event_id"], metric)), "Image", entity, m["user_id"], owner,
-                                 metric, 1 if m["reactions"] & bit else -1, at))
+                for bit, metric in (
+                    (1, "ReactionLike"),
+                    (2, "ReactionHeart"),
+                    (4, "ReactionLaugh"),
+                    (8, "ReactionCry"),
+                ):
+                    out.append(
+                        E(
+                            str(derive_event_id(m["event_id"], metric)),
+                            "Image",
+                            entity,
+                            m["user_id"],
+                            owner,
+                            metric,
+                            1 if m["reactions"] & bit else -1,
+                            at,
+                        )
+                    )
             else:
-                out.append(E(m["event_id"], m["entity_type"], entity, m["user_id"], owner, m["metric_type"],
-                             m["metric_value"], at))
+                out.append(
+                    E(
+                        m["event_id"],
+                        m["entity_type"],
+                        entity,
+                        m["user_id"],
+                        owner,
+                        m["metric_type"],
+                        m["metric_value"],
+                        at,
+                    )
+                )
     return out
 
 

@@ -1,0 +1,149 @@
+"""Shared pieces of the benchmarks: a private stack (embedded Redis, worker subprocess) and bulk enqueueing."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from app import constants as c
+from app import embedded_redis
+from app.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def celery_message(task: str, kwargs: dict[str, Any], queue: str) -> bytes:
+    """A Celery protocol-2 message as kombu's Redis transport stores it (what ``send_task`` would LPUSH)."""
+    task_id = str(uuid.uuid4())
+    body = json.dumps([[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+    envelope = {
+        "body": base64.b64encode(body.encode()).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {"lang": "py", "task": task, "id": task_id, "root_id": task_id, "parent_id": None,
+                    "group": None, "retries": 0, "eta": None, "expires": None, "timelimit": [None, None]},
+        "properties": {"correlation_id": task_id, "delivery_mode": 2, "priority": 0, "body_encoding": "base64",
+                       "delivery_info": {"exchange": queue, "routing_key": queue}, "delivery_tag": str(uuid.uuid4())},
+    }
+    return json.dumps(envelope).encode()
+
+
+@dataclass
+class BenchStack:
+    """A private embedded Redis and chdb path, and a worker subprocess that owns them."""
+
+    root: Path
+    cache_url: str
+    broker_url: str
+    redis_pid: int
+    worker: subprocess.Popen[bytes] | None = None
+
+    @property
+    def cache(self) -> redis.Redis:
+        return redis.Redis.from_url(self.cache_url)
+
+    @property
+    def broker(self) -> redis.Redis:
+        return redis.Redis.from_url(self.broker_url)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("CLICKHOUSE_URL", "DATABASE_URL")}
+        env.update(DATA_DIR=str(self.root), REDIS_URL=self.cache_url, CELERY_BROKER_URL=self.broker_url,
+                   LOG_LEVEL="WARNING", **extra)
+        return env
+
+    def start_worker(self, concurrency: int = 4, **extra: str) -> None:
+        self.worker = subprocess.Popen(  # noqa: S603 - fixed argv
+            [sys.executable, "-m", "celery", "-A", "tasks.celery_app:celery_app", "worker", "--pool", "threads",
+             "-c", str(concurrency), "-Q", f"{c.EVENTS_QUEUE},{c.MAINTENANCE_QUEUE},{c.READS_QUEUE}",
+             "--hostname", "bench@%h", "--loglevel", "WARNING", "--without-mingle", "--without-gossip"],
+            env=self.env(**extra), cwd=REPO, start_new_session=True,
+        )
+
+    def stop_worker(self) -> None:
+        if self.worker is not None and self.worker.poll() is None:
+            os.killpg(self.worker.pid, signal.SIGTERM)
+            try:
+                self.worker.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.worker.pid, signal.SIGKILL)
+                self.worker.wait()
+        self.worker = None
+
+    def worker_peak_rss_mb(self) -> float:
+        """Peak resident memory (VmHWM) of the worker process."""
+        if self.worker is None:
+            return float("nan")
+        for line in Path(f"/proc/{self.worker.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def enqueue_bulk(self, messages: Iterable[tuple[str, dict[str, Any]]], queue: str = c.EVENTS_QUEUE) -> int:
+        """LPUSH many task messages in pipelined chunks (far faster than one publish per message)."""
+        n = 0
+        pipe = self.broker.pipeline(transaction=False)
+        for task, kwargs in messages:
+            pipe.lpush(queue, celery_message(task, kwargs, queue))
+            n += 1
+            if n % 1000 == 0:
+                pipe.execute()
+        pipe.execute()
+        return n
+
+    def drained(self) -> bool:
+        b = self.broker
+        return (
+            b.llen(c.EVENTS_QUEUE) == 0
+            and b.hlen("unacked") == 0
+            and self.cache.xlen(c.EVENT_STREAM_KEY) == 0
+        )
+
+    def wait_drained(self, timeout_s: float = 600.0) -> float:
+        """Seconds until every message ran and every buffered event was flushed."""
+        started = time.perf_counter()
+        while not self.drained():
+            if time.perf_counter() - started > timeout_s:
+                raise TimeoutError("the worker did not drain in time")
+            if self.worker is not None and self.worker.poll() is not None:
+                raise RuntimeError(f"the worker exited with {self.worker.returncode}")
+            time.sleep(0.005)
+        return time.perf_counter() - started
+
+    def ingested(self) -> int:
+        return int(self.cache.hget(c.COUNTER_KEY, "events_ingested_total") or 0)
+
+
+@contextlib.contextmanager
+def bench_stack() -> Iterator[BenchStack]:
+    with tempfile.TemporaryDirectory(prefix="usermetrics-bench-") as tmp:
+        root = Path(tmp)
+        url, pid = embedded_redis.start(Settings(DATA_DIR=str(root)))
+        base = url.rsplit("/", 1)[0]
+        stack = BenchStack(root, f"{base}/0", f"{base}/1", pid)
+        try:
+            yield stack
+        finally:
+            stack.stop_worker()
+            embedded_redis.stop(pid)

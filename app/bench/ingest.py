@@ -1,0 +1,158 @@
+"""``python -m app bench ingest``: the write path's throughput, latency and memory against Celery's own ceiling.
+
+(a) a no-op task's throughput (the ceiling of this machine and broker); (b) a realistic mix of per-message event
+tasks, end to end (acknowledged, in ClickHouse and in the caches); (c) ``record_events`` with 500-event
+messages; (d) event-to-visible latency at half of (b)'s rate; (e) the worker's peak memory.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from app import constants as c
+from app.bench.harness import BenchStack, bench_stack, percentile
+from app.simulate import TrafficGenerator
+
+GOAL_RATIO = 0.7
+GOAL_BATCH_EPS = 20_000
+GOAL_P99_S = 1.0
+
+
+@dataclass
+class IngestSizes:
+    noop: int
+    events: int
+    batches: int
+    batch_size: int
+    latency_s: float
+
+    @classmethod
+    def pick(cls, quick: bool) -> IngestSizes:
+        if quick:
+            return cls(noop=3000, events=3000, batches=20, batch_size=500, latency_s=5)
+        return cls(noop=20_000, events=20_000, batches=200, batch_size=500, latency_s=20)
+
+
+@dataclass
+class IngestResult:
+    figures: dict[str, float] = field(default_factory=dict)
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        f = self.figures
+        return [
+            ("(a) no-op task throughput", f"{f['noop_per_s']:,.0f} tasks/s", "ceiling"),
+            ("(b) realistic per-message events", f"{f['mix_per_s']:,.0f} msgs/s ({f['mix_events_per_s']:,.0f} ev/s)",
+             f"(b)/(a) = {f['ratio']:.2f} (goal >= {GOAL_RATIO})"),
+            ("(c) record_events x500", f"{f['batch_events_per_s']:,.0f} events/s", f"goal >= {GOAL_BATCH_EPS:,}"),
+            ("(d) event-to-visible latency", f"p50 {f['latency_p50_ms']:.0f} ms, p99 {f['latency_p99_ms']:.0f} ms",
+             f"at {f['latency_rate']:.0f} msgs/s; goal p99 < {GOAL_P99_S * 1000:.0f} ms"),
+            ("(e) worker peak memory", f"{f['peak_rss_mb']:.0f} MB", ""),
+        ]
+
+
+def _warm_up(stack: BenchStack) -> None:
+    """First insert initialises the engine (seconds); keep it out of the measurements."""
+    stack.enqueue_bulk([(c.RECORD_FOLLOW, {"follower_id": 1, "user_id": 2})])
+    stack.wait_drained(120)
+
+
+def _measure_noop(stack: BenchStack, n: int) -> float:
+    started = time.perf_counter()
+    stack.enqueue_bulk((c.BENCH_NOOP, {"i": i}) for i in range(n))
+    stack.wait_drained()
+    return n / (time.perf_counter() - started)
+
+
+def _measure_mix(stack: BenchStack, n: int) -> tuple[float, float]:
+    gen = TrafficGenerator(users=100_000, seed=1)
+    messages = [(m.task, m.kwargs) for m in gen.stream(n, duplicates=0.02, out_of_order=0.02)]
+    before = stack.ingested()
+    started = time.perf_counter()
+    stack.enqueue_bulk(messages)
+    stack.wait_drained()
+    elapsed = time.perf_counter() - started
+    return n / elapsed, (stack.ingested() - before) / elapsed
+
+
+def _measure_batches(stack: BenchStack, batches: int, size: int) -> float:
+    gen = TrafficGenerator(users=100_000, seed=2)
+    payloads = []
+    for _ in range(batches):
+        items = [{"type": m.task, **m.kwargs} for m in gen.stream(size)]
+        payloads.append((c.RECORD_EVENTS, {"events": items}))
+    before = stack.ingested()
+    started = time.perf_counter()
+    stack.enqueue_bulk(payloads)
+    stack.wait_drained()
+    return (stack.ingested() - before) / (time.perf_counter() - started)
+
+
+def _measure_latency(stack: BenchStack, rate: float, duration_s: float) -> list[float]:
+    """Send follows of brand-new target users at ``rate``; a watcher notes when each target's hash appears."""
+    sent: dict[int, float] = {}
+    seen: dict[int, float] = {}
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def watch() -> None:
+        cache = stack.cache
+        while not done.is_set() or len(seen) < len(sent):
+            with lock:
+                waiting = [t for t in sent if t not in seen]
+            if waiting:
+                pipe = cache.pipeline(transaction=False)
+                for t in waiting:
+                    pipe.exists(f"user:metrics:{t}")
+                now = time.perf_counter()
+                for t, exists in zip(waiting, pipe.execute(), strict=True):
+                    if exists:
+                        seen[t] = now
+            if done.is_set() and time.perf_counter() - last_send > 30:
+                break
+            time.sleep(0.002)
+
+    last_send = time.perf_counter()
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    total = int(rate * duration_s)
+    started = time.perf_counter()
+    for i in range(total):
+        target = 1_000_000_000 + i
+        kwargs: dict[str, Any] = {
+            "follower_id": 7,
+            "user_id": target,
+            "occurred_at": datetime.now(UTC).isoformat(),
+        }
+        with lock:
+            sent[target] = time.perf_counter()
+        stack.enqueue_bulk([(c.RECORD_FOLLOW, kwargs)])
+        last_send = time.perf_counter()
+        delay = started + (i + 1) / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+    done.set()
+    watcher.join(60)
+    return [seen[t] - sent[t] for t in sent if t in seen] + [float("inf")] * (len(sent) - len(seen))
+
+
+def run(quick: bool) -> IngestResult:
+    sizes = IngestSizes.pick(quick)
+    result = IngestResult()
+    f = result.figures
+    with bench_stack() as stack:
+        stack.start_worker()
+        _warm_up(stack)
+        f["noop_per_s"] = _measure_noop(stack, sizes.noop)
+        f["mix_per_s"], f["mix_events_per_s"] = _measure_mix(stack, sizes.events)
+        f["ratio"] = f["mix_per_s"] / f["noop_per_s"]
+        f["batch_events_per_s"] = _measure_batches(stack, sizes.batches, sizes.batch_size)
+        f["latency_rate"] = f["mix_per_s"] / 2
+        latencies = _measure_latency(stack, f["latency_rate"], sizes.latency_s)
+        f["latency_p50_ms"] = percentile(latencies, 50) * 1000
+        f["latency_p99_ms"] = percentile(latencies, 99) * 1000
+        f["peak_rss_mb"] = stack.worker_peak_rss_mb()
+    return result

@@ -1,0 +1,13 @@
+"""A task that does nothing: the ceiling of this machine and broker, the baseline of the ingest benchmark."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app import constants as c
+from tasks.base import project_task
+
+
+@project_task(c.BENCH_NOOP)
+def bench_noop(self: Any, **kwargs: Any) -> None:
+    return None
