@@ -30,6 +30,9 @@ BUFFERED_EVENTS_TASK = "events:buffer"
 DEAD_LETTER_TTL_S = 90 * 86_400
 DEAD_LETTER_MAXLEN = 1_000_000
 
+# Users whose metrics changed and whose cached hash (if any) awaits a recompute; score = when marked (ms).
+METRICS_DIRTY_KEY = "metrics:dirty"
+METRICS_DIRTY_TTL_S = 86_400
 LOCK_KEY = "lock:{name}"
 COUNTER_KEY = "stats:counters"
 COUNTER_TTL_S = 90 * 86_400

@@ -5,7 +5,7 @@ big inserts and an idle one gives one small insert as soon as an event arrives; 
 at most ``FLUSH_MAX_WAIT_MS``. One insert costs about 10 ms whatever its size, so throughput grows with load
 instead of capping at ~100 inserts/s.
 
-Order of effects per cycle: insert events, recompute the affected users' metrics from ClickHouse, write the caches,
+Order of effects per cycle: insert events, merge reaction caches, mark the affected users for the refresher,
 acknowledge the stream entries. A crash anywhere before the acknowledgement replays the cycle, which is harmless
 (queries are idempotent in ``eventId``; cache writes are whole-hash and versioned).
 """
@@ -21,13 +21,12 @@ from dataclasses import dataclass
 
 import redis
 
-from app import buffer, deadletters, metrics_cache, owners, reactions_cache
+from app import buffer, deadletters, owners, reactions_cache
 from app import constants as c
 from app.buffer import Entry
 from app.clickhouse import insert_events
 from app.errors import PermanentError, classify
-from app.metrics import compute_user_metrics
-from app.redis_store import server_time_us
+from app.refresher import mark_dirty
 from app.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -41,17 +40,7 @@ RECLAIM_EVERY_S = 15.0
 class FlushResult:
     entries: int = 0
     events: int = 0
-    users_refreshed: int = 0
-
-
-def refresh_user_caches(rt: Runtime, user_ids: set[int]) -> int:
-    """Recompute these users' metrics from ClickHouse and write their hashes (newest snapshot wins)."""
-    if not user_ids:
-        return 0
-    version = server_time_us(rt.redis)  # taken before the query: see app/metrics_cache.py
-    computed = compute_user_metrics(rt.clickhouse, user_ids, weights=rt.weights, window=rt.window)
-    metrics_cache.write(rt.redis, version, computed)
-    return len(computed)
+    users_marked: int = 0
 
 
 class Flusher:
@@ -104,15 +93,17 @@ class Flusher:
         events = [e for e in resolution.events if str(e.event_id) in keep]
         insert_events(ch, events + resolution.adopted)
         users = {u for e in (*events, *resolution.adopted) for u in e.affected_users()}
-        refreshed = refresh_user_caches(self.rt, users)
         reactions_cache.merge(r, reactions_cache.updates_from_events(events))
+        pipe = r.pipeline(transaction=False)
+        mark_dirty(pipe, users)  # the refresher recomputes their cached hashes
+        pipe.execute()
         buffer.ack(r, [entry.entry_id for entry in entries])
-        pipe = self.rt.redis.pipeline(transaction=False)
+        pipe = r.pipeline(transaction=False)
         pipe.hincrby(c.COUNTER_KEY, "events_ingested_total", len(events))
         pipe.hincrby(c.COUNTER_KEY, "flushes_total", 1)
         pipe.expire(c.COUNTER_KEY, c.COUNTER_TTL_S)
         pipe.execute()
-        return FlushResult(len(entries), len(events), refreshed)
+        return FlushResult(len(entries), len(events), len(users))
 
     def _give_up_on_exhausted(self, entries: list[Entry]) -> list[Entry]:
         """Entries that failed ``FLUSH_MAX_DELIVERIES`` times go to the dead letters (replayable), not round again."""
@@ -162,7 +153,7 @@ class Flusher:
                 continue
             total.entries += result.entries
             total.events += result.events
-            total.users_refreshed += result.users_refreshed
+            total.users_marked += result.users_marked
         self._recover = False
         return total
 

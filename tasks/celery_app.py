@@ -11,6 +11,7 @@ from kombu.message import Message
 
 from app import deadletters, migrations, runtime
 from app.flusher import Flusher
+from app.refresher import Refresher
 from app.locks import redis_lock
 from app.settings import Settings, load_settings
 from tasks.config import celery_config
@@ -66,6 +67,21 @@ class DeadLetteringConsumer(Consumer):
         super().on_invalid_task(body, message, exc)
 
 
+class WriteThreads:
+    """The worker's background threads of the write path, started and stopped together."""
+
+    def __init__(self, *threads: Flusher | Refresher) -> None:
+        self.threads = threads
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def stop(self) -> None:
+        for t in self.threads:
+            t.stop()
+
+
 class FlusherStep(bootsteps.StartStopStep):
     """Runs the event flusher beside the pool, in the worker process (which owns chdb in embedded mode)."""
 
@@ -76,7 +92,7 @@ class FlusherStep(bootsteps.StartStopStep):
         with redis_lock(rt.redis, "migrate", timeout_s=120):
             migrations.migrate(rt.clickhouse)
         # StartStopStep stops (or terminates) ``self.obj`` when the worker shuts down.
-        self.obj = Flusher(rt, consumer=worker.hostname)
+        self.obj = WriteThreads(Flusher(rt, consumer=worker.hostname), Refresher(rt))
         self.obj.start()
 
 

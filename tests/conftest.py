@@ -119,6 +119,23 @@ def producer(celery_app):  # type: ignore[no-untyped-def]
     return EventProducer(celery_app)
 
 
+def wait_events(rt: Runtime, n: int, timeout_s: float = 20.0) -> None:
+    """Block until ClickHouse holds ``n`` distinct event ids, then until everything downstream settled."""
+    deadline = time.monotonic() + timeout_s
+    while rt.clickhouse.rows("SELECT uniqExact(eventId) FROM entityMetricEvents")[0][0] < n:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"ClickHouse did not reach {n} events")
+        time.sleep(0.02)
+    wait_drained(rt, timeout_s)
+
+
+def prime(rt: Runtime, *user_ids: int) -> None:
+    """Put users' hashes in the cache (as a reader would), so that the write path must keep them current."""
+    from app.query import UserMetricsQueryService
+
+    UserMetricsQueryService(rt).get_user_metrics(user_ids)
+
+
 def wait_drained(rt: Runtime, timeout_s: float = 20.0) -> None:
     """Block until every sent message was executed and every buffered event was flushed."""
     import redis
@@ -127,11 +144,15 @@ def wait_drained(rt: Runtime, timeout_s: float = 20.0) -> None:
 
     broker = redis.Redis.from_url(BROKER_REDIS_URL)
     deadline = time.monotonic() + timeout_s
+    quiet = 0
     while time.monotonic() < deadline:
         queued = sum(int(broker.llen(q)) for q in (c.EVENTS_QUEUE, c.MAINTENANCE_QUEUE, c.READS_QUEUE))
         unacked = int(broker.hlen("unacked"))
         buffered = int(rt.redis.xlen(c.EVENT_STREAM_KEY))
-        if queued == 0 and unacked == 0 and buffered == 0:
+        dirty = int(rt.redis.zcard(c.METRICS_DIRTY_KEY))
+        # Quiet twice in a row: a message between the broker's pop and its unacked record is invisible once.
+        quiet = quiet + 1 if queued == 0 and unacked == 0 and buffered == 0 and dirty == 0 else 0
+        if quiet >= 3:
             return
         time.sleep(0.02)
-    raise AssertionError(f"not drained in {timeout_s}s: queued={queued} unacked={unacked} buffered={buffered}")
+    raise AssertionError(f"not drained in {timeout_s}s: {queued=} {unacked=} {buffered=} {dirty=}")

@@ -41,10 +41,26 @@ def celery_message(task: str, kwargs: dict[str, Any], queue: str) -> bytes:
         "body": base64.b64encode(body.encode()).decode(),
         "content-encoding": "utf-8",
         "content-type": "application/json",
-        "headers": {"lang": "py", "task": task, "id": task_id, "root_id": task_id, "parent_id": None,
-                    "group": None, "retries": 0, "eta": None, "expires": None, "timelimit": [None, None]},
-        "properties": {"correlation_id": task_id, "delivery_mode": 2, "priority": 0, "body_encoding": "base64",
-                       "delivery_info": {"exchange": queue, "routing_key": queue}, "delivery_tag": str(uuid.uuid4())},
+        "headers": {
+            "lang": "py",
+            "task": task,
+            "id": task_id,
+            "root_id": task_id,
+            "parent_id": None,
+            "group": None,
+            "retries": 0,
+            "eta": None,
+            "expires": None,
+            "timelimit": [None, None],
+        },
+        "properties": {
+            "correlation_id": task_id,
+            "delivery_mode": 2,
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_info": {"exchange": queue, "routing_key": queue},
+            "delivery_tag": str(uuid.uuid4()),
+        },
     }
     return json.dumps(envelope).encode()
 
@@ -69,16 +85,40 @@ class BenchStack:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("CLICKHOUSE_URL", "DATABASE_URL")}
-        env.update(DATA_DIR=str(self.root), REDIS_URL=self.cache_url, CELERY_BROKER_URL=self.broker_url,
-                   LOG_LEVEL="WARNING", **extra)
+        env.update(
+            DATA_DIR=str(self.root),
+            REDIS_URL=self.cache_url,
+            CELERY_BROKER_URL=self.broker_url,
+            LOG_LEVEL="WARNING",
+            **extra,
+        )
         return env
 
     def start_worker(self, concurrency: int = 4, **extra: str) -> None:
         self.worker = subprocess.Popen(  # noqa: S603 - fixed argv
-            [sys.executable, "-m", "celery", "-A", "tasks.celery_app:celery_app", "worker", "--pool", "threads",
-             "-c", str(concurrency), "-Q", f"{c.EVENTS_QUEUE},{c.MAINTENANCE_QUEUE},{c.READS_QUEUE}",
-             "--hostname", "bench@%h", "--loglevel", "WARNING", "--without-mingle", "--without-gossip"],
-            env=self.env(**extra), cwd=REPO, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tasks.celery_app:celery_app",
+                "worker",
+                "--pool",
+                "threads",
+                "-c",
+                str(concurrency),
+                "-Q",
+                f"{c.EVENTS_QUEUE},{c.MAINTENANCE_QUEUE},{c.READS_QUEUE}",
+                "--hostname",
+                "bench@%h",
+                "--loglevel",
+                "WARNING",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            env=self.env(**extra),
+            cwd=REPO,
+            start_new_session=True,
         )
 
     def stop_worker(self) -> None:
@@ -118,6 +158,7 @@ class BenchStack:
             b.llen(c.EVENTS_QUEUE) == 0
             and b.hlen("unacked") == 0
             and self.cache.xlen(c.EVENT_STREAM_KEY) == 0
+            and self.cache.zcard(c.METRICS_DIRTY_KEY) == 0
         )
 
     def wait_drained(self, timeout_s: float = 600.0) -> float:

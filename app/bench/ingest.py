@@ -45,11 +45,17 @@ class IngestResult:
         f = self.figures
         return [
             ("(a) no-op task throughput", f"{f['noop_per_s']:,.0f} tasks/s", "ceiling"),
-            ("(b) realistic per-message events", f"{f['mix_per_s']:,.0f} msgs/s ({f['mix_events_per_s']:,.0f} ev/s)",
-             f"(b)/(a) = {f['ratio']:.2f} (goal >= {GOAL_RATIO})"),
+            (
+                "(b) realistic per-message events",
+                f"{f['mix_per_s']:,.0f} msgs/s ({f['mix_events_per_s']:,.0f} ev/s)",
+                f"(b)/(a) = {f['ratio']:.2f} (goal >= {GOAL_RATIO})",
+            ),
             ("(c) record_events x500", f"{f['batch_events_per_s']:,.0f} events/s", f"goal >= {GOAL_BATCH_EPS:,}"),
-            ("(d) event-to-visible latency", f"p50 {f['latency_p50_ms']:.0f} ms, p99 {f['latency_p99_ms']:.0f} ms",
-             f"at {f['latency_rate']:.0f} msgs/s; goal p99 < {GOAL_P99_S * 1000:.0f} ms"),
+            (
+                "(d) event-to-visible latency",
+                f"p50 {f['latency_p50_ms']:.0f} ms, p99 {f['latency_p99_ms']:.0f} ms",
+                f"at {f['latency_rate']:.0f} msgs/s; goal p99 < {GOAL_P99_S * 1000:.0f} ms",
+            ),
             ("(e) worker peak memory", f"{f['peak_rss_mb']:.0f} MB", ""),
         ]
 

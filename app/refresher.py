@@ -1,0 +1,114 @@
+"""Keeps ``user:metrics`` hashes current: recomputes users whose numbers changed, off the flusher's path.
+
+The flusher marks the actor and owner of every written event in the ``metrics:dirty`` sorted set (score: when).
+This thread takes the oldest dirty users in bulk, recomputes those that have a cached hash from ClickHouse (one
+set of queries for all of them), writes the hashes (versioned, never back in time), and removes each user from
+the set unless it was marked again meanwhile. Users without a hash are simply dropped: their next read computes
+them from ClickHouse, which already holds the events. Under load many events of one user coalesce into one
+recompute, so the cost follows the number of hot users, not the number of events.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from app import constants as c
+from app import metrics_cache
+from app.metrics import compute_user_metrics
+from app.redis_store import RedisClient, server_time_us
+from app.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MAX_S = 30.0
+
+# Remove members whose score is still the one we read (not re-marked while we worked).
+_CLEAR_SCRIPT = """
+local removed = 0
+for i = 1, #ARGV, 2 do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) <= tonumber(ARGV[i + 1]) then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
+
+def mark_dirty(pipe: RedisClient, user_ids: Iterable[int], now_ms: int | None = None) -> None:
+    """Queue users for a recompute (adds commands to ``pipe``; the caller executes it)."""
+    ids = set(user_ids)
+    if not ids:
+        return
+    score = now_ms if now_ms is not None else int(time.time() * 1000)
+    pipe.zadd(c.METRICS_DIRTY_KEY, dict.fromkeys(map(str, ids), score))
+    pipe.expire(c.METRICS_DIRTY_KEY, c.METRICS_DIRTY_TTL_S)
+
+
+def refresh_users(rt: Runtime, user_ids: Iterable[int]) -> int:
+    """Recompute and write the hashes of those of ``user_ids`` that are cached; returns how many."""
+    r = rt.redis
+    ids = list(user_ids)
+    pipe = r.pipeline(transaction=False)
+    for uid in ids:
+        pipe.exists(metrics_cache.metrics_key(uid))
+    cached = [uid for uid, exists in zip(ids, pipe.execute(), strict=True) if exists]
+    if not cached:
+        return 0
+    version = server_time_us(r)  # before the query: see app/metrics_cache.py
+    computed = compute_user_metrics(rt.clickhouse, cached, weights=rt.weights, window=rt.window)
+    return metrics_cache.write(r, version, computed)
+
+
+class Refresher:
+    def __init__(self, rt: Runtime, batch: int = 5000, idle_wait_s: float = 0.05) -> None:
+        self.rt = rt
+        self.batch = batch
+        self.idle_wait_s = idle_wait_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh_once(self) -> int:
+        """One cycle over the oldest dirty users; returns how many were taken off the set."""
+        r = self.rt.redis
+        taken: Any = r.zrange(c.METRICS_DIRTY_KEY, 0, self.batch - 1, withscores=True)
+        if not taken:
+            return 0
+        refresh_users(self.rt, [int(member) for member, _ in taken])
+        args: list[str | float] = []
+        for member, score in taken:
+            args.extend((member, score))
+        r.eval(_CLEAR_SCRIPT, 1, c.METRICS_DIRTY_KEY, *args)
+        return len(taken)
+
+    def run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                done = self.refresh_once()
+                failures = 0
+                if not done:
+                    self._stop.wait(self.idle_wait_s)
+            except Exception:
+                failures += 1
+                delay = min(BACKOFF_MAX_S, 0.2 * 2**failures) * random.uniform(0.5, 1.0)  # noqa: S311
+                log.exception("metrics refresh failed (%d in a row); retrying in %.1f s", failures, delay)
+                self._stop.wait(delay)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="metrics-refresher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def terminate(self) -> None:
+        self.stop()
