@@ -42,7 +42,7 @@ def pin_first_seen_ms(r: RedisClient, event_id: str, now_ms: int) -> int:
 
 def append(r: RedisClient, task: str, events: list[Event]) -> str:
     """Append one message's events as one stream entry; returns the entry id."""
-    body = json.dumps([e.to_json() for e in events], separators=(",", ":"))
+    body = json.dumps([e.to_row() for e in events], separators=(",", ":"))
     pipe = r.pipeline(transaction=False)
     pipe.xadd(c.EVENT_STREAM_KEY, {"t": task, "e": body})
     pipe.expire(c.EVENT_STREAM_KEY, c.EVENT_STREAM_TTL_S)
@@ -64,7 +64,7 @@ def _decode(raw: list[tuple[str, dict[str, str]]]) -> list[Entry]:
     for entry_id, fields in raw:
         if not fields:  # deleted while pending
             continue
-        events = [Event.from_json(item) for item in json.loads(fields["e"])]
+        events = [Event.from_row(row) for row in json.loads(fields["e"])]
         out.append(Entry(entry_id, fields.get("t", ""), events))
     return out
 

@@ -44,12 +44,8 @@ def _runtime() -> Iterator[Runtime]:
     """A runtime for this command: the configured Redis, the running stack's, or a temporary embedded one."""
     settings = load_settings()
     with embedded_redis.ensure(settings) as url:
-        rt = Runtime(settings.model_copy(update={"redis_url": url}))
-        runtime.install(rt)
-        try:
+        with runtime.use(Runtime(settings.model_copy(update={"redis_url": url}))) as rt:
             yield rt
-        finally:
-            runtime.install(None)
 
 
 def _worker_source(rt: Runtime) -> MetricsSource:

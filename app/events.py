@@ -87,9 +87,13 @@ def new_event_id() -> uuid.UUID:
     return uuid.UUID(int=value)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
-    """One row of ``entityMetricEvents``. ``owner_id`` 0 means not known at write time."""
+    """One row of ``entityMetricEvents``. ``owner_id`` 0 means not known at write time.
+
+    Not frozen on purpose: a frozen dataclass's ``__init__`` costs several times more, and events are built by
+    the thousand per batch. Treat instances as values (``dataclasses.replace`` to change one).
+    """
 
     event_id: uuid.UUID
     entity_type: str
@@ -119,6 +123,33 @@ class Event:
             "metricValue": self.metric_value,
             "createdAtMs": epoch_ms(self.created_at),
         }
+
+    def to_row(self) -> list[str | int]:
+        """Compact form for the event buffer (positional, in ``ROW_FIELDS`` order)."""
+        return [
+            str(self.event_id),
+            self.entity_type,
+            self.entity_id,
+            self.user_id,
+            self.owner_id,
+            self.metric_type.value,
+            self.metric_value,
+            epoch_ms(self.created_at),
+        ]
+
+    @classmethod
+    def from_row(cls, row: list[str | int]) -> Event:
+        event_id, entity_type, entity_id, user_id, owner_id, metric_type, value, ms = row
+        return cls(
+            uuid.UUID(str(event_id)),
+            str(entity_type),
+            int(entity_id),
+            int(user_id),
+            int(owner_id),
+            MetricType(str(metric_type)),
+            int(value),
+            from_epoch_ms(int(ms)),
+        )
 
     @classmethod
     def from_json(cls, data: dict[str, str | int]) -> Event:

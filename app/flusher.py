@@ -94,9 +94,7 @@ class Flusher:
         insert_events(ch, events + resolution.adopted)
         users = {u for e in (*events, *resolution.adopted) for u in e.affected_users()}
         reactions_cache.merge(r, reactions_cache.updates_from_events(events))
-        pipe = r.pipeline(transaction=False)
-        mark_dirty(pipe, users)  # the refresher recomputes their cached hashes
-        pipe.execute()
+        mark_dirty(r, users)  # the refresher recomputes their cached hashes
         buffer.ack(r, [entry.entry_id for entry in entries])
         pipe = r.pipeline(transaction=False)
         pipe.hincrby(c.COUNTER_KEY, "events_ingested_total", len(events))

@@ -42,6 +42,9 @@ FROM ({_LATEST_STATE.format(where="userId IN {users:Array(Int64)} AND metricType
 GROUP BY userId
 """  # noqa: S608
 
+# Owner side: a key's state is its latest event among *all* its rows (some rows may predate the knowledge of
+# the owner and carry ownerId 0); the key belongs to the owner any of its rows names.
+_OWNER_TYPES = "('Follow', 'ReactionLike', 'ReactionHeart', 'ReactionLaugh', 'ReactionCry')"
 OWNER_STATE_SQL = f"""
 SELECT owner,
        countIf(metricType = 'Follow' AND v > 0),
@@ -50,11 +53,12 @@ SELECT owner,
              v > 0 AND lastAt >= {{since:DateTime64(3, 'UTC')}})
 FROM ({
     _LATEST_STATE.format(
-        where="ownerId IN {users:Array(Int64)} AND userId != ownerId "
-        "AND userId NOT IN {excluded:Array(Int64)} "
-        "AND metricType IN ('Follow', 'ReactionLike', 'ReactionHeart', 'ReactionLaugh', 'ReactionCry')"
+        where=f"metricType IN {_OWNER_TYPES} AND (entityType, entityId) IN ("
+        f"SELECT entityType, entityId FROM entityMetricEvents "
+        f"WHERE ownerId IN {{users:Array(Int64)}} AND metricType IN {_OWNER_TYPES})"
     )
 })
+WHERE owner IN {{users:Array(Int64)}} AND userId != owner AND userId NOT IN {{excluded:Array(Int64)}}
 GROUP BY owner
 """  # noqa: S608
 

@@ -38,6 +38,7 @@ EntityId = UserId
 # Producers' clocks may run a little ahead; anything further is a bug upstream, not a future event.
 MAX_CLOCK_SKEW = timedelta(hours=1)
 MAX_BATCH_EVENTS = 10_000
+_REACTION_BITS = [(int(flag), metric) for flag, metric in REACTION_TYPES.items()]
 
 
 class _Payload(BaseModel):
@@ -184,10 +185,10 @@ class SetReaction(_Payload):
                 user_id=self.user_id,
                 owner_id=self.owner_id or 0,
                 metric_type=metric,
-                metric_value=STATE_ON if self.reactions & flag else STATE_OFF,
+                metric_value=STATE_ON if self.reactions & bit else STATE_OFF,
                 created_at=self.occurred_at or occurred_at,
             )
-            for flag, metric in REACTION_TYPES.items()
+            for bit, metric in _REACTION_BITS
         ]
 
 
@@ -265,7 +266,9 @@ class RecordEvents(_Payload):
         when = self.occurred_at or occurred_at
         out: list[Event] = []
         for index, item in enumerate(self.events):
-            out.extend(item.to_events(derive_event_id(parent, str(index)), when))
+            # An item's own event_id wins; derive one (deterministically) only for items without it.
+            item_id = item.event_id or derive_event_id(parent, str(index))
+            out.extend(item.to_events(item_id, when))
         return out
 
 

@@ -1,10 +1,10 @@
 """Keeps ``user:metrics`` hashes current: recomputes users whose numbers changed, off the flusher's path.
 
-The flusher marks the actor and owner of every written event in the ``metrics:dirty`` sorted set (score: when).
-This thread takes the oldest dirty users in bulk, recomputes those that have a cached hash from ClickHouse (one
-set of queries for all of them), writes the hashes (versioned, never back in time), and removes each user from
-the set unless it was marked again meanwhile. Users without a hash are simply dropped: their next read computes
-them from ClickHouse, which already holds the events. Under load many events of one user coalesce into one
+The flusher marks the actor and owner of every written event in the ``metrics:dirty`` sorted set (score: when),
+if that user has a cached hash; users without one are computed from ClickHouse (which already holds the events)
+on their next read. This thread takes the oldest dirty users in bulk, recomputes them from ClickHouse (one set of
+queries for all), writes the hashes (versioned, never back in time), and removes each user from the set unless
+it was marked again meanwhile. Under load many events of one user coalesce into one
 recompute, so the cost follows the number of hot users, not the number of events.
 """
 
@@ -41,24 +41,36 @@ return removed
 """
 
 
-def mark_dirty(pipe: RedisClient, user_ids: Iterable[int], now_ms: int | None = None) -> None:
-    """Queue users for a recompute (adds commands to ``pipe``; the caller executes it)."""
-    ids = set(user_ids)
+# Mark only users that have a cached hash: the others are computed from ClickHouse on their next read anyway.
+_USER_METRICS_PREFIX = c.USER_METRICS_KEY.removesuffix("{user_id}")
+_MARK_SCRIPT = f"""
+local marked = 0
+for i = 1, #ARGV - 1 do
+  if redis.call('EXISTS', '{_USER_METRICS_PREFIX}' .. ARGV[i]) == 1 then
+    redis.call('ZADD', KEYS[1], ARGV[#ARGV], ARGV[i])
+    marked = marked + 1
+  end
+end
+if marked > 0 then
+  redis.call('EXPIRE', KEYS[1], {c.METRICS_DIRTY_TTL_S})
+end
+return marked
+"""
+
+
+def mark_dirty(r: RedisClient, user_ids: Iterable[int], now_ms: int | None = None) -> int:
+    """Queue the cached ones of ``user_ids`` for a recompute; returns how many were cached."""
+    ids = [str(u) for u in set(user_ids)]
     if not ids:
-        return
+        return 0
     score = now_ms if now_ms is not None else int(time.time() * 1000)
-    pipe.zadd(c.METRICS_DIRTY_KEY, dict.fromkeys(map(str, ids), score))
-    pipe.expire(c.METRICS_DIRTY_KEY, c.METRICS_DIRTY_TTL_S)
+    return int(r.eval(_MARK_SCRIPT, 1, c.METRICS_DIRTY_KEY, *ids, score))
 
 
 def refresh_users(rt: Runtime, user_ids: Iterable[int]) -> int:
-    """Recompute and write the hashes of those of ``user_ids`` that are cached; returns how many."""
+    """Recompute and write the hashes of ``user_ids`` (a hash that expired meanwhile is simply rewritten)."""
     r = rt.redis
-    ids = list(user_ids)
-    pipe = r.pipeline(transaction=False)
-    for uid in ids:
-        pipe.exists(metrics_cache.metrics_key(uid))
-    cached = [uid for uid, exists in zip(ids, pipe.execute(), strict=True) if exists]
+    cached = list(user_ids)
     if not cached:
         return 0
     version = server_time_us(r)  # before the query: see app/metrics_cache.py

@@ -6,9 +6,11 @@ ClickHouse handle is opened lazily because in embedded mode only the worker proc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from datetime import timedelta
 
 from app import clickhouse, embedded_redis, redis_store
@@ -80,6 +82,20 @@ def get() -> Runtime:
         if _current is None or _current.pid != os.getpid():
             _current = Runtime(load_settings())
         return _current
+
+
+@contextlib.contextmanager
+def use(rt: Runtime) -> Iterator[Runtime]:
+    """Make ``rt`` this process's runtime for a block, then close it and restore the previous one untouched."""
+    global _current
+    with _current_lock:
+        previous, _current = _current, rt
+    try:
+        yield rt
+    finally:
+        with _current_lock:
+            _current = previous
+        rt.close()
 
 
 def install(runtime: Runtime | None) -> None:

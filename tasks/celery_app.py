@@ -11,8 +11,8 @@ from kombu.message import Message
 
 from app import deadletters, migrations, runtime
 from app.flusher import Flusher
-from app.refresher import Refresher
 from app.locks import redis_lock
+from app.refresher import Refresher
 from app.settings import Settings, load_settings
 from tasks.config import celery_config
 

@@ -40,11 +40,19 @@ class Oracle:
 
     def apply_all(self, events: list[E]) -> None:
         unique = {e.event_id: e for e in events}
+        owners: dict[tuple[str, int, str, int], int] = defaultdict(int)
         for e in sorted(unique.values(), key=lambda x: (x.at, x.event_id)):
             if e.metric_type in STATE:
-                self.state[(e.entity_type, e.entity_id, e.metric_type, e.user_id)] = e
+                key = (e.entity_type, e.entity_id, e.metric_type, e.user_id)
+                owners[key] = max(owners[key], e.owner_id)
+                self.state[key] = e
             else:
                 self.additive[e.event_id] = e
+        # A state key belongs to the owner any of its events named (some may predate that knowledge).
+        for key, e in self.state.items():
+            self.state[key] = E(
+                e.event_id, e.entity_type, e.entity_id, e.user_id, owners[key], e.metric_type, e.value, e.at
+            )
 
     def metrics(self, user: int) -> dict[str, object]:  # noqa: C901 - a flat list of the definitions
         out: dict[str, object] = defaultdict(int)

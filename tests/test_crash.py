@@ -1,8 +1,14 @@
 """A worker killed with SIGKILL in the middle of its batches loses nothing and counts nothing twice.
 
-Given a worker subprocess (its own chdb path and Redis databases) ingesting thousands of events, when it is
-killed while flushing and a new worker starts, then every event is in ClickHouse exactly as often as it counts:
-download totals (additive, where a double count would show) and follower counts equal what was sent.
+Given a worker subprocess (its own chdb path and Redis databases) whose tasks have received thousands of events
+while its flusher is still writing them, when it is killed mid-batch and a new worker starts, then every event is
+in ClickHouse exactly as often as it counts: download totals (additive, where a double count would show) and
+follower counts equal what was sent.
+
+The kill comes once the broker has handed every message to the tasks. That isolates this project's guarantee
+(received → buffered → written, at least once, idempotently) from a known window of Celery's Redis transport:
+kombu pops a message and records it as unacknowledged in two steps, so a SIGKILL between them loses that one
+in-flight message (see README, Operations). RabbitMQ as the broker does not have that window.
 """
 
 from __future__ import annotations
@@ -25,17 +31,17 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE_URL = _with_db(BASE_REDIS_URL, 12)
 BROKER_URL = _with_db(BASE_REDIS_URL, 13)
 OWNERS = (1, 2, 3, 4, 5)
-N_DOWNLOADS = 4000
-N_FOLLOWS = 1000
+N_DOWNLOADS = 1500
+N_FOLLOWS = 500
 
 
-def _env() -> dict[str, str]:
+def _env(flush_max_events: int = 300) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "CLICKHOUSE_URL"}
     env.update(
         DATA_DIR=str(ROOT / "crash"),
         REDIS_URL=CACHE_URL,
         CELERY_BROKER_URL=BROKER_URL,
-        FLUSH_MAX_EVENTS="300",
+        FLUSH_MAX_EVENTS=str(flush_max_events),
         BROKER_VISIBILITY_TIMEOUT_S="3",
         RECLAIM_IDLE_MS="1000",
         LOG_LEVEL="WARNING",
@@ -43,7 +49,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _worker() -> subprocess.Popen[bytes]:
+def _worker(flush_max_events: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(  # noqa: S603
         [
             sys.executable,
@@ -104,25 +110,24 @@ def test_sigkill_mid_batch_loses_nothing_and_counts_nothing_twice() -> None:
     cache, broker = redis.Redis.from_url(CACHE_URL), redis.Redis.from_url(BROKER_URL)
     cache.flushdb()
     broker.flushdb()
-    first = _worker()
+    # A flusher writing 2 events per insert falls behind the tasks, so the buffer fills up.
+    first = _worker(flush_max_events=2)
     try:
         _publish_all()
         deadline = time.monotonic() + 120
-        ingested = 0
         while time.monotonic() < deadline:
-            ingested = int(cache.hget("stats:counters", "events_ingested_total") or 0)
-            if ingested >= 600:
+            if broker.llen("events") == 0 and broker.hlen("unacked") == 0:
                 break
             time.sleep(0.01)
+        ingested = int(cache.hget("stats:counters", "events_ingested_total") or 0)
         assert 0 < ingested < N_DOWNLOADS + N_FOLLOWS, f"kill point missed: {ingested} ingested"
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
-    # The kill interrupted work: messages still queued or unacknowledged, or buffered events not yet written.
-    interrupted = broker.llen("events") + broker.hlen("unacked") + cache.xlen("events:buffer")
-    assert interrupted > 0
+    # The kill interrupted the flusher: buffered events not yet written, some read but not acknowledged.
+    assert cache.xlen("events:buffer") > 0
 
-    second = _worker()
+    second = _worker(flush_max_events=300)
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from app import deadletters, metrics_cache
 from app.cli import cli
-from tests.conftest import wait_drained
+from tests.conftest import prime, wait_drained
 from tests.raw import publish_raw
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -27,6 +27,7 @@ def wait_dead_letters(rt, n: int, timeout_s: float = 10.0) -> list[deadletters.D
 
 
 def test_raw_message_without_ids_is_processed_like_the_helpers(clean, producer):  # type: ignore[no-untyped-def]
+    prime(clean, 42)
     publish_raw("record_follow", {"follower_id": 41, "user_id": 42})
     producer.record_follow(43, 42)
     wait_drained(clean)
@@ -37,6 +38,7 @@ def test_raw_message_without_ids_is_processed_like_the_helpers(clean, producer):
 
 def test_broker_redelivery_of_a_raw_message_counts_once(clean):  # type: ignore[no-untyped-def]
     # Given a raw message with no event_id or occurred_at, delivered twice with the same task id
+    prime(clean, 52)
     publish_raw("record_follow", {"follower_id": 51, "user_id": 52}, task_id="4b1c0e0a-0000-4000-8000-000000000001")
     wait_drained(clean)
     publish_raw("record_follow", {"follower_id": 51, "user_id": 52}, task_id="4b1c0e0a-0000-4000-8000-000000000001")
@@ -63,6 +65,7 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_survives(clean, pro
     assert "keyword arguments only" in reasons
     assert all(d.reason for d in letters)
     # The worker is alive and still processes good messages.
+    prime(clean, 62)
     producer.record_follow(61, 62)
     wait_drained(clean)
     assert metrics_cache.read(clean.redis, [62])[62].follower_count == 1  # type: ignore[union-attr]
@@ -90,6 +93,7 @@ def test_dead_letter_cli_list_replay_purge(clean):  # type: ignore[no-untyped-de
 
 def test_replay_of_a_fixed_dead_letter_enqueues_it(clean):  # type: ignore[no-untyped-def]
     # Given a dead letter whose payload is valid now (e.g. it failed for a reason since fixed)
+    prime(clean, 72)
     deadletters.record(
         clean.redis,
         task="record_follow",

@@ -169,6 +169,7 @@ def test_every_metric_and_reaction_matches_the_oracle(clean, producer, history, 
 
     oracle = Oracle(now=datetime.now(UTC))
     oracle.apply_all(expected_events)
+
     computed = compute_user_metrics(clean.clickhouse, USERS, weights=clean.weights, window=clean.window)
     cached = metrics_cache.read(clean.redis, USERS)
     for uid in USERS:
@@ -198,3 +199,16 @@ def test_every_metric_and_reaction_matches_the_oracle(clean, producer, history, 
                 assert flags == oracle.reactions(uid, image), (uid, image)
         service = UserReactionQueryService(clean.redis, lambda u, imgs: latest_reactions(clean.clickhouse, u, imgs))
         assert service.get_user_reactions(uid, IMAGES) == {i: oracle.reactions(uid, i) for i in IMAGES}
+
+
+def test_a_key_whose_latest_event_predates_owner_knowledge_is_still_owned(clean, producer):  # type: ignore[no-untyped-def]
+    # Given a reaction turned on with the owner known, then off by a later message that did not name the owner
+    # (image never uploaded, so the later event is an orphan with owner 0)
+    prime(clean, 1)
+    base = NOW - timedelta(hours=1)
+    producer.set_reaction(2, 100, 1, owner_id=1, occurred_at=base)
+    producer.set_reaction(2, 100, 0, occurred_at=base + timedelta(seconds=1))
+    wait_events(clean, 8)
+    # Then the key is off for its owner: no reaction counted, no engagement
+    got = metrics_cache.read(clean.redis, [1])[1]
+    assert got is not None and got.reaction_count == 0 and float(got.engagement_score) == 0.0

@@ -79,6 +79,10 @@ class BenchStack:
     def cache(self) -> redis.Redis:
         return redis.Redis.from_url(self.cache_url)
 
+    def redis_client(self) -> redis.Redis:
+        """The cache Redis as the project's adapters expect it (decoded responses)."""
+        return redis.Redis.from_url(self.cache_url, decode_responses=True)
+
     @property
     def broker(self) -> redis.Redis:
         return redis.Redis.from_url(self.broker_url)

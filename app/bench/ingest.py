@@ -14,7 +14,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app import constants as c
+from app import metrics_cache
 from app.bench.harness import BenchStack, bench_stack, percentile
+from app.metrics import UserMetrics
 from app.simulate import TrafficGenerator
 
 GOAL_RATIO = 0.7
@@ -98,7 +100,8 @@ def _measure_batches(stack: BenchStack, batches: int, size: int) -> float:
 
 
 def _measure_latency(stack: BenchStack, rate: float, duration_s: float) -> list[float]:
-    """Send follows of brand-new target users at ``rate``; a watcher notes when each target's hash appears."""
+    """Send follows of new target users at ``rate``; a watcher notes when each target's cached followerCount
+    turns 1. The targets' hashes are cached beforehand (all zeros, as a reader would have left them)."""
     sent: dict[int, float] = {}
     seen: dict[int, float] = {}
     done = threading.Event()
@@ -112,19 +115,21 @@ def _measure_latency(stack: BenchStack, rate: float, duration_s: float) -> list[
             if waiting:
                 pipe = cache.pipeline(transaction=False)
                 for t in waiting:
-                    pipe.exists(f"user:metrics:{t}")
+                    pipe.hget(metrics_cache.metrics_key(t), "followerCount")
                 now = time.perf_counter()
-                for t, exists in zip(waiting, pipe.execute(), strict=True):
-                    if exists:
+                for t, count in zip(waiting, pipe.execute(), strict=True):
+                    if count == b"1":
                         seen[t] = now
             if done.is_set() and time.perf_counter() - last_send > 30:
                 break
             time.sleep(0.002)
 
+    total = int(rate * duration_s)
+    targets = [1_000_000_000 + i for i in range(total)]
+    metrics_cache.write(stack.redis_client(), 0, {t: UserMetrics() for t in targets})
     last_send = time.perf_counter()
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    total = int(rate * duration_s)
     started = time.perf_counter()
     for i in range(total):
         target = 1_000_000_000 + i
