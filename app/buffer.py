@@ -76,7 +76,7 @@ def read(r: RedisClient, consumer: str, count: int, block_ms: int | None, *, own
         consumer,
         {c.EVENT_STREAM_KEY: "0" if own_pending else ">"},
         count=count,
-        block=None if own_pending else block_ms,
+        block=None if own_pending or not block_ms else block_ms,
     )
     if not reply:
         return []

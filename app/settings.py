@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     # Worker and write path.
     worker_concurrency: int = Field(default=4, ge=1, alias="WORKER_CONCURRENCY")
     flush_max_wait_ms: int = Field(default=250, ge=1, le=5000, alias="FLUSH_MAX_WAIT_MS")
+    flush_linger_ms: int = Field(default=100, ge=0, le=1000, alias="FLUSH_LINGER_MS")
     flush_max_events: int = Field(default=5000, ge=1, alias="FLUSH_MAX_EVENTS")
     flush_max_deliveries: int = Field(default=30, ge=1, alias="FLUSH_MAX_DELIVERIES")
     task_events: bool = Field(default=True, alias="TASK_EVENTS")
