@@ -25,6 +25,7 @@ from pathlib import Path
 import redis
 from kombu import Connection, Exchange, Queue
 
+from app.bench.harness import worker_argv
 from tests.conftest import BASE_REDIS_URL, ROOT, _with_db
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,27 +52,7 @@ def _env(flush_max_events: int = 300) -> dict[str, str]:
 
 def _worker(flush_max_events: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(  # noqa: S603
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tasks.celery_app:celery_app",
-            "worker",
-            "--pool",
-            "threads",
-            "-c",
-            "4",
-            "-Q",
-            "events,maintenance,reads",
-            "--hostname",
-            "crash@%h",
-            "--loglevel",
-            "WARNING",
-        ],
-        env=_env(),
-        cwd=REPO,
-        start_new_session=True,
+        worker_argv("crash@%h"), env=_env(flush_max_events), cwd=REPO, start_new_session=True
     )
 
 

@@ -26,6 +26,29 @@ from app.settings import Settings
 REPO = Path(__file__).resolve().parent.parent.parent
 
 
+def worker_argv(hostname: str, concurrency: int = 4) -> list[str]:
+    """A worker that owns the embedded ClickHouse: thread pool, every queue."""
+    queues = f"{c.EVENTS_QUEUE},{c.MAINTENANCE_QUEUE},{c.READS_QUEUE}"
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks.celery_app:celery_app",
+        "worker",
+        "--pool",
+        "threads",
+        "-c",
+        str(concurrency),
+        "-Q",
+        queues,
+        "--hostname",
+        hostname,
+        "--loglevel",
+        "WARNING",
+    ]
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -100,26 +123,7 @@ class BenchStack:
 
     def start_worker(self, concurrency: int = 4, **extra: str) -> None:
         self.worker = subprocess.Popen(  # noqa: S603 - fixed argv
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tasks.celery_app:celery_app",
-                "worker",
-                "--pool",
-                "threads",
-                "-c",
-                str(concurrency),
-                "-Q",
-                f"{c.EVENTS_QUEUE},{c.MAINTENANCE_QUEUE},{c.READS_QUEUE}",
-                "--hostname",
-                "bench@%h",
-                "--loglevel",
-                "WARNING",
-                "--without-mingle",
-                "--without-gossip",
-            ],
+            worker_argv("bench@%h", concurrency) + ["--without-mingle", "--without-gossip"],
             env=self.env(**extra),
             cwd=REPO,
             start_new_session=True,
