@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -118,6 +119,31 @@ def producer(celery_app):  # type: ignore[no-untyped-def]
     from app.producer import EventProducer
 
     return EventProducer(celery_app)
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    output: str
+
+
+@pytest.fixture()
+def run_cli(capsys):  # type: ignore[no-untyped-def]
+    """Run ``python -m app ARGS`` in this process. Not typer's CliRunner: it swaps and then closes sys.stdout
+    while the in-process worker's threads may still be writing to it."""
+    import typer
+
+    from app.cli import cli
+
+    def invoke(*args: str) -> CliResult:
+        capsys.readouterr()
+        try:
+            code = typer.main.get_command(cli).main(args=list(args), prog_name="python -m app", standalone_mode=False)
+        except SystemExit as exc:
+            code = exc.code
+        return CliResult(int(code or 0), capsys.readouterr().out)
+
+    return invoke
 
 
 def wait_events(rt: Runtime, n: int, timeout_s: float = 20.0) -> None:

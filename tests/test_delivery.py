@@ -6,10 +6,8 @@ import json
 import time
 
 import pytest
-from typer.testing import CliRunner
 
 from app import deadletters, metrics_cache
-from app.cli import cli
 from tests.conftest import prime, wait_drained
 from tests.raw import publish_raw
 
@@ -72,26 +70,25 @@ def test_malformed_messages_are_dead_lettered_and_the_worker_survives(clean, pro
     assert 0 < clean.redis.ttl("deadletters")
 
 
-def test_dead_letter_cli_list_replay_purge(clean):  # type: ignore[no-untyped-def]
+def test_dead_letter_cli_list_replay_purge(clean, run_cli):  # type: ignore[no-untyped-def]
     publish_raw("record_follow", {"follower_id": 0, "user_id": 2})
     publish_raw("record_follow", {"follower_id": 3, "user_id": 4, "is_follow": True})
     wait_drained(clean)
     publish_raw("no_such_task", {})
     wait_dead_letters(clean, 2)
-    runner = CliRunner()
-    listed = runner.invoke(cli, ["dead-letters", "list", "--json"])
+    listed = run_cli("dead-letters", "list", "--json")
     assert listed.exit_code == 0, listed.output
     data = json.loads(listed.output)
     assert data["total"] == 2
     # Replay goes through the producer's validation: both are still invalid, both stay.
-    replay = runner.invoke(cli, ["dead-letters", "replay"])
+    replay = run_cli("dead-letters", "replay")
     assert replay.exit_code == 1
     assert deadletters.count(clean.redis) == 2
-    purge = runner.invoke(cli, ["dead-letters", "purge", "--all"])
+    purge = run_cli("dead-letters", "purge", "--all")
     assert purge.exit_code == 0 and deadletters.count(clean.redis) == 0
 
 
-def test_replay_of_a_fixed_dead_letter_enqueues_it(clean):  # type: ignore[no-untyped-def]
+def test_replay_of_a_fixed_dead_letter_enqueues_it(clean, run_cli):  # type: ignore[no-untyped-def]
     # Given a dead letter whose payload is valid now (e.g. it failed for a reason since fixed)
     prime(clean, 72)
     deadletters.record(
@@ -102,7 +99,7 @@ def test_replay_of_a_fixed_dead_letter_enqueues_it(clean):  # type: ignore[no-un
         task_id="t1",
         kwargs={"follower_id": 71, "user_id": 72},
     )
-    result = CliRunner().invoke(cli, ["dead-letters", "replay"])
+    result = run_cli("dead-letters", "replay")
     assert result.exit_code == 0, result.output
     wait_drained(clean)
     assert deadletters.count(clean.redis) == 0

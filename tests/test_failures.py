@@ -7,11 +7,9 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from typer.testing import CliRunner
 
 from app import buffer, deadletters
 from app import constants as c
-from app.cli import cli
 from app.errors import TransientError
 from app.events import Event, MetricType
 from app.flusher import Flusher
@@ -41,7 +39,9 @@ def unreachable(settings: Settings) -> Runtime:
     return rt
 
 
-def test_clickhouse_down_keeps_events_then_dead_letters_them_replayably(unreachable: Runtime, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_clickhouse_down_keeps_events_then_dead_letters_them_replayably(
+    unreachable: Runtime, monkeypatch, run_cli
+) -> None:  # type: ignore[no-untyped-def]
     r = unreachable.redis
     buffer.ensure_group(r)
     event = _event()
@@ -62,7 +62,7 @@ def test_clickhouse_down_keeps_events_then_dead_letters_them_replayably(unreacha
 
     # Replay puts the events back into the buffer, unchanged.
     monkeypatch.setenv("REDIS_URL", ISOLATED_REDIS)
-    result = CliRunner().invoke(cli, ["dead-letters", "replay"])
+    result = run_cli("dead-letters", "replay")
     assert result.exit_code == 0, result.output
     entries = buffer.read(r, "t2", 10, 10)
     assert [e.event_id for entry in entries for e in entry.events] == [event.event_id]

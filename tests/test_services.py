@@ -6,10 +6,8 @@ import time
 from decimal import Decimal
 
 import pytest
-from typer.testing import CliRunner
 
 from app import deadletters, metrics_cache
-from app.cli import cli
 from app.services import UserMetricEventService
 from tests.conftest import prime, wait_drained, wait_events
 
@@ -55,11 +53,10 @@ def test_owner_id_contradicting_the_upload_is_dead_lettered(clean, producer):  #
     assert got[1].reaction_count == 1 and got[2].reaction_count == 0  # type: ignore[union-attr]
 
 
-def test_simulate_drives_traffic_through_the_task_path(clean):  # type: ignore[no-untyped-def]
+def test_simulate_drives_traffic_through_the_task_path(clean, run_cli):  # type: ignore[no-untyped-def]
     prime(clean, 1, 2, 3)
-    result = CliRunner().invoke(
-        cli,
-        [
+    result = run_cli(
+        *[
             "simulate",
             "--users",
             "30",
