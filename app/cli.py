@@ -23,7 +23,7 @@ from app.query import MetricsSource, UserMetricsQueryService
 from app.reactions import ReactionSource, UserReactionQueryService, latest_reactions
 from app.reactions_cache import BitUpdate
 from app.runtime import Runtime
-from app.settings import Settings, load_settings
+from app.settings import load_settings
 
 cli = typer.Typer(
     add_completion=False,
@@ -324,6 +324,3 @@ def bench_ingest(
 
 def main(argv: Sequence[str] | None = None) -> Any:
     return cli(args=list(argv) if argv is not None else sys.argv[1:], prog_name="python -m app")
-
-
-__all__ = ["Settings", "cli", "main"]

@@ -8,13 +8,12 @@ engine. ``owner_is_elsewhere`` is that check.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -144,15 +143,6 @@ def _redact(dsn: str) -> str:
         scheme, rest = dsn.split("://", 1)
         return f"{scheme}://***@{rest.split('@', 1)[1]}"
     return dsn
-
-
-@contextlib.contextmanager
-def session(settings: Settings) -> Iterator[ClickHouse]:
-    ch = connect(settings)
-    try:
-        yield ch
-    finally:
-        ch.close()
 
 
 def insert_events(ch: ClickHouse, events: Sequence[Event]) -> int:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from app.clickhouse import ClickHouse
-from app.events import ADDITIVE_TYPES, REACTION_TYPES, MetricType
+from app.events import ADDITIVE_TYPES, REACTION_TYPES
 
 # Scores are summed as integers in units of 1/10,000 so that they are exact, whatever the weights.
 SCORE_SCALE = 10_000
@@ -123,24 +123,6 @@ class UserMetrics:
         return out
 
 
-HASH_FIELDS = tuple(
-    _f
-    for _f in (
-        "followerCount",
-        "followingCount",
-        "modelCount",
-        "postCount",
-        "imageCount",
-        "uploadCount",
-        "reactionCount",
-        "downloadCount",
-        "generationCount",
-        "engagementScore",
-        "rank",
-    )
-)
-
-
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.title() for part in rest)
@@ -210,6 +192,3 @@ def compute_user_metrics(
     for uid, score in scores.items():
         out[uid].engagement_score = Decimal(score) / SCORE_SCALE
     return out
-
-
-__all__ = ["HASH_FIELDS", "MetricType", "UserMetrics", "compute_user_metrics", "EngagementWeights"]

@@ -7,7 +7,7 @@ task on the ``reads`` queue; callers do not see the difference.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -52,6 +52,3 @@ class UserMetricsQueryService:
 
     def get_user_follower_count(self, user_id: int) -> int:
         return self.get_user_metrics([user_id])[user_id].follower_count
-
-
-SourceFactory = Callable[[Runtime], MetricsSource]

@@ -7,6 +7,7 @@ from typing import Any
 
 from kombu import Connection, Exchange, Queue
 
+from app.bench.harness import task_body, task_headers
 from tests.conftest import BROKER_REDIS_URL
 
 
@@ -21,19 +22,9 @@ def publish_raw(
     broker_url: str = BROKER_REDIS_URL,
 ) -> str:
     task_id = task_id or str(uuid.uuid4())
-    headers = {
-        "lang": "js",
-        "task": task,
-        "id": task_id,
-        "root_id": task_id,
-        "parent_id": None,
-        "group": None,
-        "retries": 0,
-        "eta": None,
-        "expires": None,
-    }
+    headers = task_headers(task, task_id, lang="js")
     if body is None:
-        body = [[], kwargs or {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+        body = task_body(kwargs or {})
     exchange = Exchange(queue, type="direct")
     encoding: dict[str, Any] = {"serializer": "json"}
     if isinstance(body, bytes):  # already encoded (or deliberately garbage)

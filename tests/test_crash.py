@@ -25,7 +25,7 @@ from pathlib import Path
 import redis
 from kombu import Connection, Exchange, Queue
 
-from app.bench.harness import worker_argv
+from app.bench.harness import task_body, task_headers, worker_argv
 from tests.conftest import BASE_REDIS_URL, ROOT, _with_db
 
 REPO = Path(__file__).resolve().parent.parent
@@ -78,12 +78,12 @@ def _publish_all() -> None:
                 kwargs = {"follower_id": 10_000 + i, "user_id": OWNERS[i % len(OWNERS)], "event_id": str(uuid.uuid4())}
             task_id = str(uuid.uuid4())
             producer.publish(
-                [[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}],
+                task_body(kwargs),
                 exchange=exchange,
                 routing_key="events",
                 declare=[queue],
                 serializer="json",
-                headers={"lang": "py", "task": task, "id": task_id, "root_id": task_id, "retries": 0},
+                headers=task_headers(task, task_id),
             )
 
 

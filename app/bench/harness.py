@@ -56,26 +56,36 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
+def task_headers(task: str, task_id: str, lang: str = "py") -> dict[str, Any]:
+    """Headers of a Celery protocol-2 task message, as any producer (in any language) must send them."""
+    return {
+        "lang": lang,
+        "task": task,
+        "id": task_id,
+        "root_id": task_id,
+        "parent_id": None,
+        "group": None,
+        "retries": 0,
+        "eta": None,
+        "expires": None,
+        "timelimit": [None, None],
+    }
+
+
+def task_body(kwargs: dict[str, Any]) -> list[Any]:
+    """Body of a protocol-2 task message: no positional arguments, the keyword arguments, no callbacks."""
+    return [[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+
+
 def celery_message(task: str, kwargs: dict[str, Any], queue: str) -> bytes:
     """A Celery protocol-2 message as kombu's Redis transport stores it (what ``send_task`` would LPUSH)."""
     task_id = str(uuid.uuid4())
-    body = json.dumps([[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+    body = json.dumps(task_body(kwargs))
     envelope = {
         "body": base64.b64encode(body.encode()).decode(),
         "content-encoding": "utf-8",
         "content-type": "application/json",
-        "headers": {
-            "lang": "py",
-            "task": task,
-            "id": task_id,
-            "root_id": task_id,
-            "parent_id": None,
-            "group": None,
-            "retries": 0,
-            "eta": None,
-            "expires": None,
-            "timelimit": [None, None],
-        },
+        "headers": task_headers(task, task_id),
         "properties": {
             "correlation_id": task_id,
             "delivery_mode": 2,
