@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -17,13 +17,15 @@ from rich.table import Table
 from app import buffer, clickhouse, deadletters, embedded_redis, migrations, runtime
 from app import constants as c
 from app.events import Event, ReactionFlag
+from app.excluded import list_excluded, set_excluded
+from app.history import METRICS as HISTORY_METRICS
 from app.locks import redis_lock
 from app.metrics import UserMetrics
-from app.query import MetricsSource, UserMetricsQueryService
-from app.reactions import ReactionSource, UserReactionQueryService, latest_reactions
-from app.reactions_cache import BitUpdate
+from app.query import UserMetricsQueryService
+from app.reactions import UserReactionQueryService
 from app.runtime import Runtime
 from app.settings import load_settings
+from app.sources import reaction_source, through_worker
 
 cli = typer.Typer(
     add_completion=False,
@@ -33,6 +35,8 @@ cli = typer.Typer(
 )
 bench_cli = typer.Typer(no_args_is_help=True, help="Benchmarks: figures and ratios against a same-run baseline.")
 cli.add_typer(bench_cli, name="bench")
+excluded_cli = typer.Typer(no_args_is_help=True, help="Manage excluded users (their actions count for nobody).")
+cli.add_typer(excluded_cli, name="excluded-users")
 dead_cli = typer.Typer(no_args_is_help=True, help="Inspect, replay or purge dead letters.")
 cli.add_typer(dead_cli, name="dead-letters")
 console = Console()
@@ -46,47 +50,6 @@ def _runtime() -> Iterator[Runtime]:
     with embedded_redis.ensure(settings) as url:
         with runtime.use(Runtime(settings.model_copy(update={"redis_url": url}))) as rt:
             yield rt
-
-
-def _worker_source(rt: Runtime) -> MetricsSource:
-    """Reach ClickHouse through the worker that owns it (embedded mode while the stack runs)."""
-    from tasks.celery_app import configure
-
-    app = configure(rt.settings)
-
-    def compute(user_ids: Sequence[int], as_of: datetime | None = None) -> dict[int, UserMetrics]:
-        result = app.send_task(
-            c.QUERY_USER_METRICS,
-            kwargs={"user_ids": list(user_ids), "as_of": as_of.isoformat() if as_of else None},
-            queue=c.READS_QUEUE,
-        )
-        data: dict[str, dict[str, str]] = result.get(timeout=rt.settings.read_timeout_s)
-        return {int(uid): UserMetrics.from_hash(fields) for uid, fields in data.items()}
-
-    return compute
-
-
-def _reaction_source(rt: Runtime) -> ReactionSource:
-    if not clickhouse.owner_is_elsewhere(rt.settings):
-        return lambda user_id, image_ids: latest_reactions(rt.clickhouse, user_id, image_ids)
-    from tasks.celery_app import configure
-
-    app = configure(rt.settings)
-
-    def through_worker(user_id: int, image_ids: Sequence[int]) -> dict[int, list[BitUpdate]]:
-        result = app.send_task(
-            c.QUERY_REACTIONS, kwargs={"user_id": user_id, "image_ids": list(image_ids)}, queue=c.READS_QUEUE
-        )
-        data: dict[str, list[list[Any]]] = result.get(timeout=rt.settings.read_timeout_s)
-        return {int(i): [BitUpdate(int(i), int(b), bool(on), str(v)) for b, on, v in bits] for i, bits in data.items()}
-
-    return through_worker
-
-
-def _metrics_service(rt: Runtime) -> UserMetricsQueryService:
-    if clickhouse.owner_is_elsewhere(rt.settings):
-        return UserMetricsQueryService(rt, _worker_source(rt))
-    return UserMetricsQueryService(rt)
 
 
 @cli.command()
@@ -202,18 +165,37 @@ def simulate(
     console.print(f"sent {events} events in {elapsed:.1f} s ({events / elapsed:,.0f}/s)")
 
 
+def _parse_time(value: str | None) -> datetime | None:
+    """RFC 3339 / ISO 8601 (a date alone means its midnight, UTC), or None."""
+    if value is None:
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not an ISO 8601 time: {value!r}") from exc
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at
+
+
 @cli.command("user-metrics")
 def user_metrics(
     user_ids: Annotated[list[int], typer.Argument(help="User ids")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Values at this instant (ISO 8601), from ClickHouse")
+    ] = None,
 ) -> None:
-    """Metrics of users: cache first, ClickHouse on a miss."""
+    """Metrics of users: cache first, ClickHouse on a miss (or the values as of an instant)."""
     with _runtime() as rt:
-        found = _metrics_service(rt).get_user_metrics(user_ids)
+        found = UserMetricsQueryService(rt).get_user_metrics(user_ids, as_of=_parse_time(as_of))
+    if found.stale:
+        err.print(f"[yellow]ClickHouse unreachable: stale values for users {sorted(found.stale)}[/yellow]")
     if as_json:
-        print(json.dumps({str(uid): m.to_json() for uid, m in found.items()}))
+        out: dict[str, dict[str, Any]] = {}
+        for uid, m in found.items():
+            out[str(uid)] = m.to_json() | ({"stale": True} if uid in found.stale else {})
+        print(json.dumps(out))
         return
-    table = Table("metric", *(str(uid) for uid in found))
+    table = Table("metric", *(str(uid) + (" (stale)" if uid in found.stale else "") for uid in found))
     for name in UserMetrics().to_json():
         table.add_row(name, *("-" if (v := m.to_json()[name]) is None else str(v) for m in found.values()))
     console.print(table)
@@ -227,7 +209,9 @@ def reactions(
 ) -> None:
     """A user's reactions on images as bit flags (Like=1, Heart=2, Laugh=4, Cry=8): cache first."""
     with _runtime() as rt:
-        found = UserReactionQueryService(rt.redis, _reaction_source(rt)).get_user_reactions(user_id, image_ids)
+        found = UserReactionQueryService(rt.redis, reaction_source(rt)).get_user_reactions(user_id, image_ids)
+    if found.unavailable:
+        err.print(f"[yellow]ClickHouse unreachable: images {sorted(found.unavailable)} unknown[/yellow]")
     if as_json:
         print(json.dumps({str(i): flags for i, flags in found.items()}))
         return
@@ -236,6 +220,74 @@ def reactions(
         names = [f.name.title() for f in ReactionFlag if flags & f and f.name] or ["-"]
         table.add_row(str(image), str(flags), ", ".join(names))
     console.print(table)
+
+
+@cli.command()
+def history(
+    user_id: Annotated[int, typer.Argument(help="User id")],
+    metric: Annotated[str, typer.Argument(help=f"One of: {', '.join(HISTORY_METRICS)}")],
+    since: Annotated[str, typer.Option("--since", help="Start (ISO 8601 date or time)")],
+    until: Annotated[str | None, typer.Option("--until", help="End (default now)")] = None,
+    interval: Annotated[str, typer.Option("--interval", help="hour, day, week or month")] = "day",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """A user's metric over time (value at the end of each interval), from ClickHouse."""
+    start = _parse_time(since)
+    assert start is not None  # noqa: S101 - required option
+    with _runtime() as rt:
+        points = UserMetricsQueryService(rt).get_user_metric_history(
+            user_id, metric, start, _parse_time(until), interval
+        )
+    if as_json:
+        print(json.dumps([p.to_json() for p in points]))
+        return
+    table = Table(interval, metric)
+    for p in points:
+        table.add_row(p.at.isoformat(), str(p.value))
+    console.print(table)
+
+
+@excluded_cli.command("add")
+def excluded_add(
+    user_ids: Annotated[list[int], typer.Argument(help="User ids")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept with the entry)")] = "",
+) -> None:
+    """Exclude users: their actions stop counting for anybody (cached metrics are recomputed)."""
+    _excluded("add", user_ids, reason)
+
+
+@excluded_cli.command("remove")
+def excluded_remove(user_ids: Annotated[list[int], typer.Argument(help="User ids")]) -> None:
+    """Take users off the excluded list."""
+    _excluded("remove", user_ids, "")
+
+
+@excluded_cli.command("list")
+def excluded_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False) -> None:
+    """Show the excluded users."""
+    entries = _excluded("list", [], "", quiet=True)
+    if as_json:
+        print(json.dumps(entries))
+        return
+    table = Table("user", "reason", "since")
+    for e in entries:
+        table.add_row(str(e["userId"]), e["reason"], e["since"])
+    console.print(table)
+
+
+def _excluded(action: str, user_ids: list[int], reason: str, quiet: bool = False) -> list[dict[str, Any]]:
+    with _runtime() as rt:
+        if clickhouse.owner_is_elsewhere(rt.settings):
+            entries: list[dict[str, Any]] = through_worker(
+                rt, c.MANAGE_EXCLUDED_USERS, action=action, user_ids=user_ids, reason=reason
+            )
+        else:
+            if action != "list":
+                set_excluded(rt, user_ids, excluded=action == "add", reason=reason)
+            entries = [e.to_json() for e in list_excluded(rt.clickhouse)]
+    if not quiet:
+        console.print(f"{action}: {user_ids}; excluded now: {[e['userId'] for e in entries]}")
+    return entries
 
 
 @dead_cli.command("list")

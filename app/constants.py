@@ -9,6 +9,11 @@ USER_METRICS_TTL_S = 3600
 # hash was taken. A write only lands when its snapshot is newer, so a slow writer never overwrites fresher
 # numbers. Same TTL as the hash it guards.
 USER_METRICS_VERSION_KEY = "user:metrics:v:{user_id}"
+# The last metrics written for a user, kept longer than the hash itself, to be served (marked stale) when
+# ClickHouse cannot be reached. TTL: STALE_COPY_TTL_S.
+USER_METRICS_STALE_KEY = "user:metrics:last:{user_id}"
+# Held by the one reader that fills a user's missing hash; other readers wait for its result (no stampede).
+USER_METRICS_FILL_LOCK_KEY = "lock:fill:metrics:{user_id}"
 REACTIONS_KEY = "reactions:{user_id}"
 REACTIONS_TTL_S = 604_800
 # Companion of a reactions hash: per ``{imageId}:{bit}``, the version of the event that set it. Same TTL.
@@ -53,6 +58,8 @@ EVENT_TASKS = (RECORD_FOLLOW, RECORD_UPLOAD, SET_REACTION, RECORD_ENTITY_METRIC,
 # Read and maintenance task names.
 QUERY_USER_METRICS = "query_user_metrics"
 QUERY_REACTIONS = "query_reactions"
+QUERY_HISTORY = "query_metric_history"
+MANAGE_EXCLUDED_USERS = "manage_excluded_users"
 APPLY_MIGRATIONS = "apply_migrations"
 CHECK_EVENT_BUFFER = "check_event_buffer"
 BENCH_NOOP = "bench_noop"

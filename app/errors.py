@@ -35,6 +35,9 @@ TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 
+# A Redis call that failed because Redis could not be reached (as opposed to a wrong command).
+REDIS_DOWN: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError, OSError)
+
 
 def classify(exc: BaseException) -> type[UserMetricsError]:
     """Map a library error to what to do with it."""

@@ -3,7 +3,8 @@
 A writer takes a snapshot version (Redis server time) *before* it queries ClickHouse, and the write lands only
 if no newer snapshot has been written for that user. Since a query started later sees every event an earlier one
 saw, the newest snapshot always wins, however the writers interleave. Each write replaces the whole hash (never a
-partial one), keeps the ``rank`` the rank job set, and sets the TTL on both keys.
+partial one), keeps the ``rank`` the rank job set, and sets the TTL on both keys. It also refreshes a longer-lived
+copy (``user:metrics:last:{userId}``) that readers serve, marked stale, while ClickHouse is unreachable.
 """
 
 from __future__ import annotations
@@ -21,12 +22,16 @@ if current and tonumber(current) >= tonumber(ARGV[1]) then
 end
 local rank = redis.call('HGET', KEYS[1], 'rank')
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 if rank and redis.call('HEXISTS', KEYS[1], 'rank') == 0 then
   redis.call('HSET', KEYS[1], 'rank', rank)
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+if tonumber(ARGV[3]) > 0 then
+  redis.call('COPY', KEYS[1], KEYS[3], 'REPLACE')
+  redis.call('EXPIRE', KEYS[3], ARGV[3])
+end
 return 1
 """
 
@@ -39,17 +44,24 @@ def version_key(user_id: int) -> str:
     return c.USER_METRICS_VERSION_KEY.format(user_id=user_id)
 
 
-def write(r: RedisClient, version_us: int, metrics: Mapping[int, UserMetrics]) -> int:
+def stale_key(user_id: int) -> str:
+    return c.USER_METRICS_STALE_KEY.format(user_id=user_id)
+
+
+def write(
+    r: RedisClient, version_us: int, metrics: Mapping[int, UserMetrics], stale_copy_ttl_s: int = 7 * 86_400
+) -> int:
     """Write whole hashes for many users in one round trip; returns how many landed."""
     if not metrics:
         return 0
     script = r.register_script(_WRITE_SCRIPT)
     pipe = r.pipeline(transaction=False)
     for user_id, m in metrics.items():
-        flat: list[str | int] = [version_us, c.USER_METRICS_TTL_S]
+        flat: list[str | int] = [version_us, c.USER_METRICS_TTL_S, stale_copy_ttl_s]
         for name, value in m.to_hash().items():
             flat.extend((name, value))
-        script(keys=[metrics_key(user_id), version_key(user_id)], args=flat, client=pipe)
+        keys = [metrics_key(user_id), version_key(user_id), stale_key(user_id)]
+        script(keys=keys, args=flat, client=pipe)
     return sum(int(x) for x in pipe.execute())
 
 
@@ -63,3 +75,12 @@ def read(r: RedisClient, user_ids: Iterable[int]) -> dict[int, UserMetrics | Non
     for user_id, data in zip(ids, pipe.execute(), strict=True):
         out[user_id] = UserMetrics.from_hash(data) if data else None
     return out
+
+
+def read_stale(r: RedisClient, user_ids: Iterable[int]) -> dict[int, UserMetrics]:
+    """The last metrics written for each user that has a copy (served, marked stale, when ClickHouse is down)."""
+    ids = list(dict.fromkeys(user_ids))
+    pipe = r.pipeline(transaction=False)
+    for user_id in ids:
+        pipe.hgetall(stale_key(user_id))
+    return {uid: UserMetrics.from_hash(data) for uid, data in zip(ids, pipe.execute(), strict=True) if data}

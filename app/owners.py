@@ -1,9 +1,11 @@
 """Who owns an entity: the producer says so (``owner_id``), or the entity's latest ``Upload`` event does.
 
 Resolved at write time, so every row carries ``ownerId`` and owner-side metrics need no join. An event whose
-entity has no Upload yet is written with ``ownerId = 0`` (an orphan); when the Upload arrives, the orphans are
-written again with the owner (same ``eventId``, so nothing is counted twice: owner-side queries filter on the
-owner and never see the 0 rows). A producer-given owner that contradicts the Upload is wrong data.
+entity has no known owner yet (no Upload, no producer named one) is written with ``ownerId = 0`` (an orphan); once
+an owner is known, the orphans are written again with it (same ``eventId``, so nothing is counted twice:
+owner-side queries and aggregates filter on the owner and never see the 0 rows). Without an Upload, the owner a
+producer named before also applies to later events that name none. A producer-given owner that contradicts the
+Upload is wrong data.
 """
 
 from __future__ import annotations
@@ -18,17 +20,25 @@ from app.events import UPLOAD_ENTITY_TYPES, Event, MetricType
 
 Entity = tuple[str, int]
 
-_UPLOAD_OWNERS_SQL = """
-SELECT entityType, entityId, argMax(userId, (createdAt, toString(eventId)))
+# Per entity: the uploader (latest Upload wins) if there is an Upload, else the owner earlier events named.
+_KNOWN_OWNERS_SQL = """
+SELECT entityType, entityId,
+       argMaxIf(userId, (createdAt, toString(eventId)), metricType = 'Upload'),
+       countIf(metricType = 'Upload'),
+       max(ownerId)
 FROM entityMetricEvents
-WHERE metricType = 'Upload' AND (entityType, entityId) IN {entities:Array(Tuple(String, Int64))}
+WHERE (entityType, entityId) IN {entities:Array(Tuple(String, Int64))}
 GROUP BY entityType, entityId
 """
 
+# Rows written before their entity's owner was known, and not yet written again with it.
 _ORPHANS_SQL = """
 SELECT DISTINCT eventId, entityType, entityId, userId, metricType, metricValue, createdAt
 FROM entityMetricEvents
 WHERE (entityType, entityId) IN {entities:Array(Tuple(String, Int64))} AND ownerId = 0 AND metricType != 'Upload'
+  AND eventId NOT IN (
+      SELECT eventId FROM entityMetricEvents
+      WHERE (entityType, entityId) IN {entities:Array(Tuple(String, Int64))} AND ownerId != 0)
 """
 
 
@@ -43,38 +53,53 @@ def _owned(e: Event) -> bool:
     return e.entity_type in UPLOAD_ENTITY_TYPES and e.metric_type is not MetricType.UPLOAD
 
 
-def resolve(ch: ClickHouse, events: Sequence[Event]) -> Resolution:
-    """Fill missing owners, flag contradicting ones, and adopt orphans of entities uploaded in this batch."""
-    owners: dict[Entity, tuple[tuple[datetime, str], int]] = {}
+def _known_owners(ch: ClickHouse, events: Sequence[Event]) -> tuple[dict[Entity, int], set[Entity]]:
+    """Owner per entity of the batch, and which of them an Upload establishes (the others were only named)."""
+    uploads: dict[Entity, tuple[tuple[datetime, str], int]] = {}
     for e in events:
         if e.metric_type is MetricType.UPLOAD:
             key = (e.entity_type, e.entity_id)
             rank = (e.created_at, str(e.event_id))
-            if key not in owners or rank > owners[key][0]:
-                owners[key] = (rank, e.user_id)
-    known: dict[Entity, int] = {k: v for k, (_, v) in owners.items()}
-    wanted = sorted({(e.entity_type, e.entity_id) for e in events if _owned(e)} - set(known))
+            if key not in uploads or rank > uploads[key][0]:
+                uploads[key] = (rank, e.user_id)
+    known: dict[Entity, int] = {k: v for k, (_, v) in uploads.items()}
+    by_upload = set(known)
+    wanted = sorted({(e.entity_type, e.entity_id) for e in events if _owned(e)} - by_upload)
+    named: dict[Entity, int] = {}
     if wanted:
-        for etype, eid, owner in ch.rows(_UPLOAD_OWNERS_SQL, {"entities": wanted}):
-            known[(str(etype), int(eid))] = int(owner)
+        for etype, eid, uploader, n_uploads, owner in ch.rows(_KNOWN_OWNERS_SQL, {"entities": wanted}):
+            key = (str(etype), int(eid))
+            if int(n_uploads):
+                known[key] = int(uploader)
+                by_upload.add(key)
+            elif int(owner):
+                named[key] = int(owner)
+    for e in events:
+        key = (e.entity_type, e.entity_id)
+        if _owned(e) and e.owner_id and key not in by_upload:
+            named[key] = max(named.get(key, 0), e.owner_id)
+    return {**named, **known}, by_upload
 
+
+def resolve(ch: ClickHouse, events: Sequence[Event]) -> Resolution:
+    """Fill missing owners, flag ones that contradict an Upload, and adopt orphans of entities with an owner."""
+    known, by_upload = _known_owners(ch, events)
     out = Resolution()
     for e in events:
-        owner = known.get((e.entity_type, e.entity_id)) if _owned(e) else None
-        if owner is None:
+        key = (e.entity_type, e.entity_id)
+        owner = known.get(key) if _owned(e) else None
+        if owner is None or e.owner_id == owner:
             out.events.append(e)
-        elif e.owner_id == 0:
+        elif e.owner_id == 0 or key not in by_upload:
             out.events.append(dataclasses.replace(e, owner_id=owner))
-        elif e.owner_id != owner:
+        else:
             out.conflicts[str(e.event_id)] = (
                 f"owner_id {e.owner_id} contradicts the Upload of {e.entity_type} {e.entity_id} by user {owner}"
             )
-        else:
-            out.events.append(e)
 
-    uploaded = sorted(owners)
-    if uploaded:
-        for event_id, etype, eid, user, metric, value, created in ch.rows(_ORPHANS_SQL, {"entities": uploaded}):
+    adoptable = sorted({(e.entity_type, e.entity_id) for e in events} & set(known))
+    if adoptable:
+        for event_id, etype, eid, user, metric, value, created in ch.rows(_ORPHANS_SQL, {"entities": adoptable}):
             out.adopted.append(
                 Event(
                     event_id=event_id,

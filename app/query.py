@@ -1,54 +1,190 @@
-"""Read side: user metrics from Redis first, ClickHouse behind every miss (DESIGN.md section 6).
+"""Read side: user metrics from Redis first, ClickHouse behind every miss (DESIGN.md sections 4 and 6).
 
-Where ClickHouse lives in another process (embedded mode: the worker owns chdb), misses are resolved by a read
-task on the ``reads`` queue; callers do not see the difference.
+- Many users per call: one Redis round trip for the hits, one ClickHouse computation for all the misses, one
+  round trip to fill the cache.
+- No stampede: a reader takes a short fill lock per missing user (``SET NX``, in Redis, so it holds across
+  threads and processes); users whose lock another reader holds are awaited in the cache for up to
+  ``CACHE_FILL_WAIT_S`` and computed here only if that reader did not deliver.
+- Soft failure: ClickHouse unreachable → the last known values (``user:metrics:last:{id}``) are served and the
+  users are reported in ``stale``; Redis unreachable → every user is computed from ClickHouse. Neither raises.
+- The source (ClickHouse here or through the worker; PostgreSQL later) comes from settings (app/sources.py).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from collections.abc import Iterable, Sequence
-from datetime import datetime
-from typing import Protocol
+from datetime import UTC, datetime
+from decimal import Decimal
 
+from app import constants as c
 from app import metrics_cache
-from app.metrics import UserMetrics, compute_user_metrics
-from app.redis_store import server_time_us
+from app.errors import REDIS_DOWN, TRANSIENT_EXCEPTIONS
+from app.history import HistoryPoint
+from app.metrics import UserMetrics
+from app.redis_store import RedisClient, server_time_us
 from app.runtime import Runtime
+from app.sources import HistorySource, MetricsSource, history_source, metrics_source
 
 log = logging.getLogger(__name__)
 
+FILL_POLL_S = 0.01
 
-class MetricsSource(Protocol):
-    def __call__(self, user_ids: Sequence[int], as_of: datetime | None = None) -> dict[int, UserMetrics]: ...
+_RELEASE_SCRIPT = """
+local n = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then n = n + redis.call('DEL', key) end
+end
+return n
+"""
 
 
-def direct_source(rt: Runtime) -> MetricsSource:
-    """Compute in this process (server mode, or the process that owns chdb)."""
+class MetricsResult(dict[int, UserMetrics]):
+    """``{userId: UserMetrics}`` plus how fresh it is: ``stale`` users got their last known values because
+    ClickHouse could not be reached; ``unavailable`` users had none (their zeros are not real)."""
 
-    def compute(user_ids: Sequence[int], as_of: datetime | None = None) -> dict[int, UserMetrics]:
-        return compute_user_metrics(rt.clickhouse, user_ids, weights=rt.weights, window=rt.window, as_of=as_of)
-
-    return compute
+    def __init__(self) -> None:
+        super().__init__()
+        self.stale: set[int] = set()
+        self.unavailable: set[int] = set()
 
 
 class UserMetricsQueryService:
-    def __init__(self, rt: Runtime, source: MetricsSource | None = None) -> None:
+    def __init__(self, rt: Runtime, source: MetricsSource | None = None, history: HistorySource | None = None) -> None:
         self.rt = rt
-        self.source: MetricsSource = source or direct_source(rt)
+        self.source: MetricsSource = source or metrics_source(rt)
+        self.history: HistorySource = history or history_source(rt)
 
-    def get_user_metrics(self, user_ids: Iterable[int]) -> dict[int, UserMetrics]:
-        """Metrics for many users: one Redis round trip for the hits, one ClickHouse query for the misses."""
+    # Reads ----------------------------------------------------------------------------------------------------
+    def get_user_metrics(self, user_ids: Iterable[int], as_of: datetime | None = None) -> MetricsResult:
+        """Metrics for many users (duplicates fine, unknown users are zeros); ``as_of`` reads history instead."""
         ids = list(dict.fromkeys(int(u) for u in user_ids))
-        cached = metrics_cache.read(self.rt.redis, ids)
-        misses = [uid for uid, m in cached.items() if m is None]
-        found: dict[int, UserMetrics] = {uid: m for uid, m in cached.items() if m is not None}
-        if misses:
-            version = server_time_us(self.rt.redis)
-            computed = self.source(misses)
-            metrics_cache.write(self.rt.redis, version, computed)
-            found.update(computed)
-        return {uid: found[uid] for uid in ids}
+        out = MetricsResult()
+        if not ids:
+            return out
+        if as_of is not None:
+            out.update(self._compute(ids, as_of, out))
+            return out
+        cached = self._read_cache(ids)
+        found: dict[int, UserMetrics] = {uid: m for uid, m in (cached or {}).items() if m is not None}
+        misses = [uid for uid in ids if uid not in found]
+        if misses and cached is None:  # Redis is down: straight to ClickHouse
+            found.update(self._compute(misses, None, out))
+        elif misses:
+            found.update(self._fill(misses, out))
+        for uid in ids:
+            out[uid] = found.get(uid) or UserMetrics()
+        return out
 
     def get_user_follower_count(self, user_id: int) -> int:
         return self.get_user_metrics([user_id])[user_id].follower_count
+
+    def get_user_rank(self, user_id: int) -> int | None:
+        """1 + users with a higher score (ties: lower user id first), from ``leaderboard:engagement``; None when
+        the user has no positive score on the board."""
+        r = self.rt.redis
+        try:
+            score = r.zscore(c.LEADERBOARD_KEY, str(user_id))
+            if score is None or score <= 0:
+                return None
+            higher = int(r.zcount(c.LEADERBOARD_KEY, f"({score}", "+inf"))
+            tied = [str(m) for m in r.zrangebyscore(c.LEADERBOARD_KEY, score, score)]
+        except REDIS_DOWN:
+            log.warning("Redis unreachable: rank of user %s unknown", user_id)
+            return None
+        return 1 + higher + len([member for member in tied if int(member) < user_id])
+
+    def calculate_engagement_score(self, user_id: int) -> Decimal:
+        """The engagement score computed now from ClickHouse (no cache)."""
+        return self.source([user_id])[user_id].engagement_score
+
+    def get_user_metric_history(
+        self, user_id: int, metric: str, start: datetime, end: datetime | None = None, interval: str = "day"
+    ) -> list[HistoryPoint]:
+        """``metric`` at the end of every ``interval`` from ``start`` to ``end`` (default now), from ClickHouse."""
+        return self.history(user_id, metric, start, end or datetime.now(UTC), interval)
+
+    # Internals ------------------------------------------------------------------------------------------------
+    def _read_cache(self, ids: Sequence[int]) -> dict[int, UserMetrics | None] | None:
+        try:
+            return metrics_cache.read(self.rt.redis, ids)
+        except REDIS_DOWN as exc:
+            log.warning("Redis unreachable (%s): reading %d users from ClickHouse", exc, len(ids))
+            return None
+
+    def _compute(self, ids: Sequence[int], as_of: datetime | None, out: MetricsResult) -> dict[int, UserMetrics]:
+        """Ask the source; if ClickHouse cannot be reached, serve the last known values marked stale."""
+        try:
+            return self.source(ids, as_of)
+        except TRANSIENT_EXCEPTIONS as exc:
+            log.warning("ClickHouse unreachable (%s): serving the last known metrics of %d users", exc, len(ids))
+        last: dict[int, UserMetrics] = {}
+        if as_of is None:
+            try:
+                last = metrics_cache.read_stale(self.rt.redis, ids)
+            except REDIS_DOWN:
+                last = {}
+        out.stale.update(ids)
+        out.unavailable.update(set(ids) - set(last))
+        return {uid: last.get(uid) or UserMetrics() for uid in ids}
+
+    def _fill(self, misses: list[int], out: MetricsResult) -> dict[int, UserMetrics]:
+        r = self.rt.redis
+        token = uuid.uuid4().hex
+        lock_ttl_ms = int(max(self.rt.settings.read_timeout_s, self.rt.settings.cache_fill_wait_s) * 1000)
+        try:
+            mine = self._take_fill_locks(r, misses, token, lock_ttl_ms)
+        except REDIS_DOWN:
+            return self._compute(misses, None, out)
+        found: dict[int, UserMetrics] = {}
+        try:
+            if mine:
+                version = server_time_us(r)
+                computed = self._compute(mine, None, out)
+                found.update(computed)
+                if not out.stale.intersection(mine):
+                    self._write(version, computed)
+        finally:
+            if mine:
+                self._release(r, mine, token)
+        waiting = [uid for uid in misses if uid not in found]
+        if waiting:
+            found.update(self._await_fill(waiting, out))
+        return found
+
+    def _take_fill_locks(self, r: RedisClient, ids: list[int], token: str, ttl_ms: int) -> list[int]:
+        pipe = r.pipeline(transaction=False)
+        for uid in ids:
+            pipe.set(c.USER_METRICS_FILL_LOCK_KEY.format(user_id=uid), token, nx=True, px=ttl_ms)
+        return [uid for uid, ok in zip(ids, pipe.execute(), strict=True) if ok]
+
+    def _release(self, r: RedisClient, ids: list[int], token: str) -> None:
+        try:
+            keys = [c.USER_METRICS_FILL_LOCK_KEY.format(user_id=uid) for uid in ids]
+            r.eval(_RELEASE_SCRIPT, len(keys), *keys, token)
+        except REDIS_DOWN:
+            pass  # the locks expire by themselves
+
+    def _write(self, version: int, computed: dict[int, UserMetrics]) -> None:
+        try:
+            metrics_cache.write(self.rt.redis, version, computed, self.rt.settings.stale_copy_ttl_s)
+        except REDIS_DOWN as exc:
+            log.warning("Redis unreachable (%s): metrics of %d users not cached", exc, len(computed))
+
+    def _await_fill(self, ids: list[int], out: MetricsResult) -> dict[int, UserMetrics]:
+        """Another reader is filling these users: wait for its result, then compute what did not arrive."""
+        found: dict[int, UserMetrics] = {}
+        deadline = time.monotonic() + self.rt.settings.cache_fill_wait_s
+        pending = list(ids)
+        while pending and time.monotonic() < deadline:
+            time.sleep(FILL_POLL_S)
+            cached = self._read_cache(pending)
+            if cached is None:
+                break
+            found.update({uid: m for uid, m in cached.items() if m is not None})
+            pending = [uid for uid in pending if uid not in found]
+        if pending:
+            found.update(self._compute(pending, None, out))
+        return found

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -9,18 +11,19 @@ from typing import Protocol
 
 from app import reactions_cache
 from app.clickhouse import ClickHouse
-from app.errors import ValidationError
+from app.errors import REDIS_DOWN, TRANSIENT_EXCEPTIONS, ValidationError
 from app.events import epoch_ms
 from app.reactions_cache import ALL_BITS, BIT_OF, NO_VERSION, BitUpdate
 from app.redis_store import RedisClient
 
+log = logging.getLogger(__name__)
+
 MAX_IMAGES_PER_READ = 1000
 
+# From the per-key aggregate (sql/0003_read_aggregates.sql): the latest value and version of each reaction key.
 _REACTIONS_SQL = """
-SELECT entityId, metricType,
-       argMax(metricValue, (createdAt, toString(eventId))),
-       max((createdAt, toString(eventId)))
-FROM entityMetricEvents
+SELECT entityId, metricType, argMaxMerge(latest), max(version)
+FROM stateByActor
 WHERE userId = {user:Int64} AND metricType IN {reactions:Array(String)} AND entityType = 'Image'
   AND entityId IN {images:Array(Int64)}
 GROUP BY entityId, metricType
@@ -79,22 +82,50 @@ class UserReactionCacheService:
         reactions_cache.merge(self.redis, {user_id: [u for bits in states.values() for u in bits]})
 
 
+class ReactionsResult(dict[int, int]):
+    """``{imageId: flags}``; ``unavailable`` images were not cached and ClickHouse could not be reached (their 0 is
+    not real)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unavailable: set[int] = set()
+
+
 class UserReactionQueryService:
-    """Cache first; misses resolved from ClickHouse (latest event wins), cached (absences as 0), returned."""
+    """Cache first; misses resolved from ClickHouse (latest event wins), cached (absences as 0), returned.
+
+    Redis unreachable: everything is read from ClickHouse. ClickHouse unreachable: cached images are served, the
+    others are reported in ``unavailable``. Neither raises.
+    """
 
     def __init__(self, redis: RedisClient, source: ReactionSource) -> None:
         self.cache = UserReactionCacheService(redis)
         self.source = source
 
-    def get_user_reactions(self, user_id: int, image_ids: Sequence[int]) -> dict[int, int]:
+    def get_user_reactions(self, user_id: int, image_ids: Sequence[int]) -> ReactionsResult:
         ids = list(dict.fromkeys(int(i) for i in image_ids))
         if len(ids) > MAX_IMAGES_PER_READ:
             raise ValidationError(f"at most {MAX_IMAGES_PER_READ} images per read, got {len(ids)}")
-        cached = self.cache.get_user_reactions(user_id, ids)
+        out = ReactionsResult()
+        try:
+            cached: dict[int, int | None] = self.cache.get_user_reactions(user_id, ids)
+            redis_up = True
+        except REDIS_DOWN as exc:
+            log.warning("Redis unreachable (%s): reading reactions of user %s from ClickHouse", exc, user_id)
+            cached, redis_up = dict.fromkeys(ids), False
         misses = [i for i, flags in cached.items() if flags is None]
-        out = {i: flags for i, flags in cached.items() if flags is not None}
+        found = {i: flags for i, flags in cached.items() if flags is not None}
         if misses:
-            states = self.source(user_id, misses)
-            reactions_cache.merge(self.cache.redis, {user_id: [u for bits in states.values() for u in bits]})
-            out.update({image: flags_of(bits) for image, bits in states.items()})
-        return {i: out[i] for i in ids}
+            try:
+                states = self.source(user_id, misses)
+            except TRANSIENT_EXCEPTIONS as exc:
+                log.warning("ClickHouse unreachable (%s): %d images of user %s unknown", exc, len(misses), user_id)
+                out.unavailable.update(misses)
+                states = {}
+            if states and redis_up:
+                with contextlib.suppress(*REDIS_DOWN):
+                    reactions_cache.merge(self.cache.redis, {user_id: [u for bits in states.values() for u in bits]})
+            found.update({image: flags_of(bits) for image, bits in states.items()})
+        for i in ids:
+            out[i] = found.get(i, 0)
+        return out

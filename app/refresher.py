@@ -75,7 +75,7 @@ def refresh_users(rt: Runtime, user_ids: Iterable[int]) -> int:
         return 0
     version = server_time_us(r)  # before the query: see app/metrics_cache.py
     computed = compute_user_metrics(rt.clickhouse, cached, weights=rt.weights, window=rt.window)
-    return metrics_cache.write(r, version, computed)
+    return metrics_cache.write(r, version, computed, rt.settings.stale_copy_ttl_s)
 
 
 class Refresher:

@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path(".data")
+ReadSource = Literal["clickhouse", "postgres", "dual"]
 
 
 class Settings(BaseSettings):
@@ -47,6 +48,15 @@ class Settings(BaseSettings):
     read_timeout_s: float = Field(default=10.0, gt=0, alias="READ_TIMEOUT_S")
     clickhouse_timeout_s: float = Field(default=10.0, gt=0, alias="CLICKHOUSE_TIMEOUT_S")
     redis_timeout_s: float = Field(default=2.0, gt=0, alias="REDIS_TIMEOUT_S")
+
+    # Read path (DESIGN.md section 6). Where each feature reads from: ClickHouse (with the caches in front), the
+    # legacy PostgreSQL, or both (serve PostgreSQL, compare with ClickHouse in the background).
+    user_metrics_read_source: ReadSource = Field(default="clickhouse", alias="USER_METRICS_READ_SOURCE")
+    reactions_read_source: ReadSource = Field(default="clickhouse", alias="REACTIONS_READ_SOURCE")
+    # A reader that finds another one already filling a user's cache waits this long for it before querying.
+    cache_fill_wait_s: float = Field(default=2.0, ge=0, alias="CACHE_FILL_WAIT_S")
+    # How long the last known metrics of a user are kept to be served (marked stale) while ClickHouse is down.
+    stale_copy_ttl_s: int = Field(default=7 * 86_400, ge=0, alias="STALE_COPY_TTL_S")
 
     # Engagement (DESIGN.md section 3): weights per metric type, "*" for any other; window in days.
     engagement_weights: dict[str, Decimal] = Field(

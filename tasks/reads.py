@@ -7,8 +7,10 @@ from typing import Any
 
 from app import constants as c
 from app import migrations, runtime
+from app.excluded import list_excluded, set_excluded
+from app.history import metric_history
 from app.locks import redis_lock
-from app.query import direct_source
+from app.metrics import compute_user_metrics
 from app.reactions import latest_reactions
 from tasks.base import project_task
 
@@ -16,8 +18,11 @@ from tasks.base import project_task
 @project_task(c.QUERY_USER_METRICS, ignore_result=False, max_retries=0, time_limit_s=30)
 def query_user_metrics(self: Any, user_ids: list[int], as_of: str | None = None) -> dict[str, Any]:
     """Compute metrics from ClickHouse (no cache) and return them as ``{userId: hash fields}``."""
+    rt = runtime.get()
     when = datetime.fromisoformat(as_of) if as_of else None
-    computed = direct_source(runtime.get())([int(u) for u in user_ids], when)
+    computed = compute_user_metrics(
+        rt.clickhouse, [int(u) for u in user_ids], weights=rt.weights, window=rt.window, as_of=when
+    )
     return {str(uid): m.to_hash() for uid, m in computed.items()}
 
 
@@ -26,6 +31,33 @@ def query_reactions(self: Any, user_id: int, image_ids: list[int]) -> dict[str, 
     """Latest reaction bits of a user on images, from ClickHouse: ``{imageId: [[bit, on, version], ...]}``."""
     states = latest_reactions(runtime.get().clickhouse, int(user_id), [int(i) for i in image_ids])
     return {str(image): [[u.bit, u.on, u.version] for u in bits] for image, bits in states.items()}
+
+
+@project_task(c.QUERY_HISTORY, ignore_result=False, max_retries=0, time_limit_s=30)
+def query_metric_history(
+    self: Any, user_id: int, metric: str, start: str, end: str, interval: str = "day"
+) -> list[dict[str, Any]]:
+    """A user's metric over time, from ClickHouse: ``[{"at": ..., "value": ...}, ...]``."""
+    points = metric_history(
+        runtime.get().clickhouse,
+        int(user_id),
+        metric,
+        datetime.fromisoformat(start),
+        datetime.fromisoformat(end),
+        interval,
+    )
+    return [p.to_json() for p in points]
+
+
+@project_task(c.MANAGE_EXCLUDED_USERS, ignore_result=False, max_retries=0, time_limit_s=60)
+def manage_excluded_users(
+    self: Any, action: str, user_ids: list[int] | None = None, reason: str = ""
+) -> list[dict[str, Any]]:
+    """``add`` / ``remove`` users on the excluded list, or ``list`` it; returns the list after the change."""
+    rt = runtime.get()
+    if action in ("add", "remove"):
+        set_excluded(rt, user_ids or [], excluded=action == "add", reason=reason)
+    return [u.to_json() for u in list_excluded(rt.clickhouse)]
 
 
 @project_task(c.APPLY_MIGRATIONS, ignore_result=False, max_retries=0, time_limit_s=300)

@@ -76,15 +76,20 @@ def rt(settings: Settings) -> Iterator[Runtime]:
     yield r
 
 
-@pytest.fixture()
-def clean(rt: Runtime) -> Runtime:
-    """A clean slate: empty cache database and empty ClickHouse tables."""
-    rt.redis.flushdb()
+def wipe_clickhouse(rt: Runtime) -> None:
+    """Empty every ClickHouse table (events, aggregates, excluded users), keeping the schema."""
     for (table,) in rt.clickhouse.rows(
         "SELECT name FROM system.tables WHERE database = currentDatabase() AND engine NOT LIKE '%View%' "
         "AND name != 'schema_migrations'"
     ):
         rt.clickhouse.command(f"TRUNCATE TABLE `{table}`")
+
+
+@pytest.fixture()
+def clean(rt: Runtime) -> Runtime:
+    """A clean slate: empty cache database and empty ClickHouse tables."""
+    rt.redis.flushdb()
+    wipe_clickhouse(rt)
     return rt
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 
@@ -40,19 +40,23 @@ class Oracle:
 
     def apply_all(self, events: list[E]) -> None:
         unique = {e.event_id: e for e in events}
-        owners: dict[tuple[str, int, str, int], int] = defaultdict(int)
-        for e in sorted(unique.values(), key=lambda x: (x.at, x.event_id)):
-            if e.metric_type in STATE:
-                key = (e.entity_type, e.entity_id, e.metric_type, e.user_id)
-                owners[key] = max(owners[key], e.owner_id)
-                self.state[key] = e
+        ordered = sorted(unique.values(), key=lambda x: (x.at, x.event_id))
+        # An entity belongs to its uploader (latest Upload), else to the owner any event on it named.
+        uploaders: dict[tuple[str, int], int] = {}
+        named: dict[tuple[str, int], int] = defaultdict(int)
+        for e in ordered:
+            if e.metric_type == "Upload":
+                uploaders[(e.entity_type, e.entity_id)] = e.user_id
             else:
+                named[(e.entity_type, e.entity_id)] = max(named[(e.entity_type, e.entity_id)], e.owner_id)
+        for e in ordered:
+            if e.metric_type != "Upload" and e.entity_type in ("Model", "Post", "Image"):
+                entity = (e.entity_type, e.entity_id)
+                e = replace(e, owner_id=uploaders.get(entity, named[entity]))
+            if e.metric_type in STATE:
+                self.state[(e.entity_type, e.entity_id, e.metric_type, e.user_id)] = e
+            elif e.metric_type != "Engagement":
                 self.additive[e.event_id] = e
-        # A state key belongs to the owner any of its events named (some may predate that knowledge).
-        for key, e in self.state.items():
-            self.state[key] = E(
-                e.event_id, e.entity_type, e.entity_id, e.user_id, owners[key], e.metric_type, e.value, e.at
-            )
 
     def metrics(self, user: int) -> dict[str, object]:  # noqa: C901 - a flat list of the definitions
         out: dict[str, object] = defaultdict(int)

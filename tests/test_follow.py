@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from app import metrics_cache
 from app.errors import ValidationError
 from app.query import UserMetricsQueryService
-from tests.conftest import prime, wait_drained, wait_events
+from tests.conftest import prime, wait_drained, wait_events, wipe_clickhouse
 from tests.oracle import E, Oracle
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -113,7 +113,7 @@ follow_events = st.lists(
 def test_follow_counts_match_oracle_under_duplicates_and_reordering(clean, producer, history, data):  # type: ignore[no-untyped-def]
     wait_drained(clean)
     clean.redis.flushdb()
-    clean.clickhouse.command("TRUNCATE TABLE entityMetricEvents")
+    wipe_clickhouse(clean)
     prime(clean, 1, 2, 3, 4, 5)
     base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
     sent = []

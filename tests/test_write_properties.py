@@ -14,7 +14,7 @@ from app import metrics_cache
 from app.events import derive_event_id
 from app.metrics import compute_user_metrics
 from app.reactions import UserReactionQueryService, latest_reactions
-from tests.conftest import prime, wait_drained, wait_events
+from tests.conftest import prime, wait_drained, wait_events, wipe_clickhouse
 from tests.oracle import E, Oracle
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -147,7 +147,7 @@ def oracle_events(sent: list[dict[str, Any]]) -> list[E]:
 def test_every_metric_and_reaction_matches_the_oracle(clean, producer, history, data):  # type: ignore[no-untyped-def]
     wait_drained(clean)
     clean.redis.flushdb()
-    clean.clickhouse.command("TRUNCATE TABLE entityMetricEvents")
+    wipe_clickhouse(clean)
     prime(clean, *USERS)  # cached hashes the write path must keep current
     # Given a delivery with duplicates, shuffled, part of it batched in record_events messages
     dupes = data.draw(st.lists(st.sampled_from(history), max_size=8))

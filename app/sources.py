@@ -1,0 +1,108 @@
+"""Where reads come from, chosen by settings, so that callers never change when the source does.
+
+``USER_METRICS_READ_SOURCE`` / ``REACTIONS_READ_SOURCE``: ``clickhouse`` (the caches in front of ClickHouse),
+``postgres`` (the legacy aggregation) or ``dual`` (serve PostgreSQL, compare with ClickHouse). ClickHouse is reached
+in this process, or, when another process owns the embedded engine (embedded mode while the stack runs), through
+a read task on the ``reads`` queue that the owning worker answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from app import clickhouse
+from app import constants as c
+from app.errors import PermanentError, TransientError
+from app.history import HistoryPoint, metric_history
+from app.metrics import UserMetrics, compute_user_metrics
+from app.reactions import ReactionSource, latest_reactions
+from app.reactions_cache import BitUpdate
+from app.runtime import Runtime
+
+
+class MetricsSource(Protocol):
+    def __call__(self, user_ids: Sequence[int], as_of: datetime | None = None) -> dict[int, UserMetrics]: ...
+
+
+class HistorySource(Protocol):
+    def __call__(
+        self, user_id: int, metric: str, start: datetime, end: datetime, interval: str
+    ) -> list[HistoryPoint]: ...
+
+
+def through_worker(rt: Runtime, task: str, **kwargs: Any) -> Any:
+    """Run a read task on the worker that owns ClickHouse and wait for its answer (``READ_TIMEOUT_S``)."""
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    from tasks.celery_app import configure
+
+    result = configure(rt.settings).send_task(task, kwargs=kwargs, queue=c.READS_QUEUE)
+    try:
+        return result.get(timeout=rt.settings.read_timeout_s)
+    except CeleryTimeout as exc:
+        raise TransientError(f"the worker did not answer {task} within {rt.settings.read_timeout_s} s") from exc
+
+
+def _check(name: str, feature: str) -> None:
+    if name != "clickhouse":
+        raise PermanentError(
+            f"{feature} read source {name!r} needs the legacy PostgreSQL tooling (python -m app backfill/compare); "
+            "it is not installed in this version: use 'clickhouse'"
+        )
+
+
+def metrics_source(rt: Runtime) -> MetricsSource:
+    _check(rt.settings.user_metrics_read_source, "USER_METRICS_READ_SOURCE")
+    if clickhouse.owner_is_elsewhere(rt.settings):
+
+        def via_worker(user_ids: Sequence[int], as_of: datetime | None = None) -> dict[int, UserMetrics]:
+            data = through_worker(
+                rt, c.QUERY_USER_METRICS, user_ids=list(user_ids), as_of=as_of.isoformat() if as_of else None
+            )
+            return {int(uid): UserMetrics.from_hash(fields) for uid, fields in data.items()}
+
+        return via_worker
+
+    def direct(user_ids: Sequence[int], as_of: datetime | None = None) -> dict[int, UserMetrics]:
+        return compute_user_metrics(rt.clickhouse, user_ids, weights=rt.weights, window=rt.window, as_of=as_of)
+
+    return direct
+
+
+def reaction_source(rt: Runtime) -> ReactionSource:
+    _check(rt.settings.reactions_read_source, "REACTIONS_READ_SOURCE")
+    if clickhouse.owner_is_elsewhere(rt.settings):
+
+        def via_worker(user_id: int, image_ids: Sequence[int]) -> dict[int, list[BitUpdate]]:
+            data = through_worker(rt, c.QUERY_REACTIONS, user_id=user_id, image_ids=list(image_ids))
+            return {
+                int(i): [BitUpdate(int(i), int(b), bool(on), str(v)) for b, on, v in bits] for i, bits in data.items()
+            }
+
+        return via_worker
+    return lambda user_id, image_ids: latest_reactions(rt.clickhouse, user_id, image_ids)
+
+
+def history_source(rt: Runtime) -> HistorySource:
+    if clickhouse.owner_is_elsewhere(rt.settings):
+
+        def via_worker(user_id: int, metric: str, start: datetime, end: datetime, interval: str) -> list[HistoryPoint]:
+            data = through_worker(
+                rt,
+                c.QUERY_HISTORY,
+                user_id=user_id,
+                metric=metric,
+                start=start.isoformat(),
+                end=end.isoformat(),
+                interval=interval,
+            )
+            return [HistoryPoint.from_json(p) for p in data]
+
+        return via_worker
+
+    def direct(user_id: int, metric: str, start: datetime, end: datetime, interval: str) -> list[HistoryPoint]:
+        return metric_history(rt.clickhouse, user_id, metric, start, end, interval)
+
+    return direct
