@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -30,67 +30,82 @@ _WEIGHT = "transform(metricType, {wtypes:Array(String)}, {wvalues:Array(Int64)},
 # The f-strings below splice constant SQL fragments only; every value is a bound parameter.
 
 # -- Current values, from the aggregate tables (sql/0003_read_aggregates.sql) ----------------------------------
-ACTOR_SQL = """
-SELECT userId,
-       countIf(metricType = 'Follow' AND v > 0),
-       countIf(metricType = 'Upload' AND entityType = 'Model' AND v > 0),
-       countIf(metricType = 'Upload' AND entityType = 'Post' AND v > 0),
-       countIf(metricType = 'Upload' AND entityType = 'Image' AND v > 0)
+# One round trip, three parts (ClickHouse runs them in parallel); every row: (part, user, a, b, c, d, days).
+# - actor: following, models, posts, images (my state keys that are on);
+# - owner: followers, reactions received, state engagement (keys on entities I own, by others, not excluded);
+# - additive: downloads and generations from the per-day buckets without redeliveries, and the (metric, day)
+#   buckets that saw some (re-read from the raw log below).
+CURRENT_SQL = f"""
+SELECT 'actor' AS part, userId AS uid,
+       toInt64(countIf(metricType = 'Follow' AND v > 0)) AS a,
+       toInt64(countIf(metricType = 'Upload' AND entityType = 'Model' AND v > 0)) AS b,
+       toInt64(countIf(metricType = 'Upload' AND entityType = 'Post' AND v > 0)) AS c,
+       toInt64(countIf(metricType = 'Upload' AND entityType = 'Image' AND v > 0)) AS d,
+       CAST([], 'Array(Tuple(String, Date))') AS days
 FROM (
-    SELECT userId, metricType, entityType, entityId, argMaxMerge(latest) AS v
-    FROM stateByActor
-    WHERE userId IN {users:Array(Int64)} AND metricType IN ('Follow', 'Upload')
-    GROUP BY userId, metricType, entityType, entityId
+    SELECT userId, metricType, entityType, isOn AS v
+    FROM stateByActor FINAL
+    WHERE userId IN {{users:Array(Int64)}} AND metricType IN ('Follow', 'Upload')
 )
 GROUP BY userId
-"""
-
-OWNER_STATE_SQL = f"""
-SELECT ownerId,
-       countIf(metricType = 'Follow' AND v > 0),
-       countIf(metricType IN {{reactions:Array(String)}} AND v > 0),
-       sumIf({_WEIGHT}, v > 0 AND lastAt >= {{since:DateTime64(3, 'UTC')}})
+UNION ALL
+SELECT 'owner', ownerId,
+       toInt64(countIf(metricType = 'Follow' AND v > 0)),
+       toInt64(countIf(metricType IN {{reactions:Array(String)}} AND v > 0)),
+       toInt64(sumIf({_WEIGHT}, v > 0 AND lastAt >= {{since:DateTime64(3, 'UTC')}})),
+       toInt64(0),
+       CAST([], 'Array(Tuple(String, Date))')
 FROM (
-    SELECT ownerId, metricType, entityType, entityId, userId, argMaxMerge(latest) AS v, max(lastAt) AS lastAt
-    FROM stateByOwner
+    SELECT ownerId, metricType, isOn AS v, at AS lastAt
+    FROM stateByOwner FINAL
     WHERE ownerId IN {{users:Array(Int64)}} AND metricType IN ('Follow', 'ReactionLike', 'ReactionHeart',
                                                                'ReactionLaugh', 'ReactionCry')
-    GROUP BY ownerId, metricType, entityType, entityId, userId
+      AND userId != ownerId AND userId NOT IN {EXCLUDED_USERS}
 )
-WHERE userId != ownerId AND userId NOT IN {EXCLUDED_USERS}
 GROUP BY ownerId
-"""  # noqa: S608
-
-# Per (owner, metric): the sum of the buckets without redeliveries, and the days whose buckets had some.
-ADDITIVE_BUCKETS_SQL = """
-SELECT ownerId, metricType, sumIf(t, r = u), groupArrayIf(day, r != u)
+UNION ALL
+SELECT 'additive', ownerId,
+       toInt64(sumIf(t, r = u AND metricType = 'Download')),
+       toInt64(sumIf(t, r = u AND metricType = 'Generation')),
+       toInt64(0), toInt64(0),
+       groupArrayIf((toString(metricType), day), r != u)
 FROM (
     SELECT ownerId, metricType, day, sum(total) AS t, sum(rowCount) AS r, uniqExactMerge(events) AS u
     FROM additiveDaily
-    WHERE ownerId IN {users:Array(Int64)} AND metricType IN {totals:Array(String)}
+    WHERE ownerId IN {{users:Array(Int64)}} AND metricType IN {{totals:Array(String)}}
     GROUP BY ownerId, metricType, day
 )
-GROUP BY ownerId, metricType
-"""
+GROUP BY ownerId
+"""  # noqa: S608
 
-# From the raw log, each event once: the window's engagement, the excluded users' share of the totals (to take
-# off), and the exact totals of the days whose buckets saw redeliveries.
-ADDITIVE_RAW_SQL = f"""
-SELECT owner,
-       sumIf(val * w, at >= {{since:DateTime64(3, 'UTC')}} AND actor != owner AND NOT excl),
-       sumIf(val, mt = 'Download' AND excl), sumIf(val, mt = 'Generation' AND excl),
-       sumIf(val, mt = 'Download' AND redelivered), sumIf(val, mt = 'Generation' AND redelivered)
-FROM (
+# From the raw log, each event once, in three branches that each use an index: the window's engagement (by owner
+# and time), the excluded users' share of the totals, to take off (by actor), and the exact totals of the days whose
+# buckets saw redeliveries (by owner and time). Rows: (part, owner, a, b).
+_ADDITIVE_EVENTS = """
     SELECT eventId, any(ownerId) AS owner, any(metricType) AS mt, any(metricValue) AS val, any(userId) AS actor,
-           any(createdAt) AS at, any({_WEIGHT}) AS w,
-           actor IN {EXCLUDED_USERS} AS excl,
-           (owner, mt, toDate(at)) IN {{redelivered:Array(Tuple(Int64, String, Date))}} AS redelivered
+           any(createdAt) AS at
     FROM entityMetricEvents
-    WHERE ownerId IN {{users:Array(Int64)}} AND metricType IN {{additive:Array(String)}}
-      AND (createdAt >= {{since:DateTime64(3, 'UTC')}} OR userId IN {EXCLUDED_USERS}
-           OR (ownerId, metricType, toDate(createdAt)) IN {{redelivered:Array(Tuple(Int64, String, Date))}})
+    WHERE ownerId IN {{users:Array(Int64)}} AND metricType IN {{additive:Array(String)}} AND {where}
     GROUP BY eventId
-)
+"""
+ADDITIVE_RAW_SQL = f"""
+SELECT 'window', owner, toInt64(sum(val * transform(mt, {{wtypes:Array(String)}}, {{wvalues:Array(Int64)}},
+                                                   {{wdefault:Int64}}))), toInt64(0)
+FROM ({_ADDITIVE_EVENTS.format(where="createdAt >= {since:DateTime64(3, 'UTC')}")})
+WHERE actor != owner AND actor NOT IN {EXCLUDED_USERS}
+GROUP BY owner
+UNION ALL
+SELECT 'excluded', owner, toInt64(sumIf(val, mt = 'Download')), toInt64(sumIf(val, mt = 'Generation'))
+FROM ({_ADDITIVE_EVENTS.format(where=f"userId IN {EXCLUDED_USERS}")})
+GROUP BY owner
+UNION ALL
+SELECT 'redelivered', owner, toInt64(sumIf(val, mt = 'Download')), toInt64(sumIf(val, mt = 'Generation'))
+FROM ({
+    _ADDITIVE_EVENTS.format(
+        where="createdAt >= {first:DateTime64(3, 'UTC')} AND createdAt < {last:DateTime64(3, 'UTC')} "
+        "AND (ownerId, metricType, toDate(createdAt)) IN {redelivered:Array(Tuple(Int64, String, Date))}"
+    )
+})
 GROUP BY owner
 """  # noqa: S608
 
@@ -249,23 +264,32 @@ def compute_user_metrics(
         **weights.params(),
     }
     out = {uid: UserMetrics() for uid in users}
-    _apply_actor_side(out, ch.rows(ACTOR_SQL, params))
-    scores = _apply_owner_state(out, ch.rows(OWNER_STATE_SQL, params))
+    scores: dict[int, int] = {}
     redelivered: list[tuple[int, str, date]] = []
-    for owner, metric, total, days in ch.rows(ADDITIVE_BUCKETS_SQL, params):
-        m = out[int(owner)]
-        if metric == "Download":
-            m.download_count += int(total)
+    for part, uid, a, b, c, d, days in ch.rows(CURRENT_SQL, params):
+        m = out[int(uid)]
+        if part == "actor":
+            _apply_actor_side(out, [(uid, a, b, c, d)])
+        elif part == "owner":
+            scores.update(_apply_owner_state(out, [(uid, a, b, c)]))
         else:
-            m.generation_count += int(total)
-        redelivered.extend((int(owner), str(metric), d) for d in days)
-    for owner, score, excl_dl, excl_gen, exact_dl, exact_gen in ch.rows(
-        ADDITIVE_RAW_SQL, {**params, "redelivered": redelivered}
-    ):
+            m.download_count += int(a)
+            m.generation_count += int(b)
+            redelivered.extend((int(uid), str(metric), day) for metric, day in days)
+    days = [d for _, _, d in redelivered]
+    first = datetime.combine(min(days), time.min, UTC) if days else now
+    last = datetime.combine(max(days), time.min, UTC) + timedelta(days=1) if days else now
+    raw_params = {**params, "redelivered": redelivered, "first": first, "last": last}
+    for part, owner, a, b in ch.rows(ADDITIVE_RAW_SQL, raw_params):
         m = out[int(owner)]
-        m.download_count += int(exact_dl) - int(excl_dl)
-        m.generation_count += int(exact_gen) - int(excl_gen)
-        scores[int(owner)] = scores.get(int(owner), 0) + int(score)
+        if part == "window":
+            scores[int(owner)] = scores.get(int(owner), 0) + int(a)
+        elif part == "excluded":
+            m.download_count -= int(a)
+            m.generation_count -= int(b)
+        else:
+            m.download_count += int(a)
+            m.generation_count += int(b)
     _apply_scores(out, scores)
     return out
 

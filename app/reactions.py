@@ -20,13 +20,12 @@ log = logging.getLogger(__name__)
 
 MAX_IMAGES_PER_READ = 1000
 
-# From the per-key aggregate (sql/0003_read_aggregates.sql): the latest value and version of each reaction key.
+# From the latest-state table (sql/0003_read_aggregates.sql): the latest event of each reaction key.
 _REACTIONS_SQL = """
-SELECT entityId, metricType, argMaxMerge(latest), max(version)
-FROM stateByActor
+SELECT entityId, metricType, isOn, (at, toString(eventId))
+FROM stateByActor FINAL
 WHERE userId = {user:Int64} AND metricType IN {reactions:Array(String)} AND entityType = 'Image'
   AND entityId IN {images:Array(Int64)}
-GROUP BY entityId, metricType
 """
 
 

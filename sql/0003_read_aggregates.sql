@@ -4,7 +4,8 @@
 -- has to be re-derived from its events). These tables hold one row per state key (after merges) and one row per
 -- (owner, metric, day) of additive events, in the orderings the reads need. They stay exact under duplicate and
 -- reordered delivery:
--- - state keys keep argMax over (createdAt, eventId): a duplicate row cannot change it, an older row cannot win;
+-- - state keys are ReplacingMergeTree rows versioned by (createdAt, eventId), read with FINAL: the latest event
+--   of a key wins whatever the arrival order, and a duplicate (same version, same content) changes nothing;
 -- - additive buckets keep the row count next to the exact number of distinct eventIds; a bucket where the two
 --   differ has seen a redelivery and is re-read from the raw log (grouped by eventId) instead of trusted.
 -- Rows whose owner is not known yet (ownerId 0) stay out of the owner-side tables; they are written again with
@@ -13,6 +14,9 @@
 -- State metric types (DESIGN.md section 3) are listed here and in app/events.py (STATE_TYPES); a test keeps the
 -- lists equal. Every other type except the Engagement gauge is additive.
 
+-- The version of a state event: (createdAt, eventId) as one number whose order is that of the pair, with the
+-- eventId compared as its text (the order the caches and every other query use for ties).
+-- ver = createdAt in ms << 128 | the UUID's 16 bytes read big-endian.
 CREATE TABLE IF NOT EXISTS stateByOwner
 (
     ownerId     Int64,
@@ -20,21 +24,23 @@ CREATE TABLE IF NOT EXISTS stateByOwner
     entityType  LowCardinality(String),
     entityId    Int64,
     userId      Int64,
-    latest      AggregateFunction(argMax, Int64, Tuple(DateTime64(3, 'UTC'), String)),
-    lastAt      SimpleAggregateFunction(max, DateTime64(3, 'UTC'))
+    ver         UInt256,
+    isOn        UInt8,
+    at          DateTime64(3, 'UTC')
 )
-ENGINE = AggregatingMergeTree
+ENGINE = ReplacingMergeTree(ver)
 ORDER BY (ownerId, metricType, entityType, entityId, userId)
 SETTINGS index_granularity = 256;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS stateByOwnerMv TO stateByOwner AS
 SELECT ownerId, metricType, entityType, entityId, userId,
-       argMaxState(metricValue, (createdAt, toString(eventId))) AS latest,
-       max(createdAt) AS lastAt
+       bitShiftLeft(toUInt256(toUnixTimestamp64Milli(createdAt)), 128)
+           + toUInt256(reinterpretAsUInt128(reverse(unhex(replaceAll(toString(eventId), '-', ''))))) AS ver,
+       metricValue > 0 AS isOn,
+       createdAt AS at
 FROM entityMetricEvents
 WHERE ownerId != 0
-  AND metricType IN ('Follow', 'Upload', 'ReactionLike', 'ReactionHeart', 'ReactionLaugh', 'ReactionCry')
-GROUP BY ownerId, metricType, entityType, entityId, userId;
+  AND metricType IN ('Follow', 'Upload', 'ReactionLike', 'ReactionHeart', 'ReactionLaugh', 'ReactionCry');
 
 CREATE TABLE IF NOT EXISTS stateByActor
 (
@@ -42,20 +48,24 @@ CREATE TABLE IF NOT EXISTS stateByActor
     metricType  LowCardinality(String),
     entityType  LowCardinality(String),
     entityId    Int64,
-    latest      AggregateFunction(argMax, Int64, Tuple(DateTime64(3, 'UTC'), String)),
-    version     SimpleAggregateFunction(max, Tuple(DateTime64(3, 'UTC'), String))
+    ver         UInt256,
+    isOn        UInt8,
+    at          DateTime64(3, 'UTC'),
+    eventId     UUID
 )
-ENGINE = AggregatingMergeTree
+ENGINE = ReplacingMergeTree(ver)
 ORDER BY (userId, metricType, entityType, entityId)
 SETTINGS index_granularity = 256;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS stateByActorMv TO stateByActor AS
 SELECT userId, metricType, entityType, entityId,
-       argMaxState(metricValue, (createdAt, toString(eventId))) AS latest,
-       max((createdAt, toString(eventId))) AS version
+       bitShiftLeft(toUInt256(toUnixTimestamp64Milli(createdAt)), 128)
+           + toUInt256(reinterpretAsUInt128(reverse(unhex(replaceAll(toString(eventId), '-', ''))))) AS ver,
+       metricValue > 0 AS isOn,
+       createdAt AS at,
+       eventId
 FROM entityMetricEvents
-WHERE metricType IN ('Follow', 'Upload', 'ReactionLike', 'ReactionHeart', 'ReactionLaugh', 'ReactionCry')
-GROUP BY userId, metricType, entityType, entityId;
+WHERE metricType IN ('Follow', 'Upload', 'ReactionLike', 'ReactionHeart', 'ReactionLaugh', 'ReactionCry');
 
 CREATE TABLE IF NOT EXISTS additiveDaily
 (
@@ -95,18 +105,20 @@ ORDER BY userId;
 -- detects; state keys are unaffected by duplicates.
 INSERT INTO stateByOwner
 SELECT ownerId, metricType, entityType, entityId, userId,
-       argMaxState(metricValue, (createdAt, toString(eventId))), max(createdAt)
+       bitShiftLeft(toUInt256(toUnixTimestamp64Milli(createdAt)), 128)
+           + toUInt256(reinterpretAsUInt128(reverse(unhex(replaceAll(toString(eventId), '-', ''))))),
+       metricValue > 0, createdAt
 FROM entityMetricEvents
 WHERE ownerId != 0
-  AND metricType IN ('Follow', 'Upload', 'ReactionLike', 'ReactionHeart', 'ReactionLaugh', 'ReactionCry')
-GROUP BY ownerId, metricType, entityType, entityId, userId;
+  AND metricType IN ('Follow', 'Upload', 'ReactionLike', 'ReactionHeart', 'ReactionLaugh', 'ReactionCry');
 
 INSERT INTO stateByActor
 SELECT userId, metricType, entityType, entityId,
-       argMaxState(metricValue, (createdAt, toString(eventId))), max((createdAt, toString(eventId)))
+       bitShiftLeft(toUInt256(toUnixTimestamp64Milli(createdAt)), 128)
+           + toUInt256(reinterpretAsUInt128(reverse(unhex(replaceAll(toString(eventId), '-', ''))))),
+       metricValue > 0, createdAt, eventId
 FROM entityMetricEvents
-WHERE metricType IN ('Follow', 'Upload', 'ReactionLike', 'ReactionHeart', 'ReactionLaugh', 'ReactionCry')
-GROUP BY userId, metricType, entityType, entityId;
+WHERE metricType IN ('Follow', 'Upload', 'ReactionLike', 'ReactionHeart', 'ReactionLaugh', 'ReactionCry');
 
 INSERT INTO additiveDaily
 SELECT ownerId, metricType, toDate(createdAt), sum(metricValue), count(), uniqExactState(eventId)
