@@ -16,6 +16,7 @@ from rich.table import Table
 
 from app import buffer, clickhouse, deadletters, embedded_redis, migrations, runtime
 from app import constants as c
+from app.errors import PermanentError
 from app.events import Event, ReactionFlag
 from app.excluded import list_excluded, set_excluded
 from app.history import METRICS as HISTORY_METRICS
@@ -41,6 +42,16 @@ dead_cli = typer.Typer(no_args_is_help=True, help="Inspect, replay or purge dead
 cli.add_typer(dead_cli, name="dead-letters")
 console = Console()
 err = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def _refusing_bad_input() -> Iterator[None]:
+    """Wrong arguments or configuration: one clear line on stderr and exit code 2, not a traceback."""
+    try:
+        yield
+    except PermanentError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
 
 
 @contextlib.contextmanager
@@ -185,7 +196,7 @@ def user_metrics(
     ] = None,
 ) -> None:
     """Metrics of users: cache first, ClickHouse on a miss (or the values as of an instant)."""
-    with _runtime() as rt:
+    with _refusing_bad_input(), _runtime() as rt:
         found = UserMetricsQueryService(rt).get_user_metrics(user_ids, as_of=_parse_time(as_of))
     if found.stale:
         err.print(f"[yellow]ClickHouse unreachable: stale values for users {sorted(found.stale)}[/yellow]")
@@ -208,7 +219,7 @@ def reactions(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """A user's reactions on images as bit flags (Like=1, Heart=2, Laugh=4, Cry=8): cache first."""
-    with _runtime() as rt:
+    with _refusing_bad_input(), _runtime() as rt:
         found = UserReactionQueryService(rt.redis, reaction_source(rt)).get_user_reactions(user_id, image_ids)
     if found.unavailable:
         err.print(f"[yellow]ClickHouse unreachable: images {sorted(found.unavailable)} unknown[/yellow]")
@@ -234,7 +245,7 @@ def history(
     """A user's metric over time (value at the end of each interval), from ClickHouse."""
     start = _parse_time(since)
     assert start is not None  # noqa: S101 - required option
-    with _runtime() as rt:
+    with _refusing_bad_input(), _runtime() as rt:
         points = UserMetricsQueryService(rt).get_user_metric_history(
             user_id, metric, start, _parse_time(until), interval
         )

@@ -134,10 +134,8 @@ def _next(at: datetime, interval: str) -> datetime:
     return at + timedelta(days=1)
 
 
-def metric_history(
-    ch: ClickHouse, user_id: int, metric: str, start: datetime, end: datetime, interval: str = "day"
-) -> list[HistoryPoint]:
-    """The value of ``metric`` for ``user_id`` at the end of every ``interval`` bucket from ``start`` to ``end``."""
+def check_request(metric: str, start: datetime, end: datetime, interval: str) -> tuple[datetime, datetime]:
+    """Refuse a history request that cannot be answered (before it travels anywhere); returns UTC bounds."""
     if interval not in INTERVALS:
         raise ValidationError(f"interval must be one of {', '.join(INTERVALS)}, got {interval!r}")
     if metric not in METRICS:
@@ -145,6 +143,16 @@ def metric_history(
     start, end = _utc(start), _utc(end)
     if end < start:
         raise ValidationError("end is before start")
+    if interval == "hour" and end - start > timedelta(days=31):
+        raise ValidationError("hourly history covers at most 31 days")
+    return start, end
+
+
+def metric_history(
+    ch: ClickHouse, user_id: int, metric: str, start: datetime, end: datetime, interval: str = "day"
+) -> list[HistoryPoint]:
+    """The value of ``metric`` for ``user_id`` at the end of every ``interval`` bucket from ``start`` to ``end``."""
+    start, end = check_request(metric, start, end, interval)
     params = {"user": user_id, "end": end}
     bucket = INTERVALS[interval]
     if metric == "engagementScore":

@@ -22,7 +22,7 @@ from decimal import Decimal
 from app import constants as c
 from app import metrics_cache
 from app.errors import REDIS_DOWN, TRANSIENT_EXCEPTIONS
-from app.history import HistoryPoint
+from app.history import HistoryPoint, check_request
 from app.metrics import UserMetrics
 from app.redis_store import RedisClient, server_time_us
 from app.runtime import Runtime
@@ -104,7 +104,8 @@ class UserMetricsQueryService:
         self, user_id: int, metric: str, start: datetime, end: datetime | None = None, interval: str = "day"
     ) -> list[HistoryPoint]:
         """``metric`` at the end of every ``interval`` from ``start`` to ``end`` (default now), from ClickHouse."""
-        return self.history(user_id, metric, start, end or datetime.now(UTC), interval)
+        start, end = check_request(metric, start, end or datetime.now(UTC), interval)
+        return self.history(user_id, metric, start, end, interval)
 
     # Internals ------------------------------------------------------------------------------------------------
     def _read_cache(self, ids: Sequence[int]) -> dict[int, UserMetrics | None] | None:

@@ -36,11 +36,12 @@ def resolve_redis_url(settings: Settings) -> str:
 
 
 class Runtime:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clickhouse: ClickHouse | None = None) -> None:
+        """``clickhouse``: share an already open handle (the embedded engine is one per process)."""
         self.settings = settings
         self.pid = os.getpid()
         self._redis: RedisClient | None = None
-        self._ch: ClickHouse | None = None
+        self._ch: ClickHouse | None = clickhouse
         self._lock = threading.Lock()
         self.weights = EngagementWeights.from_settings(settings.engagement_weights)
         self.window = timedelta(days=settings.engagement_window_days)

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,22 @@ def test_run_command_end_to_end(stack_env: dict[str, str]) -> None:
         again = json.loads(cli(stack_env, "user-metrics", "2", "--json").stdout)
         assert again["2"]["followerCount"] == 2
         assert cli(stack_env, "migrate").returncode == 0  # routed to the owner, not a second chdb open
+
+        # History, values as of an instant, excluded users and reactions: all answered by the owning worker.
+        since = (datetime.now(UTC) - timedelta(days=2)).date().isoformat()
+        series = json.loads(cli(stack_env, "history", "2", "followerCount", "--since", since, "--json").stdout)
+        assert [p["value"] for p in series][-1] == 2 and len(series) == 3
+        past = json.loads(cli(stack_env, "user-metrics", "2", "--as-of", "2020-01-01", "--json").stdout)
+        assert past["2"]["followerCount"] == 0
+        assert cli(stack_env, "excluded-users", "add", "3", "--reason", "farm").returncode == 0
+        listed = json.loads(cli(stack_env, "excluded-users", "list", "--json").stdout)
+        assert [(e["userId"], e["reason"]) for e in listed] == [(3, "farm")]
+        _wait(  # the cached hash of user 2 is recomputed without user 3's follow
+            lambda: json.loads(cli(stack_env, "user-metrics", "2", "--json").stdout)["2"]["followerCount"] == 1 or None,
+            30,
+            "excluded follower no longer counted",
+        )
+        assert json.loads(cli(stack_env, "reactions", "1", "100", "101", "--json").stdout) == {"100": 0, "101": 0}
 
         tasks = _wait(
             lambda: (
