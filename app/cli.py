@@ -385,5 +385,18 @@ def bench_ingest(
     _print_bench("ingest" + (" (quick)" if quick else ""), result.rows(), result.figures, as_json)
 
 
+@bench_cli.command("read")
+def bench_read(
+    quick: Annotated[bool, typer.Option("--quick", help="Small dataset, under a minute")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON")] = False,
+) -> None:
+    """Read path on a generated event log (reused between runs): metrics and reactions, hits and misses, hit
+    rate under Zipf reads, history."""
+    from app.bench import read
+
+    result = read.run(quick, load_settings())
+    _print_bench("read" + (" (quick)" if quick else ""), result.rows(), result.figures, as_json)
+
+
 def main(argv: Sequence[str] | None = None) -> Any:
     return cli(args=list(argv) if argv is not None else sys.argv[1:], prog_name="python -m app")

@@ -195,11 +195,11 @@ class UserMetrics:
     @classmethod
     def from_hash(cls, data: Mapping[str, str]) -> UserMetrics:
         kwargs: dict[str, object] = {}
-        for f in fields(cls):
-            raw = data.get(_camel(f.name))
+        for name, field_name in _HASH_FIELDS:
+            raw = data.get(name)
             if raw is None or raw == "":
                 continue
-            kwargs[f.name] = Decimal(raw) if f.name == "engagement_score" else int(raw)
+            kwargs[field_name] = Decimal(raw) if field_name == "engagement_score" else int(raw)
         return cls(**kwargs)  # type: ignore[arg-type]
 
     def to_json(self) -> dict[str, int | float | None]:
@@ -212,6 +212,9 @@ class UserMetrics:
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.title() for part in rest)
+
+
+_HASH_FIELDS = [(_camel(f.name), f.name) for f in fields(UserMetrics)]  # (hash field, attribute), computed once
 
 
 def format_score(score: Decimal) -> str:

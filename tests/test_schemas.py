@@ -67,3 +67,17 @@ def test_what_the_producer_sends_validates_against_the_schema() -> None:
         }
     )
     jsonschema.validate(payload.model_dump(mode="json", exclude_none=True), load("record_follow"))
+
+
+def test_aggregate_views_list_the_state_types_of_the_code() -> None:
+    """The materialized views name the state types in SQL; they must be exactly the code's STATE_TYPES."""
+    import re
+    from pathlib import Path
+
+    from app.events import GAUGE_TYPES, STATE_TYPES
+
+    text = (Path(__file__).resolve().parent.parent / "sql" / "0003_read_aggregates.sql").read_text()
+    state = {m.value for m in STATE_TYPES}
+    for listed in re.findall(r"metricType (NOT )?IN \(([^)]*)\)", text):
+        names = set(re.findall(r"'(\w+)'", listed[1]))
+        assert names in (state, state | {m.value for m in GAUGE_TYPES}), names

@@ -1,0 +1,249 @@
+"""``python -m app bench read``: the read path on a large generated event log.
+
+The dataset (10 million events, 100,000 users; ``--quick``: 300,000 and 5,000) is generated once into
+``DATA_DIR/bench/events`` (its own embedded ClickHouse) and reused by later runs. The caches live in a private
+``redis-server`` started for the run. Measured, in this process, through the real services:
+
+- ``get_user_metrics`` for 100 random users: all misses (cache flushed before each call) and all hits;
+- ``get_user_reactions`` of an active user on 100 images: misses and hits;
+- the cache hit rate of a Zipf-distributed read workload (s = 1.1, 20 users per read) after a warm-up of 30
+  times its size; the baseline is the naive read of the same users from the raw log (the seed's argMax queries);
+- one user's history over 365 days (a typical user and the most active one).
+"""
+
+from __future__ import annotations
+
+import bisect
+import gc
+import itertools
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from rich.progress import Progress
+
+from app import clickhouse, embedded_redis, migrations
+from app.bench.dataset import DatasetSpec, existing, generate
+from app.bench.harness import percentile
+from app.metrics import compute_user_metrics
+from app.query import UserMetricsQueryService
+from app.reactions import UserReactionQueryService, latest_reactions
+from app.runtime import Runtime
+from app.settings import Settings
+
+GOALS_MS = {"metrics_hit": 5.0, "metrics_miss": 50.0, "reactions_hit": 2.0, "reactions_miss": 20.0, "history": 100.0}
+GOAL_HIT_RATE = 0.95
+WARMUP_FACTOR = 30
+AGGREGATE_TABLES = ("stateByOwner", "stateByActor", "additiveDaily")
+
+
+@dataclass
+class ReadSizes:
+    spec: DatasetSpec
+    trials: int
+    hit_trials: int
+    zipf_reads: int
+
+    @classmethod
+    def pick(cls, quick: bool) -> ReadSizes:
+        if quick:
+            return cls(DatasetSpec(events=300_000, users=5_000), trials=15, hit_trials=100, zipf_reads=300)
+        return cls(DatasetSpec(events=10_000_000, users=100_000), trials=60, hit_trials=500, zipf_reads=2_000)
+
+
+@dataclass
+class ReadResult:
+    figures: dict[str, float] = field(default_factory=dict)
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        f = self.figures
+
+        def lat(key: str) -> str:
+            return f"p50 {f[key + '_p50_ms']:.1f} ms, p99 {f[key + '_p99_ms']:.1f} ms"
+
+        return [
+            ("dataset", f"{f['events']:,.0f} events, {f['users']:,.0f} users", f"generated in {f['generate_s']:.0f} s"),
+            ("metrics, 100 users, misses", lat("metrics_miss"), f"goal p99 < {GOALS_MS['metrics_miss']:.0f} ms"),
+            (
+                "  baseline: raw-log argMax",
+                lat("naive"),
+                f"aggregates {f['naive_p50_ms'] / f['metrics_miss_p50_ms']:.1f}x faster (p50)",
+            ),
+            ("metrics, 100 users, hits", lat("metrics_hit"), f"goal p99 < {GOALS_MS['metrics_hit']:.0f} ms"),
+            ("reactions, 100 images, misses", lat("reactions_miss"), f"goal p99 < {GOALS_MS['reactions_miss']:.0f} ms"),
+            ("reactions, 100 images, hits", lat("reactions_hit"), f"goal p99 < {GOALS_MS['reactions_hit']:.0f} ms"),
+            (
+                "hit rate, Zipf reads after warm-up",
+                f"{f['hit_rate'] * 100:.1f}% ({f['zipf_lookups']:,.0f} lookups, {f['warm_users']:,.0f} users warm)",
+                f"goal > {GOAL_HIT_RATE * 100:.0f}%",
+            ),
+            ("history 365 days, typical user", f"{f['history_typical_ms']:.1f} ms", "goal < 100 ms"),
+            ("history 365 days, most active user", f"{f['history_top_ms']:.1f} ms", "goal < 100 ms"),
+        ]
+
+
+def _timed(fn: Callable[..., Any], *args: Any) -> float:
+    started = time.perf_counter()
+    fn(*args)
+    return (time.perf_counter() - started) * 1000
+
+
+def _zipf_sampler(n: int, s: float, rnd: random.Random) -> Callable[[], int]:
+    cum = list(itertools.accumulate(1 / (k**s) for k in range(1, n + 1)))
+    total = cum[-1]
+    return lambda: 1 + bisect.bisect_left(cum, rnd.random() * total)
+
+
+def prepare(ch: clickhouse.ClickHouse, spec: DatasetSpec) -> float:
+    """Reuse the dataset if this database holds it, else generate it (with a progress bar). Returns seconds."""
+    migrations.migrate(ch)
+    if existing(ch, spec) is not None:
+        return 0.0
+    for (table,) in ch.rows(
+        "SELECT name FROM system.tables WHERE database = currentDatabase() AND engine NOT LIKE '%View%' "
+        "AND name != 'schema_migrations'"
+    ):
+        ch.command(f"TRUNCATE TABLE `{table}`")
+    started = time.perf_counter()
+    with Progress() as progress:
+        task = progress.add_task(f"generating {spec.events:,} events", total=spec.events)
+        generate(ch, spec, lambda n: progress.advance(task, n))
+        merge = progress.add_task("merging aggregate tables", total=len(AGGREGATE_TABLES))
+        for table in AGGREGATE_TABLES:  # what background merges do over time; makes runs comparable
+            ch.command(f"OPTIMIZE TABLE {table} FINAL")
+            progress.advance(merge)
+    return time.perf_counter() - started
+
+
+def settle(ch: clickhouse.ClickHouse, timeout_s: float = 300.0) -> float:
+    """Wait until background merges are done (on 2 cores they would compete with the reads). Returns seconds."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout_s:
+        if not ch.rows("SELECT count() FROM system.merges WHERE database = currentDatabase()")[0][0]:
+            break
+        time.sleep(0.5)
+    return time.perf_counter() - started
+
+
+def run(quick: bool, settings: Settings) -> ReadResult:
+    sizes = ReadSizes.pick(quick)
+    spec = sizes.spec
+    data_path = settings.data_path / "bench" / ("events-quick" if quick else "events")
+    bench_settings = settings.model_copy(update={"clickhouse_url": f"chdb://{data_path}"})
+    ch = clickhouse.connect(bench_settings)
+    result = ReadResult()
+    f = result.figures
+    f["events"], f["users"] = spec.events, spec.users
+    f["generate_s"] = prepare(ch, spec)
+    f["settle_s"] = settle(ch)
+    with tempfile.TemporaryDirectory(prefix="usermetrics-bench-read-") as tmp:
+        url, pid = embedded_redis.start(Settings(DATA_DIR=tmp))
+        try:
+            rt = Runtime(bench_settings.model_copy(update={"redis_url": url}), clickhouse=ch)
+            _measure(rt, sizes, f)
+        finally:
+            embedded_redis.stop(pid)
+    ch.close()
+    return result
+
+
+def _measure(rt: Runtime, sizes: ReadSizes, f: dict[str, float]) -> None:
+    spec = sizes.spec
+    rnd = random.Random(42)  # noqa: S311 - workload sampling, not security
+    r = rt.redis
+    # The private cache Redis runs without persistence (AOF rewrites would fork and stall it mid-measurement).
+    r.config_set("appendonly", "no")
+    service = UserMetricsQueryService(rt)
+    batches = [[rnd.randint(1, spec.users) for _ in range(100)] for _ in range(sizes.trials)]
+
+    miss = []
+    for users in batches:
+        r.flushdb()
+        miss.append(_timed(service.get_user_metrics, users))
+    hit = _steady(lambda i: service.get_user_metrics(batches[i % len(batches)]), sizes.hit_trials)
+    _put(f, "metrics_miss", miss)
+    _put(f, "metrics_hit", hit)
+
+    # Reactions of active users (Zipf head) on pages of 100 images they may or may not have reacted to.
+    reactors = [int(u) for (u,) in rt.clickhouse.rows(_ACTIVE_REACTORS_SQL, {"n": sizes.trials})]
+    reactions = UserReactionQueryService(r, lambda u, imgs: latest_reactions(rt.clickhouse, u, imgs))
+    pages = []
+    for user in reactors:
+        reacted = [int(i) for (i,) in rt.clickhouse.rows(_REACTED_SQL, {"user": user})]
+        pages.append((user, reacted + [rnd.randint(1, spec.images) for _ in range(100 - len(reacted))]))
+    rmiss = []
+    for user, page in pages:
+        r.flushdb()
+        rmiss.append(_timed(reactions.get_user_reactions, user, page))
+    rhit = _steady(lambda i: reactions.get_user_reactions(*pages[i % len(pages)]), sizes.hit_trials)
+    _put(f, "reactions_miss", rmiss)
+    _put(f, "reactions_hit", rhit)
+
+    # Hit rate under Zipf reads: warm up with 30 times as many lookups as are measured (a small share of one
+    # cache TTL of a busy site's traffic), filled in batches of 500 users, then measure.
+    r.flushdb()
+    draw = _zipf_sampler(spec.users, 1.1, rnd)
+    warm = sorted({draw() for _ in range(sizes.zipf_reads * 20 * WARMUP_FACTOR)})
+    for i in range(0, len(warm), 500):
+        service.get_user_metrics(warm[i : i + 500])
+    lookups = hits = 0
+    for _ in range(sizes.zipf_reads):
+        users = list({draw() for _ in range(20)})
+        cached = r.pipeline(transaction=False)
+        for u in users:
+            cached.exists(f"user:metrics:{u}")
+        hits += sum(int(x) for x in cached.execute())
+        lookups += len(users)
+        service.get_user_metrics(users)
+    f["hit_rate"], f["zipf_lookups"], f["warm_users"] = hits / lookups, lookups, len(warm)
+
+    # History over 365 days: a typical user (median activity) and the most active one.
+    typical, top = (int(u) for u in rt.clickhouse.rows(_TYPICAL_AND_TOP_SQL)[0])
+    start = datetime.now(UTC) - timedelta(days=365)
+    for name, user in (("typical", typical), ("top", top)):
+        runs = [
+            _timed(service.get_user_metric_history, user, m, start)
+            for m in ("followerCount", "reactionCount", "downloadCount")
+            for _ in range(3)
+        ]
+        f[f"history_{name}_ms"] = percentile(runs, 50)
+
+    # Baseline, last (its scans would disturb the other phases): the same users' metrics from the raw log, the
+    # seed's argMax queries, which is what every read cost before the aggregate tables.
+    naive = [_timed(_raw_log_metrics, rt, users) for users in batches]
+    _put(f, "naive", naive)
+
+
+def _steady(call: Callable[[int], Any], n: int) -> list[float]:
+    """Latencies of ``call(i)`` after a short untimed warm-up and a garbage collection."""
+    for i in range(min(20, n)):
+        call(i)
+    gc.collect()
+    return [_timed(call, i) for i in range(n)]
+
+
+def _raw_log_metrics(rt: Runtime, users: list[int]) -> None:
+    compute_user_metrics(rt.clickhouse, users, weights=rt.weights, window=rt.window, as_of=datetime.now(UTC))
+
+
+def _put(f: dict[str, float], key: str, values: list[float]) -> None:
+    f[f"{key}_p50_ms"] = percentile(values, 50)
+    f[f"{key}_p99_ms"] = percentile(values, 99)
+
+
+_ACTIVE_REACTORS_SQL = """
+SELECT userId FROM stateByActor
+WHERE metricType = 'ReactionLike' AND userId < 1000
+GROUP BY userId ORDER BY count() DESC LIMIT {n:UInt32}
+"""
+_REACTED_SQL = """
+SELECT DISTINCT entityId FROM stateByActor WHERE userId = {user:Int64} AND metricType = 'ReactionLike' LIMIT 50
+"""
+_TYPICAL_AND_TOP_SQL = """
+SELECT toInt64(quantileExact(0.5)(ownerId)), toInt64(topK(1)(ownerId)[1])
+FROM entityMetricEvents WHERE ownerId != 0
+"""
