@@ -398,5 +398,17 @@ def bench_read(
     _print_bench("read" + (" (quick)" if quick else ""), result.rows(), result.figures, as_json)
 
 
+@bench_cli.command("jobs")
+def bench_jobs(
+    quick: Annotated[bool, typer.Option("--quick", help="Small datasets, about a minute")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON")] = False,
+) -> None:
+    """Beat jobs on 1M and 10M events: full and incremental engagement, ranks, reconciliation."""
+    from app.bench import jobs as jobs_bench
+
+    result = jobs_bench.run(quick, load_settings())
+    _print_bench("jobs" + (" (quick)" if quick else ""), result.rows(), result.figures, as_json)
+
+
 def main(argv: Sequence[str] | None = None) -> Any:
     return cli(args=list(argv) if argv is not None else sys.argv[1:], prog_name="python -m app")

@@ -19,6 +19,16 @@ REACTIONS_TTL_S = 604_800
 # Companion of a reactions hash: per ``{imageId}:{bit}``, the version of the event that set it. Same TTL.
 REACTIONS_VERSION_KEY = "reactions:v:{user_id}"
 LEADERBOARD_KEY = "leaderboard:engagement"
+# Replaced whole by every rank run; the TTL only bounds a board nobody rebuilds any more.
+LEADERBOARD_TTL_S = 7 * 86_400
+# Users read recently (score: last read, epoch seconds): whose caches the refresh job keeps warm. 1 hour window.
+RECENT_READS_KEY = "metrics:recent-reads"
+RECENT_READS_TTL_S = 2 * 3600
+# Per-job state between runs (last run, incremental watermarks); a missing state means a full run.
+JOB_STATE_KEY = "jobs:state:{job}"
+JOB_STATE_TTL_S = 7 * 86_400
+# One run per job per interval tick, whatever the number of beats publishing it.
+JOB_SLOT_KEY = "jobs:slot:{job}:{slot}"
 
 # The durable event buffer between event tasks and ClickHouse (a Redis stream with a consumer group).
 EVENT_STREAM_KEY = "events:buffer"
@@ -62,4 +72,9 @@ QUERY_HISTORY = "query_metric_history"
 MANAGE_EXCLUDED_USERS = "manage_excluded_users"
 APPLY_MIGRATIONS = "apply_migrations"
 CHECK_EVENT_BUFFER = "check_event_buffer"
+RECOMPUTE_ENGAGEMENT = "recompute_engagement"
+RECOMPUTE_RANKS = "recompute_ranks"
+REFRESH_EXPIRING_CACHES = "refresh_expiring_caches"
+RECONCILE_CACHES = "reconcile_caches"
+JOBS = (CHECK_EVENT_BUFFER, RECOMPUTE_ENGAGEMENT, RECOMPUTE_RANKS, REFRESH_EXPIRING_CACHES, RECONCILE_CACHES)
 BENCH_NOOP = "bench_noop"

@@ -20,7 +20,8 @@ from app.events import ADDITIVE_TYPES, REACTION_TYPES
 SCORE_SCALE = 10_000
 
 _REACTIONS = [m.value for m in REACTION_TYPES.values()]
-_ADDITIVE = sorted(m.value for m in ADDITIVE_TYPES)
+ADDITIVE = sorted(m.value for m in ADDITIVE_TYPES)
+_ADDITIVE = ADDITIVE
 _TOTALS = ["Download", "Generation"]  # the additive types with a field of their own
 
 # The managed list of excluded users, inlined in every query as a set (it is small).

@@ -84,3 +84,34 @@ def read_stale(r: RedisClient, user_ids: Iterable[int]) -> dict[int, UserMetrics
     for user_id in ids:
         pipe.hgetall(stale_key(user_id))
     return {uid: UserMetrics.from_hash(data) for uid, data in zip(ids, pipe.execute(), strict=True) if data}
+
+
+# Read many hashes, remember who was read (for the refresh job) and count hits and misses, in one round trip.
+_READ_SCRIPT = f"""
+local hits = 0
+local out = {{}}
+for i = 3, #KEYS do
+  local h = redis.call('HGETALL', KEYS[i])
+  out[#out + 1] = h
+  if #h > 0 then hits = hits + 1 end
+  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i - 1])
+end
+redis.call('EXPIRE', KEYS[1], {c.RECENT_READS_TTL_S})
+redis.call('HINCRBY', KEYS[2], 'cache_hits_total', hits)
+redis.call('HINCRBY', KEYS[2], 'cache_misses_total', #KEYS - 2 - hits)
+redis.call('EXPIRE', KEYS[2], {c.COUNTER_TTL_S})
+return out
+"""
+
+
+def read_noting(r: RedisClient, user_ids: Iterable[int], now_s: float) -> dict[int, UserMetrics | None]:
+    """Like ``read``, and also records the read (``metrics:recent-reads``) and the hit/miss counters."""
+    ids = list(dict.fromkeys(user_ids))
+    if not ids:
+        return {}
+    keys = [c.RECENT_READS_KEY, c.COUNTER_KEY, *(metrics_key(u) for u in ids)]
+    flat: list[list[str]] = r.register_script(_READ_SCRIPT)(keys=keys, args=[now_s, *ids])
+    out: dict[int, UserMetrics | None] = {}
+    for user_id, pairs in zip(ids, flat, strict=True):
+        out[user_id] = UserMetrics.from_hash(dict(zip(pairs[::2], pairs[1::2], strict=True))) if pairs else None
+    return out

@@ -108,8 +108,10 @@ class UserMetricsQueryService:
         return self.history(user_id, metric, start, end, interval)
 
     # Internals ------------------------------------------------------------------------------------------------
-    def _read_cache(self, ids: Sequence[int]) -> dict[int, UserMetrics | None] | None:
+    def _read_cache(self, ids: Sequence[int], note: bool = True) -> dict[int, UserMetrics | None] | None:
         try:
+            if note:
+                return metrics_cache.read_noting(self.rt.redis, ids, time.time())
             return metrics_cache.read(self.rt.redis, ids)
         except REDIS_DOWN as exc:
             log.warning("Redis unreachable (%s): reading %d users from ClickHouse", exc, len(ids))
@@ -181,7 +183,7 @@ class UserMetricsQueryService:
         pending = list(ids)
         while pending and time.monotonic() < deadline:
             time.sleep(FILL_POLL_S)
-            cached = self._read_cache(pending)
+            cached = self._read_cache(pending, note=False)
             if cached is None:
                 break
             found.update({uid: m for uid, m in cached.items() if m is not None})

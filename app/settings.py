@@ -71,6 +71,18 @@ class Settings(BaseSettings):
     )
     engagement_window_days: int = Field(default=30, ge=1, le=3650, alias="ENGAGEMENT_WINDOW_DAYS")
 
+    # Beat jobs (DESIGN.md section 7): intervals in seconds, bounds per run.
+    engagement_interval_s: float = Field(default=60.0, gt=0, alias="ENGAGEMENT_INTERVAL_S")
+    engagement_full_every: int = Field(default=30, ge=1, alias="ENGAGEMENT_FULL_EVERY")
+    ranks_interval_s: float = Field(default=60.0, gt=0, alias="RANKS_INTERVAL_S")
+    refresh_interval_s: float = Field(default=60.0, gt=0, alias="REFRESH_INTERVAL_S")
+    refresh_ahead_s: float = Field(default=300.0, gt=0, alias="REFRESH_AHEAD_S")
+    refresh_max_users: int = Field(default=5000, ge=1, alias="REFRESH_MAX_USERS")
+    reconcile_interval_s: float = Field(default=300.0, gt=0, alias="RECONCILE_INTERVAL_S")
+    reconcile_sample: int = Field(default=1000, ge=0, alias="RECONCILE_SAMPLE")
+    job_time_limit_s: int = Field(default=600, ge=5, alias="JOB_TIME_LIMIT_S")
+    metrics_port: int = Field(default=9808, ge=0, alias="METRICS_PORT")
+
     # Beat intervals (seconds).
     buffer_check_interval_s: float = Field(default=30.0, gt=0, alias="BUFFER_CHECK_INTERVAL_S")
     buffer_lag_warn_s: float = Field(default=5.0, gt=0, alias="BUFFER_LAG_WARN_S")

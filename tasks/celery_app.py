@@ -9,7 +9,7 @@ from celery import Celery, bootsteps, signals
 from celery.worker.consumer import Consumer
 from kombu.message import Message
 
-from app import deadletters, migrations, runtime
+from app import deadletters, exporter, migrations, runtime
 from app.flusher import Flusher
 from app.locks import redis_lock
 from app.refresher import Refresher
@@ -94,6 +94,7 @@ class FlusherStep(bootsteps.StartStopStep):
         # StartStopStep stops (or terminates) ``self.obj`` when the worker shuts down.
         self.obj = WriteThreads(Flusher(rt, consumer=worker.hostname), Refresher(rt))
         self.obj.start()
+        exporter.serve(rt, rt.settings.metrics_port)
 
 
 celery_app.steps["worker"].add(FlusherStep)
