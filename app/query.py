@@ -148,6 +148,7 @@ class UserMetricsQueryService:
                 computed = self._compute(mine, None, out)
                 found.update(computed)
                 if not out.stale.intersection(mine):
+                    self._add_ranks(computed)
                     self._write(version, computed)
         finally:
             if mine:
@@ -156,6 +157,28 @@ class UserMetricsQueryService:
         if waiting:
             found.update(self._await_fill(waiting, out))
         return found
+
+    def _add_ranks(self, computed: dict[int, UserMetrics]) -> None:
+        """A freshly filled hash carries the user's rank from the current board (two round trips for all)."""
+        r = self.rt.redis
+        ids = list(computed)
+        try:
+            pipe = r.pipeline(transaction=False)
+            for uid in ids:
+                pipe.zscore(c.LEADERBOARD_KEY, str(uid))
+            scores = {uid: s for uid, s in zip(ids, pipe.execute(), strict=True) if s is not None and s > 0}
+            if not scores:
+                return
+            pipe = r.pipeline(transaction=False)
+            for s in scores.values():
+                pipe.zcount(c.LEADERBOARD_KEY, f"({s}", "+inf")
+                pipe.zrangebyscore(c.LEADERBOARD_KEY, s, s)
+            replies = pipe.execute()
+        except REDIS_DOWN:
+            return
+        for i, uid in enumerate(scores):
+            higher, tied = int(replies[2 * i]), replies[2 * i + 1]
+            computed[uid].rank = 1 + higher + len([m for m in tied if int(m) < uid])
 
     def _take_fill_locks(self, r: RedisClient, ids: list[int], token: str, ttl_ms: int) -> list[int]:
         pipe = r.pipeline(transaction=False)

@@ -53,6 +53,7 @@ os.environ.update(
     FLUSH_LINGER_MS="20",
     TASK_MAX_RETRIES="2",
     RETRY_BACKOFF_MAX_S="1",
+    METRICS_PORT="0",  # the in-process worker does not bind a port; tests read the collector directly
 )
 os.environ.pop("CLICKHOUSE_URL", None)
 

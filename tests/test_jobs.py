@@ -212,3 +212,10 @@ def test_two_real_beats_drive_every_job_once_per_interval(clean: Runtime, tmp_pa
     # Two beats publish every tick twice; a job runs at most once per 2-second tick.
     assert max(runs.values()) <= elapsed / 2 + 2, (runs, elapsed)
     assert int(clean.redis.hget(c.COUNTER_KEY, f"job_{c.RECOMPUTE_RANKS}_skipped_total") or 0) >= 1
+
+
+def test_a_freshly_filled_hash_carries_the_rank_from_the_board(clean: Runtime) -> None:
+    clean.redis.zadd(c.LEADERBOARD_KEY, {"7": 3.0, "8": 3.0, "9": 1.0})
+    got = UserMetricsQueryService(clean).get_user_metrics([8, 9, 10])
+    assert (got[8].rank, got[9].rank, got[10].rank) == (2, 3, None)
+    assert clean.redis.hget("user:metrics:8", "rank") == "2" and clean.redis.hget("user:metrics:10", "rank") is None

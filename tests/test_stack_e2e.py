@@ -70,6 +70,7 @@ def stack_env() -> dict[str, str]:
         FLOWER_BASIC_AUTH="ops:s3cret",
         APP_ENV="dev",
         BUFFER_CHECK_INTERVAL_S="1",
+        METRICS_PORT=str(_free_port()),
     )
     return env
 
@@ -160,7 +161,11 @@ def test_run_command_end_to_end(stack_env: dict[str, str]) -> None:
             "executed tasks in Flower",
         )
         assert len(tasks) == 4
-        assert requests.get(f"{flower}/metrics", auth=auth, timeout=5).status_code == 200
+        flower_metrics = requests.get(f"{flower}/metrics", auth=auth, timeout=5)
+        assert flower_metrics.status_code == 200 and "flower_events_total" in flower_metrics.text
+        # The worker's own exporter: the counters operators need, in Prometheus' text format.
+        ours = requests.get(f"http://127.0.0.1:{stack_env['METRICS_PORT']}/metrics", timeout=5).text
+        assert "usermetrics_events_ingested_total" in ours and "usermetrics_cache_hit_ratio" in ours
     finally:
         stack.send_signal(signal.SIGINT)
         try:
