@@ -33,7 +33,9 @@ lint: install
 	$(VENV)/bin/mypy
 
 bench: install
-	$(PY) -m app bench $(BENCH_ARGS)
+	$(PY) -m app bench ingest $(BENCH_ARGS)
+	$(PY) -m app bench read $(BENCH_ARGS)
+	$(PY) -m app bench jobs $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .data .mypy_cache .ruff_cache .pytest_cache
