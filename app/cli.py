@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -299,6 +300,185 @@ def _excluded(action: str, user_ids: list[int], reason: str, quiet: bool = False
     if not quiet:
         console.print(f"{action}: {user_ids}; excluded now: {[e['userId'] for e in entries]}")
     return entries
+
+
+def _legacy_engine(create: bool = False) -> Any:
+    from app.legacy import db
+
+    eng = db.engine(load_settings())
+    if create:
+        db.create_schema(eng)
+    return eng
+
+
+def _require_clickhouse_here(rt: Runtime) -> None:
+    if clickhouse.owner_is_elsewhere(rt.settings):
+        err.print(
+            "[red]error:[/red] the running worker owns the embedded ClickHouse; stop the stack (or use server mode, "
+            "CLICKHOUSE_URL=http://...) to run this command"
+        )
+        raise typer.Exit(2)
+
+
+@cli.command("seed-legacy")
+def seed_legacy(
+    users: Annotated[int, typer.Option("--users", help="Number of users")] = 1000,
+    follows_per_user: Annotated[float, typer.Option(help="Average follows per user")] = 8.0,
+    images_per_user: Annotated[float, typer.Option(help="Average images per user")] = 3.0,
+    reactions_per_user: Annotated[float, typer.Option(help="Average reactions per user")] = 20.0,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same data)")] = 7,
+    run_job: Annotated[bool, typer.Option("--run-job/--no-run-job", help="Fill UserMetric with the legacy job")] = True,
+) -> None:
+    """Fill the legacy database (DATABASE_URL, else SQLite) with a realistic dataset, bulk loaded."""
+    from rich.progress import Progress
+
+    from app.legacy.baseline import run_legacy_job
+    from app.legacy.seed import LegacySpec
+    from app.legacy.seed import seed as seed_db
+
+    spec = LegacySpec(users, follows_per_user, images_per_user, reactions_per_user, seed=seed)
+    eng = _legacy_engine(create=True)
+    started = time.monotonic()
+    with Progress(console=err) as progress:
+        tasks: dict[str, Any] = {}
+
+        def advance(table: str, n: int) -> None:
+            if table not in tasks:
+                tasks[table] = progress.add_task(table, total=None)
+            progress.advance(tasks[table], n)
+
+        counts = seed_db(eng, spec, advance)
+    elapsed = time.monotonic() - started
+    total = sum(counts.values())
+    console.print(f"seeded {total:,} rows in {elapsed:.1f} s ({total / elapsed:,.0f} rows/s): {counts}")
+    if run_job:
+        console.print(f"legacy job: {run_legacy_job(eng):,} UserMetric rows")
+
+
+@cli.command()
+def backfill(
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only legacy rows created at or after (ISO 8601)")
+    ] = None,
+    entities: Annotated[
+        str, typer.Option("--entities", help="follows,uploads,reactions")
+    ] = "follows,uploads,reactions",
+    warm: Annotated[bool, typer.Option("--warm", help="Then fill the metric caches of every legacy user")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Forget checkpoints and start from the beginning")] = False,
+) -> None:
+    """Legacy rows → events in ClickHouse (deterministic ids: idempotent; resumable from checkpoints)."""
+    from rich.progress import Progress
+
+    from app.legacy import backfill as bf
+
+    eng = _legacy_engine()
+    with _refusing_bad_input(), _runtime() as rt:
+        _require_clickhouse_here(rt)
+        migrations.migrate(rt.clickhouse)
+        if restart:
+            bf.reset_checkpoints(rt.clickhouse)
+        with Progress(console=err) as progress:
+            bars: dict[str, Any] = {}
+
+            def advance(name: str, n: int) -> None:
+                if name not in bars:
+                    bars[name] = progress.add_task(name, total=None)
+                progress.advance(bars[name], n)
+
+            report = bf.backfill(
+                rt, eng, [e.strip() for e in entities.split(",") if e.strip()], _parse_time(since), progress=advance
+            )
+        for name, key in report.resumed_from.items():
+            console.print(f"{name}: resumed after key {key}")
+        console.print(
+            f"backfilled {sum(report.rows.values()):,} rows as {report.events:,} events in {report.seconds:.1f} s "
+            f"({report.rows_per_s:,.0f} rows/s); {report.excluded_users} deleted/banned users excluded; {report.rows}"
+        )
+        if warm:
+            from sqlalchemy import select
+
+            from app.legacy.models import User
+
+            with eng.connect() as conn:
+                ids = [int(u) for (u,) in conn.execute(select(User.id))]
+            service = UserMetricsQueryService(rt)
+            for i in range(0, len(ids), 2000):
+                service.get_user_metrics(ids[i : i + 2000])
+            console.print(f"warmed the caches of {len(ids):,} users")
+
+
+@cli.command()
+def compare(
+    users: Annotated[
+        list[int] | None, typer.Option("--users", help="User ids (repeat); default: all or --sample")
+    ] = None,
+    sample: Annotated[int | None, typer.Option("--sample", help="Compare N random users")] = None,
+    metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated fields (default all)")] = None,
+    report_path: Annotated[str | None, typer.Option("--report", help="JSON report path")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed")] = None,
+) -> None:
+    """PostgreSQL (legacy aggregation) vs ClickHouse (and caches): per-metric matches, mismatches, reasons."""
+    from pathlib import Path
+
+    from app.legacy.compare import compare as run_compare
+
+    eng = _legacy_engine()
+    with _refusing_bad_input(), _runtime() as rt:
+        report = run_compare(
+            rt, eng, users, sample, [m.strip() for m in metrics.split(",")] if metrics else None, seed=seed
+        )
+    table = Table("metric", "compared", "matches", "mismatches", "reasons", "examples (userId: postgres/clickhouse)")
+    for m in report.metrics.values():
+        examples = ", ".join(f"{e['userId']}: {e['postgres']}/{e['clickhouse']}" for e in m.examples)
+        table.add_row(m.metric, str(m.compared), str(m.matches), str(m.mismatches), json.dumps(m.reasons), examples)
+    table.add_row(
+        "reactions (user, image)",
+        str(report.reaction_pairs),
+        str(report.reaction_pairs - report.reaction_mismatches),
+        str(report.reaction_mismatches),
+        json.dumps({"unexplained": report.reaction_mismatches} if report.reaction_mismatches else {}),
+        ", ".join(f"{e['userId']}/{e['imageId']}: {e['postgres']}/{e['clickhouse']}" for e in report.reaction_examples),
+    )
+    console.print(table)
+    console.print(f"cached hashes differing from ClickHouse: {report.cache_mismatches} {report.cache_examples}")
+    path = Path(report_path) if report_path else load_settings().data_path / "compare-report.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report.to_json(), indent=2, default=str))
+    console.print(f"report: {path}; unexplained mismatches: {report.unexplained}")
+    if report.unexplained:
+        raise typer.Exit(1)
+
+
+@cli.command("archive-image-reactions")
+def archive_image_reactions(
+    out: Annotated[str | None, typer.Option("--out", help="Parquet file")] = None,
+    confirm: Annotated[bool, typer.Option("--confirm", help="Really drop the legacy table")] = False,
+) -> None:
+    """Verify ClickHouse holds every legacy reaction, export ImageReaction to Parquet, print (or run) the drop."""
+    from pathlib import Path
+
+    from app.legacy import archive
+
+    eng = _legacy_engine()
+    with _runtime() as rt:
+        _require_clickhouse_here(rt)
+        check = archive.verify(rt, eng)
+    console.print(
+        f"legacy reactions: {check.legacy_rows:,}; missing in ClickHouse: {check.missing:,} {check.missing_examples}; "
+        f"users with different counts: {check.users_differing:,}; images: {check.images_differing:,}"
+    )
+    if not check.ok:
+        err.print("[red]refused:[/red] ClickHouse does not hold every legacy reaction; run the backfill first")
+        raise typer.Exit(1)
+    path = Path(out) if out else load_settings().data_path / "archive" / "ImageReaction.parquet"
+    console.print(f"exported {archive.export_parquet(eng, path):,} rows to {path}")
+    for statement in archive.DROP_STATEMENTS:
+        console.print(f"{statement};")
+    if confirm:
+        archive.drop(eng)
+        console.print("dropped")
+    else:
+        console.print("not run: pass --confirm to drop")
 
 
 @dead_cli.command("list")

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from app import clickhouse
 from app import constants as c
-from app.errors import PermanentError, TransientError
+from app.errors import TransientError
 from app.history import HistoryPoint, metric_history
 from app.metrics import UserMetrics, compute_user_metrics
 from app.reactions import ReactionSource, latest_reactions
@@ -45,16 +45,27 @@ def through_worker(rt: Runtime, task: str, **kwargs: Any) -> Any:
         raise TransientError(f"the worker did not answer {task} within {rt.settings.read_timeout_s} s") from exc
 
 
-def _check(name: str, feature: str) -> None:
-    if name != "clickhouse":
-        raise PermanentError(
-            f"{feature} read source {name!r} needs the legacy PostgreSQL tooling (python -m app backfill/compare); "
-            "it is not installed in this version: use 'clickhouse'"
-        )
-
-
 def metrics_source(rt: Runtime) -> MetricsSource:
-    _check(rt.settings.user_metrics_read_source, "USER_METRICS_READ_SOURCE")
+    """The source ``USER_METRICS_READ_SOURCE`` names: ClickHouse, the legacy aggregation, or both (dual)."""
+    name = rt.settings.user_metrics_read_source
+    if name == "clickhouse":
+        return clickhouse_metrics_source(rt)
+    from app.legacy import dual
+
+    return dual.postgres_metrics_source(rt) if name == "postgres" else dual.dual_metrics_source(rt)
+
+
+def reaction_source(rt: Runtime) -> ReactionSource:
+    """The source ``REACTIONS_READ_SOURCE`` names."""
+    name = rt.settings.reactions_read_source
+    if name == "clickhouse":
+        return clickhouse_reaction_source(rt)
+    from app.legacy import dual
+
+    return dual.postgres_reaction_source(rt) if name == "postgres" else dual.dual_reaction_source(rt)
+
+
+def clickhouse_metrics_source(rt: Runtime) -> MetricsSource:
     if clickhouse.owner_is_elsewhere(rt.settings):
 
         def via_worker(user_ids: Sequence[int], as_of: datetime | None = None) -> dict[int, UserMetrics]:
@@ -71,8 +82,7 @@ def metrics_source(rt: Runtime) -> MetricsSource:
     return direct
 
 
-def reaction_source(rt: Runtime) -> ReactionSource:
-    _check(rt.settings.reactions_read_source, "REACTIONS_READ_SOURCE")
+def clickhouse_reaction_source(rt: Runtime) -> ReactionSource:
     if clickhouse.owner_is_elsewhere(rt.settings):
 
         def via_worker(user_id: int, image_ids: Sequence[int]) -> dict[int, list[BitUpdate]]:
