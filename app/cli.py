@@ -590,5 +590,20 @@ def bench_jobs(
     _print_bench("jobs" + (" (quick)" if quick else ""), result.rows(), result.figures, as_json)
 
 
+@bench_cli.command("legacy")
+def bench_legacy(
+    quick: Annotated[bool, typer.Option("--quick", help="2,000 users, under a minute")] = False,
+    database_url: Annotated[
+        str | None, typer.Option("--database-url", help="A scratch database (its legacy tables are recreated)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON")] = False,
+) -> None:
+    """Legacy PostgreSQL aggregation vs this project on the same generated data."""
+    from app.bench import legacy as legacy_bench
+
+    result = legacy_bench.run(quick, load_settings(), database_url)
+    _print_bench("legacy" + (" (quick)" if quick else ""), result.rows(), result.figures, as_json)
+
+
 def main(argv: Sequence[str] | None = None) -> Any:
     return cli(args=list(argv) if argv is not None else sys.argv[1:], prog_name="python -m app")

@@ -1,0 +1,203 @@
+"""``python -m app bench legacy``: the legacy PostgreSQL aggregation against this project, on the same data.
+
+A legacy dataset is generated (``seed-legacy``'s generator) in its own database (``--database-url``, default a
+SQLite file under ``DATA_DIR/bench``; the tables there are dropped and created again), backfilled into a fresh
+embedded ClickHouse, and measured in one run:
+
+- the legacy per-user aggregation for all users (the job that ran every minute) vs this project's full engagement
+  + rank recompute and its incremental run after 10,000 new events;
+- metrics of 100 users from PostgreSQL vs the new read path (hits and misses);
+- a user's reactions on 100 images: the indexed legacy query vs ``get_user_reactions`` (and the number of SQL
+  statements the new path sends to PostgreSQL: zero);
+- backfill rows/s;
+- PostgreSQL statements and seconds per minute of steady traffic (the legacy job once a minute plus 600 metric
+  reads) before the cutover, and after it (reads served by Redis/ClickHouse, no job).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, select
+
+from app import clickhouse, embedded_redis, jobs, migrations
+from app.bench.harness import percentile
+from app.legacy import db
+from app.legacy.backfill import backfill
+from app.legacy.baseline import legacy_reactions, legacy_user_metrics, run_legacy_job
+from app.legacy.models import ImageReaction
+from app.legacy.seed import LegacySpec, seed
+from app.query import UserMetricsQueryService
+from app.reactions import UserReactionQueryService
+from app.runtime import Runtime
+from app.settings import Settings
+from app.sources import clickhouse_reaction_source
+
+
+@dataclass
+class LegacyResult:
+    figures: dict[str, float] = field(default_factory=dict)
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        f = self.figures
+        return [
+            (
+                "dataset",
+                f"{f['users']:,.0f} users, {f['legacy_rows']:,.0f} legacy rows",
+                f"seeded at {f['seed_rows_per_s']:,.0f} rows/s",
+            ),
+            ("legacy aggregation, all users", f"{f['legacy_job_s']:.2f} s", "the job that ran every minute"),
+            (
+                "full engagement + ranks",
+                f"{f['full_s']:.2f} s",
+                f"{f['legacy_job_s'] / f['full_s']:.1f}x faster (goal >= 2x)",
+            ),
+            (
+                "incremental after 10,000 events",
+                f"{f['incremental_s']:.3f} s",
+                f"{f['legacy_job_s'] / f['incremental_s']:.0f}x faster (goal >= 50x)",
+            ),
+            ("metrics, 100 users, PostgreSQL", f"p50 {f['pg_metrics_p50_ms']:.1f} ms", ""),
+            (
+                "metrics, 100 users, hits",
+                f"p50 {f['hit_p50_ms']:.2f} ms",
+                f"{f['pg_metrics_p50_ms'] / f['hit_p50_ms']:.0f}x faster (goal >= 20x)",
+            ),
+            (
+                "metrics, 100 users, misses",
+                f"p50 {f['miss_p50_ms']:.1f} ms",
+                f"{f['pg_metrics_p50_ms'] / f['miss_p50_ms']:.1f}x",
+            ),
+            ("reactions, 100 images, legacy indexed", f"p50 {f['pg_reactions_p50_ms']:.2f} ms", ""),
+            (
+                "reactions, 100 images, get_user_reactions",
+                f"p50 {f['reactions_p50_ms']:.2f} ms",
+                f"{f['pg_reactions_p50_ms'] / f['reactions_p50_ms']:.1f}x faster; "
+                f"{f['reactions_pg_statements']:.0f} PostgreSQL statements",
+            ),
+            ("backfill", f"{f['backfill_rows_per_s']:,.0f} rows/s", "goal >= 100,000 rows/s"),
+            (
+                "PostgreSQL work per minute, before cutover",
+                f"{f['pg_before_statements']:,.0f} statements, {f['pg_before_s']:.2f} s",
+                "legacy job + 600 reads",
+            ),
+            (
+                "PostgreSQL work per minute, after cutover",
+                f"{f['pg_after_statements']:,.0f} statements, {f['pg_after_s']:.2f} s",
+                "goal 0 for metrics",
+            ),
+        ]
+
+
+class StatementCounter:
+    def __init__(self, eng: Engine) -> None:
+        self.count = 0
+        event.listen(eng, "before_cursor_execute", self._on)
+
+    def _on(self, *_: Any) -> None:
+        self.count += 1
+
+
+def _ms(fn: Any, *args: Any) -> float:
+    started = time.perf_counter()
+    fn(*args)
+    return (time.perf_counter() - started) * 1000
+
+
+def run(quick: bool, settings: Settings, database_url: str | None) -> LegacyResult:
+    spec = LegacySpec(users=2_000) if quick else LegacySpec(users=20_000, follows_per_user=10, reactions_per_user=25)
+    bench_dir = settings.data_path / "bench"
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    url = database_url or f"sqlite:///{bench_dir / 'legacy.sqlite3'}"
+    eng = create_engine(url)
+    db.drop_schema(eng)
+    db.create_schema(eng)
+    result = LegacyResult()
+    f = result.figures
+    started = time.perf_counter()
+    counts = seed(eng, spec)
+    f["users"], f["legacy_rows"] = spec.users, sum(counts.values())
+    f["seed_rows_per_s"] = f["legacy_rows"] / (time.perf_counter() - started)
+    ch_path = bench_dir / "legacy-clickhouse"
+    shutil.rmtree(ch_path, ignore_errors=True)
+    s = settings.model_copy(update={"clickhouse_url": f"chdb://{ch_path}", "database_url": url})
+    ch = clickhouse.connect(s)
+    migrations.migrate(ch)
+    with tempfile.TemporaryDirectory(prefix="usermetrics-bench-legacy-") as tmp:
+        redis_url, pid = embedded_redis.start(Settings(DATA_DIR=tmp))
+        try:
+            rt = Runtime(s.model_copy(update={"redis_url": redis_url}), clickhouse=ch)
+            rt.redis.config_set("appendonly", "no")
+            _measure(rt, eng, spec, f)
+        finally:
+            embedded_redis.stop(pid)
+    ch.close()
+    return result
+
+
+def _measure(rt: Runtime, eng: Engine, spec: LegacySpec, f: dict[str, float]) -> None:
+    rnd = random.Random(3)  # noqa: S311 - workload sampling
+    report = backfill(rt, eng)
+    f["backfill_rows_per_s"] = report.rows_per_s
+    started = time.perf_counter()
+    run_legacy_job(eng)
+    f["legacy_job_s"] = time.perf_counter() - started
+    f["full_s"] = jobs.recompute_engagement(rt, full=True).seconds + jobs.recompute_ranks(rt).seconds
+    from app.bench.dataset import _CHUNK_SQL
+
+    rt.clickhouse.command(
+        _CHUNK_SQL,
+        {
+            "users": spec.users,
+            "images": spec.users * 2,
+            "start_at": datetime.now(UTC).replace(microsecond=0),
+            "span_ms": 1000,
+            "start": 10**9,
+            "count": 10_000,
+        },
+    )
+    f["incremental_s"] = jobs.recompute_engagement(rt, full=False).seconds
+
+    batches = [[rnd.randint(1, spec.users) for _ in range(100)] for _ in range(30)]
+    f["pg_metrics_p50_ms"] = percentile([_ms(legacy_user_metrics, eng, b) for b in batches], 50)
+    service = UserMetricsQueryService(rt)
+    misses = []
+    for b in batches:
+        rt.redis.flushdb()
+        misses.append(_ms(service.get_user_metrics, b))
+    f["miss_p50_ms"] = percentile(misses, 50)
+    f["hit_p50_ms"] = percentile([_ms(service.get_user_metrics, batches[i % 30]) for i in range(300)], 50)
+
+    with eng.connect() as conn:
+        reactors = [int(u) for (u,) in conn.execute(select(ImageReaction.userId).distinct().limit(30))]
+    pages = [(u, [rnd.randint(1, spec.users * 3) for _ in range(100)]) for u in reactors]
+    f["pg_reactions_p50_ms"] = percentile([_ms(legacy_reactions, eng, u, p) for u, p in pages], 50)
+    reactions = UserReactionQueryService(rt.redis, clickhouse_reaction_source(rt))
+    for u, p in pages:
+        reactions.get_user_reactions(u, p)  # fill
+    counter = StatementCounter(eng)
+    f["reactions_p50_ms"] = percentile([_ms(reactions.get_user_reactions, u, p) for u, p in pages * 10], 50)
+    f["reactions_pg_statements"] = counter.count
+
+    # One minute of steady traffic: the legacy job plus 600 reads of 1 user (10/s), against PostgreSQL...
+    counter.count = 0
+    started = time.perf_counter()
+    run_legacy_job(eng)
+    for i in range(600):
+        legacy_user_metrics(eng, [1 + i % spec.users])
+    f["pg_before_s"], f["pg_before_statements"] = time.perf_counter() - started, counter.count
+    # ... and after the cutover: the same reads through the new read path; no job in PostgreSQL.
+    counter.count = 0
+    started = time.perf_counter()
+    for i in range(600):
+        service.get_user_metrics([1 + i % spec.users])
+    f["pg_after_s"], f["pg_after_statements"] = (
+        0.0 if counter.count == 0 else time.perf_counter() - started,
+        counter.count,
+    )
