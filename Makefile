@@ -36,6 +36,7 @@ bench: install
 	$(PY) -m app bench ingest $(BENCH_ARGS)
 	$(PY) -m app bench read $(BENCH_ARGS)
 	$(PY) -m app bench jobs $(BENCH_ARGS)
+	$(PY) -m app bench legacy $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .data .mypy_cache .ruff_cache .pytest_cache
