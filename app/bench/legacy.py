@@ -39,7 +39,6 @@ from app.runtime import Runtime
 from app.settings import Settings
 from app.sources import clickhouse_reaction_source
 
-
 READS_PER_MINUTE = 60
 
 
