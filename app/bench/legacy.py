@@ -112,8 +112,12 @@ def _ms(fn: Any, *args: Any) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def run(quick: bool, settings: Settings, database_url: str | None) -> LegacyResult:
-    spec = LegacySpec(users=2_000) if quick else LegacySpec(users=20_000, follows_per_user=10, reactions_per_user=25)
+def run(quick: bool, settings: Settings, database_url: str | None, users: int | None = None) -> LegacyResult:
+    # Full size: 100,000 users and about 10 million legacy rows (reactions dominate, as on the site).
+    if quick:
+        spec = LegacySpec(users=users or 2_000)
+    else:
+        spec = LegacySpec(users=users or 100_000, follows_per_user=15, images_per_user=3, reactions_per_user=85)
     bench_dir = settings.data_path / "bench"
     bench_dir.mkdir(parents=True, exist_ok=True)
     url = database_url or f"sqlite:///{bench_dir / 'legacy.sqlite3'}"
