@@ -142,6 +142,13 @@ class UserMetricsQueryService:
         except REDIS_DOWN:
             return self._compute(misses, None, out)
         found: dict[int, UserMetrics] = {}
+        if mine:  # another reader may have filled them between our cache read and our lock
+            again = self._read_cache(mine, note=False) or {}
+            filled = {uid: m for uid, m in again.items() if m is not None}
+            if filled:
+                found.update(filled)
+                self._release(r, list(filled), token)
+                mine = [uid for uid in mine if uid not in filled]
         try:
             if mine:
                 version = server_time_us(r)
