@@ -311,9 +311,7 @@ def refresh_expiring_caches(rt: Runtime) -> JobReport:
             for key in (c.REACTIONS_KEY.format(user_id=u), c.REACTIONS_VERSION_KEY.format(user_id=u)):
                 pipe.expire(key, c.REACTIONS_TTL_S)
         pipe.execute()
-    return JobReport(
-        "refresh_expiring_caches", users=len(due), changed=len(recent), seconds=time.perf_counter() - started
-    )
+    return JobReport("refresh_expiring_caches", users=len(due), seconds=time.perf_counter() - started)
 
 
 # -- Reconciliation --------------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ SCORE_SCALE = 10_000
 
 _REACTIONS = [m.value for m in REACTION_TYPES.values()]
 ADDITIVE = sorted(m.value for m in ADDITIVE_TYPES)
-_ADDITIVE = ADDITIVE
 _TOTALS = ["Download", "Generation"]  # the additive types with a field of their own
 
 # The managed list of excluded users, inlined in every query as a set (it is small).
@@ -263,7 +262,7 @@ def compute_user_metrics(
         "users": users,
         "since": now - window,
         "reactions": _REACTIONS,
-        "additive": _ADDITIVE,
+        "additive": ADDITIVE,
         "totals": _TOTALS,
         **weights.params(),
     }
@@ -306,7 +305,7 @@ def _compute_as_of(
         "asof": as_of,
         "since": as_of - window,
         "reactions": _REACTIONS,
-        "additive": _ADDITIVE,
+        "additive": ADDITIVE,
         **weights.params(),
     }
     out = {uid: UserMetrics() for uid in users}

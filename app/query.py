@@ -41,6 +41,11 @@ return n
 """
 
 
+def _rank(higher: int, tied: list[str], user_id: int) -> int:
+    """1 + users with a higher score + users with the same score and a lower id (DESIGN.md section 3)."""
+    return 1 + higher + len([member for member in tied if int(member) < user_id])
+
+
 class MetricsResult(dict[int, UserMetrics]):
     """``{userId: UserMetrics}`` plus how fresh it is: ``stale`` users got their last known values because
     ClickHouse could not be reached; ``unavailable`` users had none (their zeros are not real)."""
@@ -94,7 +99,7 @@ class UserMetricsQueryService:
         except REDIS_DOWN:
             log.warning("Redis unreachable: rank of user %s unknown", user_id)
             return None
-        return 1 + higher + len([member for member in tied if int(member) < user_id])
+        return _rank(higher, tied, user_id)
 
     def calculate_engagement_score(self, user_id: int) -> Decimal:
         """The engagement score computed now from ClickHouse (no cache)."""
@@ -184,8 +189,7 @@ class UserMetricsQueryService:
         except REDIS_DOWN:
             return
         for i, uid in enumerate(scores):
-            higher, tied = int(replies[2 * i]), replies[2 * i + 1]
-            computed[uid].rank = 1 + higher + len([m for m in tied if int(m) < uid])
+            computed[uid].rank = _rank(int(replies[2 * i]), replies[2 * i + 1], uid)
 
     def _take_fill_locks(self, r: RedisClient, ids: list[int], token: str, ttl_ms: int) -> list[int]:
         pipe = r.pipeline(transaction=False)

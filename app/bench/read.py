@@ -13,9 +13,7 @@ The dataset (10 million events, 100,000 users; ``--quick``: 300,000 and 5,000) i
 
 from __future__ import annotations
 
-import bisect
 import gc
-import itertools
 import random
 import tempfile
 import time
@@ -34,6 +32,7 @@ from app.query import UserMetricsQueryService
 from app.reactions import UserReactionQueryService, latest_reactions
 from app.runtime import Runtime
 from app.settings import Settings
+from app.simulate import Zipf
 
 GOALS_MS = {"metrics_hit": 5.0, "metrics_miss": 50.0, "reactions_hit": 2.0, "reactions_miss": 20.0, "history": 100.0}
 GOAL_HIT_RATE = 0.95
@@ -90,12 +89,6 @@ def _timed(fn: Callable[..., Any], *args: Any) -> float:
     started = time.perf_counter()
     fn(*args)
     return (time.perf_counter() - started) * 1000
-
-
-def _zipf_sampler(n: int, s: float, rnd: random.Random) -> Callable[[], int]:
-    cum = list(itertools.accumulate(1 / (k**s) for k in range(1, n + 1)))
-    total = cum[-1]
-    return lambda: 1 + bisect.bisect_left(cum, rnd.random() * total)
 
 
 def prepare(ch: clickhouse.ClickHouse, spec: DatasetSpec) -> float:
@@ -186,7 +179,7 @@ def _measure(rt: Runtime, sizes: ReadSizes, f: dict[str, float]) -> None:
     # Hit rate under Zipf reads: warm up with 30 times as many lookups as are measured (a small share of one
     # cache TTL of a busy site's traffic), filled in batches of 500 users, then measure.
     r.flushdb()
-    draw = _zipf_sampler(spec.users, 1.1, rnd)
+    draw = Zipf(spec.users, 1.1, rnd).draw
     warm = sorted({draw() for _ in range(sizes.zipf_reads * 20 * WARMUP_FACTOR)})
     for i in range(0, len(warm), 500):
         service.get_user_metrics(warm[i : i + 500])

@@ -4,7 +4,7 @@ Every event id is derived from the legacy row's key (``uuid5``), so running twic
 writes the same events: the read side counts each event id once and a state key's latest event wins, so the
 results do not change (and a legacy reaction that live events already cover is one more assertion of the same
 key, never a second count). Rows are read in primary-key order in chunks (keyset pagination); after each chunk is
-in ClickHouse a checkpoint is stored there (``backfillCheckpoints``), and the next run resumes after it.
+in ClickHouse a checkpoint is stored there (``backfillCheckpoints``, sql/0005), and the next run resumes after it.
 
 Mapping: ``UserEngagement`` Follow → Follow (Hide/Block have no metric); ``Model``/``Post``/``Image`` → Upload (a
 deleted model gets its removal too); ``ImageReaction`` Like/Heart/Laugh/Cry → the reaction on, owner = the image's
@@ -36,11 +36,6 @@ _REACTION_METRIC = {
     ReviewReactions.LAUGH: MetricType.REACTION_LAUGH,
     ReviewReactions.CRY: MetricType.REACTION_CRY,
 }
-_CHECKPOINT_DDL = """
-CREATE TABLE IF NOT EXISTS backfillCheckpoints
-(name String, lastKey String, rowsDone UInt64, updatedAt DateTime64(3, 'UTC'))
-ENGINE = ReplacingMergeTree(updatedAt) ORDER BY name
-"""
 
 
 def _utc(at: datetime) -> datetime:
@@ -217,7 +212,6 @@ def backfill(
     if unknown:
         raise ValidationError(f"unknown entities {sorted(unknown)}; choose from {', '.join(ENTITIES)}")
     ch = rt.clickhouse
-    ch.command(_CHECKPOINT_DDL)
     report = BackfillReport()
     started = time.perf_counter()
     excluded = excluded_legacy_users(eng)
@@ -261,5 +255,4 @@ def backfill(
 
 
 def reset_checkpoints(ch: ClickHouse) -> None:
-    ch.command(_CHECKPOINT_DDL)
     ch.command("TRUNCATE TABLE backfillCheckpoints")

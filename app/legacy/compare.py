@@ -95,10 +95,10 @@ def compare(
     wanted = [m for m in FIELDS if not metrics or m in metrics]
     report = CompareReport(started=started.isoformat(), users=len(picked))
     report.metrics = {m: MetricComparison(m) for m in wanted}
-    deleted = {u for u, why in excluded_legacy_users(eng).items() if why.endswith("deleted")}
-    legacy_excluded = set(excluded_legacy_users(eng))
+    legacy_excluded = excluded_legacy_users(eng)
+    deleted = {u for u, why in legacy_excluded.items() if why.endswith("deleted")}
     ch_excluded = {int(u) for (u,) in rt.clickhouse.rows("SELECT userId FROM excludedUsers FINAL WHERE excluded = 1")}
-    extra_excluded = bool(ch_excluded - legacy_excluded)
+    extra_excluded = bool(ch_excluded - set(legacy_excluded))
     source = clickhouse_metrics_source(rt)
     for i in range(0, len(picked), BATCH):
         batch = picked[i : i + BATCH]

@@ -7,7 +7,6 @@ users, and the legacy ``UserMetric`` rows left empty (the legacy job fills them)
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import random
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from app.legacy.models import (
     User,
     UserEngagement,
 )
+from app.simulate import Zipf
 
 CHUNK = 20_000
 REACTIONS = list(ReviewReactions)
@@ -45,12 +45,6 @@ class LegacySpec:
     days: int = 400
 
 
-def _zipf(n: int, s: float, rnd: random.Random) -> Callable[[], int]:
-    cum = list(itertools.accumulate(1 / (k**s) for k in range(1, n + 1)))
-    total = cum[-1]
-    return lambda: 1 + bisect.bisect_left(cum, rnd.random() * total)
-
-
 def _chunks(rows: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
     while batch := list(itertools.islice(rows, CHUNK)):
         yield batch
@@ -65,7 +59,7 @@ def seed(eng: Engine, spec: LegacySpec, progress: Callable[[str, int], None] | N
     def when() -> datetime:
         return start + timedelta(seconds=rnd.randrange(spec.days * 86_400))
 
-    popular = _zipf(spec.users, 1.1, rnd)
+    popular = Zipf(spec.users, 1.1, rnd).draw
     n_images = int(spec.users * spec.images_per_user)
     n_posts = max(1, n_images // 3)
     n_models = max(1, spec.users // 5)
@@ -112,7 +106,7 @@ def seed(eng: Engine, spec: LegacySpec, progress: Callable[[str, int], None] | N
                 )
                 yield {"userId": a, "targetUserId": b, "type": kind, "createdAt": when()}
 
-    image_pick = _zipf(n_images, 1.05, rnd)
+    image_pick = Zipf(n_images, 1.05, rnd).draw
 
     def reactions() -> Iterator[dict[str, Any]]:
         seen: set[tuple[int, int, str]] = set()
