@@ -365,6 +365,14 @@ def backfill(
     ] = "follows,uploads,reactions",
     warm: Annotated[bool, typer.Option("--warm", help="Then fill the metric caches of every legacy user")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="Forget checkpoints and start from the beginning")] = False,
+    via: Annotated[
+        str,
+        typer.Option(
+            "--via",
+            help="engine: ClickHouse reads the legacy tables itself (fast); python: rows stream through this "
+            "process; auto: the engine when it can reach the legacy database",
+        ),
+    ] = "auto",
 ) -> None:
     """Legacy rows → events in ClickHouse (deterministic ids: idempotent; resumable from checkpoints)."""
     from rich.progress import Progress
@@ -386,13 +394,18 @@ def backfill(
                 progress.advance(bars[name], n)
 
             report = bf.backfill(
-                rt, eng, [e.strip() for e in entities.split(",") if e.strip()], _parse_time(since), progress=advance
+                rt,
+                eng,
+                [e.strip() for e in entities.split(",") if e.strip()],
+                _parse_time(since),
+                progress=advance,
+                via=via,
             )
         for name, key in report.resumed_from.items():
             console.print(f"{name}: resumed after key {key}")
         console.print(
             f"backfilled {sum(report.rows.values()):,} rows as {report.events:,} events in {report.seconds:.1f} s "
-            f"({report.rows_per_s:,.0f} rows/s); {report.excluded_users} deleted/banned users excluded; {report.rows}"
+            f"({report.rows_per_s:,.0f} rows/s, via {report.via}); {report.excluded_users} deleted/banned users excluded; {report.rows}"
         )
         if warm:
             from sqlalchemy import select

@@ -13,6 +13,7 @@ uploader (Dislike has no flag); deleted and banned users → the excluded list.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,12 +25,16 @@ from sqlalchemy import Engine, select, tuple_
 from app.clickhouse import ClickHouse, insert_events
 from app.errors import ValidationError
 from app.events import Event, MetricType, derive_event_id
+from app.legacy import pull
 from app.legacy.baseline import excluded_legacy_users
 from app.legacy.models import EngagementType, Image, ImageReaction, Model, Post, ReviewReactions, UserEngagement
 from app.runtime import Runtime
 
+log = logging.getLogger(__name__)
+
 ENTITIES = ("follows", "uploads", "reactions")
 CHUNK = 50_000
+ENGINE_CHUNK = 1_000_000
 _REACTION_METRIC = {
     ReviewReactions.LIKE: MetricType.REACTION_LIKE,
     ReviewReactions.HEART: MetricType.REACTION_HEART,
@@ -169,6 +174,7 @@ class BackfillReport:
     seconds: float = 0.0
     resumed_from: dict[str, str] = field(default_factory=dict)
     excluded_users: int = 0
+    via: str = "python"
 
     @property
     def rows_per_s(self) -> float:
@@ -198,22 +204,45 @@ def _chunks(
             last = list(src.key(rows[-1]))
 
 
+VIA = ("auto", "engine", "python")
+
+
 def backfill(
     rt: Runtime,
     eng: Engine,
     entities: Sequence[str] = ENTITIES,
     since: datetime | None = None,
-    chunk: int = CHUNK,
+    chunk: int | None = None,
     progress: Callable[[str, int], None] | None = None,
     max_chunks: int | None = None,
+    via: str = "auto",
 ) -> BackfillReport:
-    """Copy legacy rows into ClickHouse as events. ``max_chunks`` stops early (a crash, for tests)."""
+    """Copy legacy rows into ClickHouse as events. ``max_chunks`` stops early (a crash, for tests).
+
+    ``via``: ``engine`` has ClickHouse read the legacy tables itself (:mod:`app.legacy.pull`), ``python`` streams
+    rows through this process, ``auto`` takes the engine when it can reach the legacy database and reads its
+    timestamps right, else Python.
+    """
     unknown = set(entities) - set(ENTITIES)
     if unknown:
         raise ValidationError(f"unknown entities {sorted(unknown)}; choose from {', '.join(ENTITIES)}")
-    ch = rt.clickhouse
+    if via not in VIA:
+        raise ValidationError(f"unknown --via {via!r}; choose from {', '.join(VIA)}")
     report = BackfillReport()
     started = time.perf_counter()
+    report.excluded_users = _exclude_legacy_users(rt, eng)
+    puller = _puller(rt, eng, list(entities), since, via)
+    if puller is not None:
+        report.via = "engine"
+        _run_engine(rt.clickhouse, puller, list(entities), since, chunk or ENGINE_CHUNK, progress, max_chunks, report)
+    else:
+        report.via = "python"
+        _run_python(rt.clickhouse, eng, entities, since, chunk or CHUNK, progress, max_chunks, report)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _exclude_legacy_users(rt: Runtime, eng: Engine) -> int:
     excluded = excluded_legacy_users(eng)
     if excluded:
         from app.excluded import set_excluded
@@ -223,10 +252,91 @@ def backfill(
             by_reason.setdefault(reason, []).append(u)
         for reason, users in by_reason.items():
             set_excluded(rt, users, excluded=True, reason=reason)
-        report.excluded_users = len(excluded)
+    return len(excluded)
+
+
+def _checkpoint_name(src: str, since: datetime | None, via: str) -> str:
+    name = f"{src}|since={since.isoformat() if since else '-'}"
+    return name if via == "python" else f"{name}|via={via}"
+
+
+def _save_checkpoint(ch: ClickHouse, name: str, key: str, rows_done: int) -> None:
+    ch.insert(
+        "backfillCheckpoints",
+        [(name, key, rows_done, datetime.now(UTC))],
+        ["name", "lastKey", "rowsDone", "updatedAt"],
+    )
+
+
+def _puller(rt: Runtime, eng: Engine, entities: list[str], since: datetime | None, via: str) -> pull.Puller | None:
+    if via == "python":
+        return None
+    remote = pull.remote_for(eng, rt.settings)
+    try:
+        if remote is None:
+            raise pull.EngineUnavailable(f"ClickHouse cannot read a {eng.url.get_backend_name()} legacy database")
+        puller = pull.Puller(rt.clickhouse, eng, remote, since)
+        for plan in pull.plans(entities):
+            puller.check_clock(plan)
+    except Exception as exc:
+        if via == "engine":
+            raise ValidationError(f"the engine path is not available: {exc}") from exc
+        log.warning("backfill through Python: the engine path is not available (%s)", exc)
+        return None
+    return puller
+
+
+def _run_engine(
+    ch: ClickHouse,
+    puller: pull.Puller,
+    entities: list[str],
+    since: datetime | None,
+    chunk: int,
+    progress: Callable[[str, int], None] | None,
+    max_chunks: int | None,
+    report: BackfillReport,
+) -> None:
+    plans = pull.plans(entities)
+    if any(p.name == "reactions" for p in plans):
+        puller.load_owners()
+    done_chunks = 0
+    try:
+        for plan in plans:
+            name = _checkpoint_name(plan.name, since, "engine")
+            point = _checkpoint(ch, name)
+            after, rows_done = (point[0][0], point[1]) if point else (None, 0)
+            if point:
+                report.resumed_from[plan.name] = str(after)
+            report.rows.setdefault(plan.name, 0)
+            ranges, _ = puller.ranges(plan, after, chunk)
+            for lo, hi in ranges:
+                rows, events = puller.run_chunk(plan, lo, hi)
+                report.events += events
+                rows_done += rows
+                _save_checkpoint(ch, name, str(hi), rows_done)
+                report.rows[plan.name] += rows
+                if progress:
+                    progress(plan.name, rows)
+                done_chunks += 1
+                if max_chunks is not None and done_chunks >= max_chunks:
+                    return
+    finally:
+        puller.drop_owners()
+
+
+def _run_python(
+    ch: ClickHouse,
+    eng: Engine,
+    entities: Sequence[str],
+    since: datetime | None,
+    chunk: int,
+    progress: Callable[[str, int], None] | None,
+    max_chunks: int | None,
+    report: BackfillReport,
+) -> None:
     done_chunks = 0
     for src in sources(entities):
-        name = f"{src.name}|since={since.isoformat() if since else '-'}"
+        name = _checkpoint_name(src.name, since, "python")
         point = _checkpoint(ch, name)
         after, rows_done = (point[0], point[1]) if point else (None, 0)
         if point:
@@ -236,22 +346,14 @@ def backfill(
             events = [e for row in rows for e in src.to_events(row)]
             insert_events(ch, events)
             rows_done += len(rows)
-            key = ",".join(str(k) for k in src.key(rows[-1]))
-            ch.insert(
-                "backfillCheckpoints",
-                [(name, key, rows_done, datetime.now(UTC))],
-                ["name", "lastKey", "rowsDone", "updatedAt"],
-            )
+            _save_checkpoint(ch, name, ",".join(str(k) for k in src.key(rows[-1])), rows_done)
             report.rows[src.name] += len(rows)
             report.events += len(events)
             if progress:
                 progress(src.name, len(rows))
             done_chunks += 1
             if max_chunks is not None and done_chunks >= max_chunks:
-                report.seconds = time.perf_counter() - started
-                return report
-    report.seconds = time.perf_counter() - started
-    return report
+                return
 
 
 def reset_checkpoints(ch: ClickHouse) -> None:
