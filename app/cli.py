@@ -405,7 +405,8 @@ def backfill(
             console.print(f"{name}: resumed after key {key}")
         console.print(
             f"backfilled {sum(report.rows.values()):,} rows as {report.events:,} events in {report.seconds:.1f} s "
-            f"({report.rows_per_s:,.0f} rows/s, via {report.via}); {report.excluded_users} deleted/banned users excluded; {report.rows}"
+            f"({report.rows_per_s:,.0f} rows/s, via {report.via}); {report.excluded_users} deleted/banned users "
+            f"excluded; {report.rows}"
         )
         if warm:
             from sqlalchemy import select

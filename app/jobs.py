@@ -19,11 +19,12 @@ the same tick run it once).
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -43,41 +44,99 @@ log = logging.getLogger(__name__)
 _OWNER_STATE_TYPES = "('Follow', 'ReactionLike', 'ReactionHeart', 'ReactionLaugh', 'ReactionCry')"
 _WEIGHT = "transform(metricType, {wtypes:Array(String)}, {wvalues:Array(Int64)}, {wdefault:Int64})"
 
-# Score per owner over the window, from the raw log only (every value a bound parameter; {owners} is a constant
-# fragment: empty for a full run, an ownerId filter for an incremental one).
-_ENGAGEMENT_SQL = """
-SELECT owner, toInt64(sum(s)) AS score
+# What each key inside the window adds to its owner's score (sql/0006), with its latest event's time: a state key
+# its weight while its latest event is on and inside the window, an additive event value x weight; nothing for
+# self-actions, excluded actors or unknown owners. Every value is a bound parameter; {keys}/{events} are constant
+# fragments: empty for a full run, "only the changed keys" (the log's primary key) for an incremental one.
+_CONTRIB_SQL = """
+SELECT entityType, entityId, metricType, userId, toUUID('00000000-0000-0000-0000-000000000000') AS eventId, owner,
+       toInt64(if(v > 0 AND owner != 0 AND userId != owner AND userId NOT IN {excluded}, w, 0)) AS contribution, at
 FROM (
-    SELECT owner, if(v > 0, w, 0) AS s
-    FROM (
-        SELECT max(ownerId) AS owner, any(userId) AS actor,
-               argMax(metricValue, (createdAt, toString(eventId))) AS v, any({weight}) AS w
-        FROM entityMetricEvents
-        WHERE createdAt >= {{since:DateTime64(3, 'UTC')}} AND createdAt <= {{now:DateTime64(3, 'UTC')}}
-          AND metricType IN {state_types} {owners}
-        GROUP BY entityType, entityId, metricType, userId
-    )
-    WHERE owner != 0 AND actor != owner AND actor NOT IN {excluded}
+    SELECT entityType, entityId, metricType, userId, max(ownerId) AS owner,
+           argMax(metricValue, (createdAt, toString(eventId))) AS v, any({weight}) AS w, max(createdAt) AS at
+    FROM entityMetricEvents {prewhere}
+    WHERE createdAt >= {{since:DateTime64(3, 'UTC')}} AND metricType IN {state_types} {keys}
+    GROUP BY entityType, entityId, metricType, userId
+)
+UNION ALL
+SELECT et, eid, mt, actor, eventId, owner,
+       toInt64(if(owner != 0 AND actor != owner AND actor NOT IN {excluded}, val * w, 0)), at
+FROM (
+    SELECT eventId, any(entityType) AS et, any(entityId) AS eid, any(metricType) AS mt, any(userId) AS actor,
+           max(ownerId) AS owner, any(metricValue) AS val, any({weight}) AS w, any(createdAt) AS at
+    FROM entityMetricEvents {events_prewhere}
+    WHERE createdAt >= {{since:DateTime64(3, 'UTC')}} AND metricType IN {{additive:Array(String)}} {events}
+    GROUP BY eventId
+)
+"""
+_KEY4 = "(entityType, entityId, metricType, userId)"
+_KEY5 = "(entityType, entityId, metricType, userId, eventId)"
+_NIL = "toUUID('00000000-0000-0000-0000-000000000000')"
+# The pair test first (cheap, on two Int64 columns), the exact key only on the rows that pass it.
+_CHANGED_PREWHERE = (
+    "PREWHERE createdAt >= {since:DateTime64(3, 'UTC')} "  # noqa: S608
+    f"AND (entityId, userId) IN (SELECT entityId, userId FROM engagementChanged WHERE eventId = {_NIL})"
+)
+_CHANGED_EVENTS_PREWHERE = (
+    "PREWHERE createdAt >= {since:DateTime64(3, 'UTC')} "  # noqa: S608
+    f"AND eventId IN (SELECT eventId FROM engagementChanged WHERE eventId != {_NIL})"
+)
+_CHANGED_STATE = f"AND {_KEY4} IN (SELECT {_KEY4} FROM engagementChanged WHERE eventId = {_NIL})"  # noqa: S608
+_CHANGED_EVENTS = (
+    f"AND {_KEY4} IN (SELECT {_KEY4} FROM engagementChanged WHERE eventId != {_NIL}) "  # noqa: S608
+    f"AND eventId IN (SELECT eventId FROM engagementChanged WHERE eventId != {_NIL})"
+)
+_CONTRIB_COLUMNS = "entityType, entityId, metricType, userId, eventId, ownerId, contribution, at"
+
+# Keys whose contribution may have changed since the last run: rows that arrived since (eventArrivals, with a margin
+# for inserts in flight) and keys whose latest event left the window.
+_CHANGED_KEYS_SQL = f"""
+INSERT INTO engagementChanged
+SELECT DISTINCT * FROM (
+    SELECT entityType, entityId, metricType, userId, if(metricType IN {{state_types}}, {_NIL}, eventId)
+    FROM eventArrivals
+    WHERE insertedAt > {{{{inserted_after:DateTime64(3, 'UTC')}}}}
+      AND (metricType IN {{state_types}} OR metricType IN {{{{additive:Array(String)}}}})
     UNION ALL
-    SELECT owner, val * w
-    FROM (
-        SELECT eventId, any(ownerId) AS owner, any(userId) AS actor, any(metricValue) AS val, any({weight}) AS w
-        FROM entityMetricEvents
-        WHERE createdAt >= {{since:DateTime64(3, 'UTC')}} AND createdAt <= {{now:DateTime64(3, 'UTC')}}
-          AND metricType IN {{additive:Array(String)}} AND ownerId != 0 {owners}
-        GROUP BY eventId
-    )
-    WHERE actor != owner AND actor NOT IN {excluded}
+    SELECT entityType, entityId, metricType, userId, eventId  -- older versions too: a superset, harmless
+    FROM engagementContrib
+    WHERE contribution != 0 AND at < {{{{since:DateTime64(3, 'UTC')}}}}
+)
+"""  # noqa: S608
+# What the changed keys contributed before (the latest version of each), read once.
+_OLD_SQL = f"""
+INSERT INTO engagementOld ({_CONTRIB_COLUMNS}, computedAt)
+SELECT {_KEY5[1:-1]}, argMax(ownerId, computedAt), argMax(contribution, computedAt), argMax(at, computedAt),
+       max(computedAt)
+FROM engagementContrib
+PREWHERE (entityId, userId) IN (SELECT entityId, userId FROM engagementChanged)
+WHERE {_KEY5} IN (SELECT {_KEY5} FROM engagementChanged)
+GROUP BY {_KEY5[1:-1]}
+"""  # noqa: S608
+# Per owner: new contributions of the changed keys minus what they contributed before.
+_DELTA_SQL = """
+SELECT owner, toInt64(sum(c)) AS d
+FROM (
+    SELECT ownerId AS owner, contribution AS c FROM engagementNew
+    UNION ALL
+    SELECT ownerId, -contribution FROM engagementOld
 )
 GROUP BY owner
+HAVING d != 0 AND owner != 0
 """
-
-_AFFECTED_OWNERS_SQL = """
-SELECT DISTINCT ownerId FROM entityMetricEvents
-WHERE ownerId != 0 AND metricType != 'Engagement'
-  AND (insertedAt > {inserted_after:DateTime64(3, 'UTC')}
-       OR (createdAt >= {left_from:DateTime64(3, 'UTC')} AND createdAt < {left_to:DateTime64(3, 'UTC')}))
-"""
+# Changed keys with no contribution any more (they left the window): a zero row replaces the old one.
+_ZEROED_SQL = f"""
+INSERT INTO engagementContrib ({_CONTRIB_COLUMNS}, computedAt)
+SELECT {_CONTRIB_COLUMNS.replace("contribution", "0")}, {{now:DateTime64(3, 'UTC')}}
+FROM engagementOld
+WHERE contribution != 0 AND {_KEY5} NOT IN (SELECT {_KEY5} FROM engagementNew)
+"""  # noqa: S608
+_SCORES_FROM_CONTRIB_SQL = (
+    "SELECT ownerId, toInt64(sum(contribution)) AS score FROM engagementContrib GROUP BY ownerId HAVING score != 0"
+)
+ARRIVALS_KEPT = timedelta(days=6)  # eventArrivals keeps 7 (sql/0006)
+# Past this many changed keys an incremental run is no cheaper than a full one.
+INCREMENTAL_MAX_KEYS = 500_000
 
 _CURRENT_SCORES_SQL = "SELECT userId, score FROM engagementCurrent FINAL WHERE score != 0"
 _CURRENT_SCORES_OF_SQL = (
@@ -150,57 +209,98 @@ def set_field_if_cached(r: RedisClient, field: str, values: Mapping[int, str]) -
 
 
 # -- Engagement ------------------------------------------------------------------------------------------------
-def engagement_scores(rt: Runtime, now: datetime, owners: Iterable[int] | None = None) -> dict[int, int]:
-    """Scores (units of 1/SCORE_SCALE) of every owner with activity in the window, or of ``owners`` only."""
-    owner_list = sorted(set(owners)) if owners is not None else None
-    sql = _ENGAGEMENT_SQL.format(
+def _contrib_sql(keyed: bool) -> str:
+    return _CONTRIB_SQL.format(
         weight=_WEIGHT,
         state_types=_OWNER_STATE_TYPES,
         excluded=EXCLUDED_USERS,
-        owners="AND ownerId IN {owners:Array(Int64)}" if owner_list is not None else "",
+        prewhere=_CHANGED_PREWHERE if keyed else "",
+        events_prewhere=_CHANGED_EVENTS_PREWHERE if keyed else "",
+        keys=_CHANGED_STATE if keyed else "",
+        events=_CHANGED_EVENTS if keyed else "",
     )
+
+
+Scores = tuple[dict[int, int], set[int], dict[int, int]]  # new scores, owners considered, their previous scores
+
+
+def _full_engagement(rt: Runtime, now: datetime) -> Scores:
+    """Rebuild every key's contribution; returns the new scores and every owner to consider."""
+    ch = rt.clickhouse
     params: dict[str, Any] = {"since": now - rt.window, "now": now, "additive": ADDITIVE, **rt.weights.params()}
-    if owner_list is not None:
-        if not owner_list:
-            return {}
-        params["owners"] = owner_list
-    return {int(o): int(s) for o, s in rt.clickhouse.rows(sql, params)}
+    ch.command("TRUNCATE TABLE engagementContrib")
+    ch.command(
+        f"INSERT INTO engagementContrib ({_CONTRIB_COLUMNS}, computedAt) "  # noqa: S608
+        f"SELECT *, {{now:DateTime64(3, 'UTC')}} FROM ({_contrib_sql(keyed=False)}) WHERE contribution != 0",
+        params,
+    )
+    scores = {int(o): int(s) for o, s in ch.rows(_SCORES_FROM_CONTRIB_SQL)}
+    previous = {int(u): int(s) for u, s in ch.rows(_CURRENT_SCORES_SQL)}
+    return scores, set(scores) | set(previous), previous
+
+
+def _incremental_engagement(rt: Runtime, now: datetime, state: Mapping[str, str]) -> Scores | None:
+    """Recompute the changed keys only and move their owners' scores by the difference; None: too many changes."""
+    ch = rt.clickhouse
+    params: dict[str, Any] = {
+        "since": now - rt.window,
+        "now": now,
+        "additive": ADDITIVE,
+        "inserted_after": datetime.fromisoformat(state["inserted_after"]),
+        **rt.weights.params(),
+    }
+    for table in ("engagementChanged", "engagementNew", "engagementOld"):
+        ch.command(f"TRUNCATE TABLE {table}")
+    ch.command(_CHANGED_KEYS_SQL.format(state_types=_OWNER_STATE_TYPES), params)
+    if int(ch.rows("SELECT count() FROM engagementChanged")[0][0]) > INCREMENTAL_MAX_KEYS:
+        return None
+    ch.command(
+        f"INSERT INTO engagementNew ({_CONTRIB_COLUMNS}, computedAt) "  # noqa: S608
+        f"SELECT *, {{now:DateTime64(3, 'UTC')}} FROM ({_contrib_sql(keyed=True)})",
+        params,
+    )
+    ch.command(_OLD_SQL)
+    delta = {int(o): int(d) for o, d in ch.rows(_DELTA_SQL)}
+    touched = sorted(delta)
+    previous = {int(u): int(s) for u, s in ch.rows(_CURRENT_SCORES_OF_SQL, {"users": touched})} if touched else {}
+    _mark(rt, "writing")  # a crash from here on leaves scores and contributions apart: the next run is full
+    ch.command(_ZEROED_SQL, params)
+    ch.command("INSERT INTO engagementContrib SELECT * FROM engagementNew")  # noqa: S608
+    return {o: previous.get(o, 0) + delta[o] for o in touched}, set(touched), previous
+
+
+def _mark(rt: Runtime, phase: str) -> None:
+    _save_state(rt.redis, "engagement", {"contrib": phase})
 
 
 def recompute_engagement(rt: Runtime, full: bool | None = None) -> JobReport:
+    """Engagement scores for the window. ``full=None`` decides; ``False`` still runs full when it must (first run,
+    excluded users or weights changed, contributions not in step with the scores after an interrupted run)."""
     started = time.perf_counter()
     r, ch = rt.redis, rt.clickhouse
     now = _now(rt)
     state = _state(r, "engagement")
     runs = int(state.get("runs", 0))
     excluded_changed = str(ch.rows(_EXCLUDED_CHANGED_SQL)[0][0])
+    weights = json.dumps(rt.weights.params(), sort_keys=True, default=str)
+    must = (
+        not state
+        or state.get("contrib") != "ok"
+        or state.get("excluded_changed") != excluded_changed
+        or state.get("weights") != weights
+        or datetime.fromisoformat(state.get("inserted_after", "1970-01-01T00:00:00+00:00"))
+        < now - ARRIVALS_KEPT  # arrivals since then are gone
+    )
     if full is None:
-        full = (
-            not state
-            or runs % rt.settings.engagement_full_every == 0
-            or state.get("excluded_changed") != excluded_changed
-        )
-    if full:
-        scores = engagement_scores(rt, now)
-        previous = {int(u): int(s) for u, s in ch.rows(_CURRENT_SCORES_SQL)}
-        considered: set[int] = set(scores) | set(previous)
+        full = must or runs % rt.settings.engagement_full_every == 0
+    full = full or must
+    result = None if full else _incremental_engagement(rt, now, state)
+    if result is None:
+        full = True
+        _mark(rt, "writing")
+        scores, considered, previous = _full_engagement(rt, now)
     else:
-        last = datetime.fromisoformat(state["now"])
-        # Rows inserted since the last run (with a margin for inserts in flight), and rows leaving the window.
-        affected = [
-            int(o)
-            for (o,) in ch.rows(
-                _AFFECTED_OWNERS_SQL,
-                {
-                    "inserted_after": datetime.fromisoformat(state["inserted_after"]),
-                    "left_from": last - rt.window,
-                    "left_to": now - rt.window,
-                },
-            )
-        ]
-        scores = engagement_scores(rt, now, affected)
-        previous = {int(u): int(s) for u, s in ch.rows(_CURRENT_SCORES_OF_SQL, {"users": affected})} if affected else {}
-        considered = set(affected)
+        scores, considered, previous = result
     changed = {u: scores.get(u, 0) for u in considered if scores.get(u, 0) != previous.get(u, 0)}
     cached = _record_scores(rt, changed, now)
     _save_state(
@@ -212,9 +312,11 @@ def recompute_engagement(rt: Runtime, full: bool | None = None) -> JobReport:
             # Inserts stamped up to a few seconds before now may still be landing; look back a little next time.
             "inserted_after": (now - timedelta(seconds=10)).isoformat(),
             "excluded_changed": excluded_changed,
+            "weights": weights,
+            "contrib": "ok",
         },
     )
-    report = JobReport(
+    return JobReport(
         "recompute_engagement",
         "full" if full else "incremental",
         users=len(considered),
@@ -222,7 +324,6 @@ def recompute_engagement(rt: Runtime, full: bool | None = None) -> JobReport:
         cached_updated=cached,
         seconds=time.perf_counter() - started,
     )
-    return report
 
 
 def _record_scores(rt: Runtime, changed: Mapping[int, int], now: datetime) -> int:

@@ -83,7 +83,12 @@ class LegacyResult:
                 f"{f['pg_reactions_p50_ms'] / f['reactions_p50_ms']:.1f}x faster; "
                 f"{f['reactions_pg_statements']:.0f} PostgreSQL statements",
             ),
-            ("backfill", f"{f['backfill_rows_per_s']:,.0f} rows/s", "goal >= 100,000 rows/s"),
+            (
+                "backfill",
+                f"{f['backfill_rows_per_s']:,.0f} rows/s",
+                f"{f['backfill_rows']:,.0f} rows via {'the engine' if f['backfill_via_engine'] else 'Python'}; "
+                "goal >= 100,000 rows/s",
+            ),
             (
                 "PostgreSQL work per minute, before cutover",
                 f"{f['pg_before_statements']:,.0f} statements, {f['pg_before_s']:.2f} s",
@@ -117,11 +122,14 @@ def run(quick: bool, settings: Settings, database_url: str | None, users: int | 
     if quick:
         spec = LegacySpec(users=users or 2_000)
     else:
-        spec = LegacySpec(users=users or 100_000, follows_per_user=15, images_per_user=3, reactions_per_user=85)
+        spec = LegacySpec(users=users or 100_000, follows_per_user=15, images_per_user=3, reactions_per_user=95)
     bench_dir = settings.data_path / "bench"
     bench_dir.mkdir(parents=True, exist_ok=True)
     url = database_url or f"sqlite:///{bench_dir / 'legacy.sqlite3'}"
-    eng = create_engine(url)
+    # The legacy side gets a PostgreSQL planned as a production one on SSDs would be (random_page_cost 1.1, no JIT
+    # for short queries): the baseline is the old design at its best, not a badly tuned database.
+    connect_args = {"options": "-c random_page_cost=1.1 -c jit=off"} if url.startswith("postgresql") else {}
+    eng = create_engine(url, connect_args=connect_args)
     db.drop_schema(eng)
     db.create_schema(eng)
     result = LegacyResult()
@@ -151,9 +159,14 @@ def _measure(rt: Runtime, eng: Engine, spec: LegacySpec, f: dict[str, float]) ->
     rnd = random.Random(3)  # noqa: S311 - workload sampling
     report = backfill(rt, eng)
     f["backfill_rows_per_s"] = report.rows_per_s
+    f["backfill_rows"] = sum(report.rows.values())
+    f["backfill_via_engine"] = 1.0 if report.via == "engine" else 0.0
     started = time.perf_counter()
     run_legacy_job(eng)
     f["legacy_job_s"] = time.perf_counter() - started
+    # The incremental run looks back 10 s past its predecessor for inserts in flight; let the backfill's last rows
+    # age out of that margin, as they would on a live site, so that the run below sees the 10,000 new events only.
+    time.sleep(max(0.0, 10.5 - f["legacy_job_s"]))
     f["full_s"] = jobs.recompute_engagement(rt, full=True).seconds + jobs.recompute_ranks(rt).seconds
     from app.bench.dataset import _CHUNK_SQL
 

@@ -1,0 +1,61 @@
+-- The engagement job's incremental run (app/jobs.py) works key by key instead of owner by owner.
+--
+-- engagementContrib holds, for every key inside the window as of the job's last run, what it adds to its owner's
+-- score and when its latest event happened (at): a state key (entityType, entityId, metricType, userId; eventId
+-- nil) adds its weight while its latest event is on and inside the window, an additive event (eventId set) adds
+-- value x weight. An owner's score in engagementCurrent is the sum of its rows here; an incremental run recomputes
+-- only the keys that changed (new rows, or a latest event leaving the window) and moves each owner's score by the
+-- difference. A full run rebuilds the table. engagementChanged, engagementNew and engagementOld are the incremental
+-- run's scratch tables (one run at a time: the job holds a lock).
+CREATE TABLE IF NOT EXISTS engagementContrib
+(
+    entityType   LowCardinality(String),
+    entityId     Int64,
+    metricType   LowCardinality(String),
+    userId       Int64,
+    eventId      UUID,
+    ownerId      Int64,
+    contribution Int64,
+    at           DateTime64(3, 'UTC'),
+    computedAt   DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree(computedAt)
+ORDER BY (entityType, entityId, metricType, userId, eventId)
+SETTINGS index_granularity = 1024;
+
+CREATE TABLE IF NOT EXISTS engagementChanged
+(
+    entityType   LowCardinality(String),
+    entityId     Int64,
+    metricType   LowCardinality(String),
+    userId       Int64,
+    eventId      UUID
+)
+ENGINE = MergeTree
+ORDER BY (entityType, entityId, metricType, userId, eventId);
+
+CREATE TABLE IF NOT EXISTS engagementNew AS engagementContrib ENGINE = MergeTree
+ORDER BY (entityType, entityId, metricType, userId, eventId);
+
+CREATE TABLE IF NOT EXISTS engagementOld AS engagementContrib ENGINE = MergeTree
+ORDER BY (entityType, entityId, metricType, userId, eventId);
+
+-- The log in arrival order: "which keys got rows since the last run" is a range read here, however the log's parts
+-- have been merged since. Kept 7 days; a job that has not run for 6 days runs full.
+CREATE TABLE IF NOT EXISTS eventArrivals
+(
+    insertedAt  DateTime64(3, 'UTC'),
+    entityType  LowCardinality(String),
+    entityId    Int64,
+    metricType  LowCardinality(String),
+    userId      Int64,
+    eventId     UUID
+)
+ENGINE = MergeTree
+ORDER BY insertedAt
+TTL toDateTime(insertedAt) + INTERVAL 7 DAY;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS eventArrivalsMv TO eventArrivals AS
+SELECT insertedAt, entityType, entityId, metricType, userId, eventId
+FROM entityMetricEvents
+WHERE metricType != 'Engagement';
