@@ -4,11 +4,13 @@ Each job is a plain function of the runtime returning a summary; ``tasks/mainten
 tasks that hold a lock (no overlap, whatever the number of beats) and a per-interval slot (two beats publishing
 the same tick run it once).
 
-- ``recompute_engagement``: the 30-day engagement score of every user with activity in the window, in bulk from
-  the raw log's window (a key with an event in the window has its latest event there), incremental when safe:
-  only owners with rows inserted since the last run or leaving the window since then, with a full run every
-  ``ENGAGEMENT_FULL_EVERY`` runs and whenever the excluded users changed. Scores live in ``engagementCurrent``;
-  every change is also recorded as an ``Engagement`` event (the trend) and written into cached hashes.
+- ``recompute_engagement``: the 30-day engagement score of every user with activity in the window, as the sum of
+  per-key contributions (``engagementContrib``, sql/0006). A full run rebuilds them from the log's window; an
+  incremental run merges only the rows that arrived since (``eventArrivals``) into the stored latest events of
+  their keys, zeroes keys whose latest event left the window and moves each owner's score by the difference. Full
+  every ``ENGAGEMENT_FULL_EVERY`` runs and whenever it must (first run, excluded users or weights changed, an
+  interrupted run, arrivals expired). Scores live in ``engagementCurrent``; every change is also recorded as an
+  ``Engagement`` event (the trend) and written into cached hashes.
 - ``recompute_ranks``: the leaderboard built under a temporary key and swapped in with ``RENAME`` (readers see the
   old board or the new one, never a part), then ``rank`` in cached hashes.
 - ``refresh_expiring_caches``: users read in the last hour whose hash expires soon (or expired) are recomputed,
@@ -44,70 +46,93 @@ log = logging.getLogger(__name__)
 _OWNER_STATE_TYPES = "('Follow', 'ReactionLike', 'ReactionHeart', 'ReactionLaugh', 'ReactionCry')"
 _WEIGHT = "transform(metricType, {wtypes:Array(String)}, {wvalues:Array(Int64)}, {wdefault:Int64})"
 
-# What each key inside the window adds to its owner's score (sql/0006), with its latest event's time: a state key
-# its weight while its latest event is on and inside the window, an additive event value x weight; nothing for
-# self-actions, excluded actors or unknown owners. Every value is a bound parameter; {keys}/{events} are constant
-# fragments: empty for a full run, "only the changed keys" (the log's primary key) for an incremental one.
-_CONTRIB_SQL = """
-SELECT entityType, entityId, metricType, userId, toUUID('00000000-0000-0000-0000-000000000000') AS eventId, owner,
-       toInt64(if(v > 0 AND owner != 0 AND userId != owner AND userId NOT IN {excluded}, w, 0)) AS contribution, at
-FROM (
-    SELECT entityType, entityId, metricType, userId, max(ownerId) AS owner,
-           argMax(metricValue, (createdAt, toString(eventId))) AS v, any({weight}) AS w, max(createdAt) AS at
-    FROM entityMetricEvents {prewhere}
-    WHERE createdAt >= {{since:DateTime64(3, 'UTC')}} AND metricType IN {state_types} {keys}
-    GROUP BY entityType, entityId, metricType, userId
-)
-UNION ALL
-SELECT et, eid, mt, actor, eventId, owner,
-       toInt64(if(owner != 0 AND actor != owner AND actor NOT IN {excluded}, val * w, 0)), at
-FROM (
-    SELECT eventId, any(entityType) AS et, any(entityId) AS eid, any(metricType) AS mt, any(userId) AS actor,
-           max(ownerId) AS owner, any(metricValue) AS val, any({weight}) AS w, any(createdAt) AS at
-    FROM entityMetricEvents {events_prewhere}
-    WHERE createdAt >= {{since:DateTime64(3, 'UTC')}} AND metricType IN {{additive:Array(String)}} {events}
-    GROUP BY eventId
-)
-"""
-_KEY4 = "(entityType, entityId, metricType, userId)"
+_KEY4 = "entityType, entityId, metricType, userId"
 _KEY5 = "(entityType, entityId, metricType, userId, eventId)"
 _NIL = "toUUID('00000000-0000-0000-0000-000000000000')"
-# The pair test first (cheap, on two Int64 columns), the exact key only on the rows that pass it.
-_CHANGED_PREWHERE = (
-    "PREWHERE createdAt >= {since:DateTime64(3, 'UTC')} "  # noqa: S608
-    f"AND (entityId, userId) IN (SELECT entityId, userId FROM engagementChanged WHERE eventId = {_NIL})"
+_CONTRIB_COLUMNS = "entityType, entityId, metricType, userId, eventId, ownerId, contribution, at, latestId, isOn"
+# A state key counts its weight while its latest event is on and inside the window, for an owner who is not the
+# actor, when the actor is not excluded; an additive event counts value x weight on the same conditions.
+_STATE_COUNTS = (
+    "on AND latest.1 >= {{since:DateTime64(3, 'UTC')}} AND owner != 0 AND userId != owner AND userId NOT IN {excluded}"
 )
-_CHANGED_EVENTS_PREWHERE = (
-    "PREWHERE createdAt >= {since:DateTime64(3, 'UTC')} "  # noqa: S608
-    f"AND eventId IN (SELECT eventId FROM engagementChanged WHERE eventId != {_NIL})"
+_EVENT_COUNTS = "at >= {{since:DateTime64(3, 'UTC')}} AND owner != 0 AND actor != owner AND actor NOT IN {excluded}"
+
+# Full run (sql/0006): every state key with an event in the window (its latest event, counting or not) and every
+# additive event that counts, from the log. Every value is a bound parameter.
+_FULL_SQL = f"""
+INSERT INTO engagementContrib ({_CONTRIB_COLUMNS}, computedAt)
+SELECT {_KEY4}, {_NIL}, owner, toInt64(if({_STATE_COUNTS}, {{weight}}, 0)), latest.1, latest.2, on,
+       {{{{now:DateTime64(3, 'UTC')}}}}
+FROM (
+    SELECT {_KEY4}, max(ownerId) AS owner, max((createdAt, toString(eventId))) AS latest,
+           argMax(metricValue, (createdAt, toString(eventId))) > 0 AS on
+    FROM entityMetricEvents
+    WHERE createdAt >= {{{{since:DateTime64(3, 'UTC')}}}} AND metricType IN {{state_types}}
+    GROUP BY {_KEY4}
 )
-_CHANGED_STATE = f"AND {_KEY4} IN (SELECT {_KEY4} FROM engagementChanged WHERE eventId = {_NIL})"  # noqa: S608
-_CHANGED_EVENTS = (
-    f"AND {_KEY4} IN (SELECT {_KEY4} FROM engagementChanged WHERE eventId != {_NIL}) "  # noqa: S608
-    f"AND eventId IN (SELECT eventId FROM engagementChanged WHERE eventId != {_NIL})"
+UNION ALL
+SELECT et, eid, mt, actor, eventId, owner, toInt64(val * w), at, toString(eventId), 1, {{{{now:DateTime64(3, 'UTC')}}}}
+FROM (
+    SELECT eventId, any(entityType) AS et, any(entityId) AS eid, any(metricType) AS mt, any(userId) AS actor,
+           max(ownerId) AS owner, any(metricValue) AS val, any({{weight}}) AS w, any(createdAt) AS at
+    FROM entityMetricEvents
+    WHERE createdAt >= {{{{since:DateTime64(3, 'UTC')}}}} AND metricType IN {{{{additive:Array(String)}}}}
+    GROUP BY eventId
 )
-_CONTRIB_COLUMNS = "entityType, entityId, metricType, userId, eventId, ownerId, contribution, at"
+WHERE {_EVENT_COUNTS}
+"""  # noqa: S608
 
 # Keys whose contribution may have changed since the last run: rows that arrived since (eventArrivals, with a margin
-# for inserts in flight) and keys whose latest event left the window.
+# for inserts in flight) and counting keys whose latest event left the window.
+_ARRIVED = "FROM eventArrivals WHERE insertedAt > {{inserted_after:DateTime64(3, 'UTC')}}"
 _CHANGED_KEYS_SQL = f"""
 INSERT INTO engagementChanged
 SELECT DISTINCT * FROM (
-    SELECT entityType, entityId, metricType, userId, if(metricType IN {{state_types}}, {_NIL}, eventId)
-    FROM eventArrivals
-    WHERE insertedAt > {{{{inserted_after:DateTime64(3, 'UTC')}}}}
-      AND (metricType IN {{state_types}} OR metricType IN {{{{additive:Array(String)}}}})
+    SELECT {_KEY4}, if(metricType IN {{state_types}}, {_NIL}, eventId)
+    {_ARRIVED} AND (metricType IN {{state_types}} OR metricType IN {{{{additive:Array(String)}}}})
     UNION ALL
-    SELECT entityType, entityId, metricType, userId, eventId  -- older versions too: a superset, harmless
+    SELECT {_KEY4}, eventId  -- older versions too: a superset, harmless
     FROM engagementContrib
     WHERE contribution != 0 AND at < {{{{since:DateTime64(3, 'UTC')}}}}
+)
+"""  # noqa: S608
+# The changed keys' new rows: a state key's latest event is the later of the stored one and those that arrived
+# (no stored row: no event in the window at the last run); an additive event that arrived counts once.
+_NEW_SQL = f"""
+INSERT INTO engagementNew ({_CONTRIB_COLUMNS}, computedAt)
+SELECT {_KEY4}, {_NIL}, owner, toInt64(if({_STATE_COUNTS}, {{weight}}, 0)), latest.1, latest.2, on,
+       {{{{now:DateTime64(3, 'UTC')}}}}
+FROM (
+    SELECT {_KEY4}, max(ownerId) AS owner, max((at, latestId)) AS latest, argMax(isOn, (at, latestId)) AS on
+    FROM (
+        SELECT {_KEY4}, ownerId, at, latestId, isOn FROM engagementOld WHERE eventId = {_NIL}
+        UNION ALL
+        SELECT {_KEY4}, ownerId, createdAt, toString(eventId), metricValue > 0
+        {_ARRIVED} AND metricType IN {{state_types}}
+    )
+    GROUP BY {_KEY4}
+)
+UNION ALL
+SELECT et, eid, mt, actor, eventId, owner, toInt64(if({_EVENT_COUNTS}, val * w, 0)), at, toString(eventId), 1,
+       {{{{now:DateTime64(3, 'UTC')}}}}
+FROM (
+    SELECT eventId, any(entityType) AS et, any(entityId) AS eid, any(metricType) AS mt, any(userId) AS actor,
+           max(ownerId) AS owner, maxIf(metricValue, arrived) AS val, any({{weight}}) AS w, any(createdAt) AS at
+    FROM (
+        SELECT {_KEY4}, eventId, ownerId, metricValue, createdAt, 1 AS arrived
+        {_ARRIVED} AND metricType IN {{{{additive:Array(String)}}}}
+        UNION ALL
+        SELECT {_KEY4}, eventId, ownerId, 0, at, 0 FROM engagementOld WHERE eventId != {_NIL}
+    )
+    GROUP BY eventId
+    HAVING max(arrived) = 1
 )
 """  # noqa: S608
 # What the changed keys contributed before (the latest version of each), read once.
 _OLD_SQL = f"""
 INSERT INTO engagementOld ({_CONTRIB_COLUMNS}, computedAt)
 SELECT {_KEY5[1:-1]}, argMax(ownerId, computedAt), argMax(contribution, computedAt), argMax(at, computedAt),
-       max(computedAt)
+       argMax(latestId, computedAt), argMax(isOn, computedAt), max(computedAt)
 FROM engagementContrib
 PREWHERE (entityId, userId) IN (SELECT entityId, userId FROM engagementChanged)
 WHERE {_KEY5} IN (SELECT {_KEY5} FROM engagementChanged)
@@ -209,16 +234,8 @@ def set_field_if_cached(r: RedisClient, field: str, values: Mapping[int, str]) -
 
 
 # -- Engagement ------------------------------------------------------------------------------------------------
-def _contrib_sql(keyed: bool) -> str:
-    return _CONTRIB_SQL.format(
-        weight=_WEIGHT,
-        state_types=_OWNER_STATE_TYPES,
-        excluded=EXCLUDED_USERS,
-        prewhere=_CHANGED_PREWHERE if keyed else "",
-        events_prewhere=_CHANGED_EVENTS_PREWHERE if keyed else "",
-        keys=_CHANGED_STATE if keyed else "",
-        events=_CHANGED_EVENTS if keyed else "",
-    )
+def _sql(template: str) -> str:
+    return template.format(weight=_WEIGHT, state_types=_OWNER_STATE_TYPES, excluded=EXCLUDED_USERS)
 
 
 Scores = tuple[dict[int, int], set[int], dict[int, int]]  # new scores, owners considered, their previous scores
@@ -229,11 +246,7 @@ def _full_engagement(rt: Runtime, now: datetime) -> Scores:
     ch = rt.clickhouse
     params: dict[str, Any] = {"since": now - rt.window, "now": now, "additive": ADDITIVE, **rt.weights.params()}
     ch.command("TRUNCATE TABLE engagementContrib")
-    ch.command(
-        f"INSERT INTO engagementContrib ({_CONTRIB_COLUMNS}, computedAt) "  # noqa: S608
-        f"SELECT *, {{now:DateTime64(3, 'UTC')}} FROM ({_contrib_sql(keyed=False)}) WHERE contribution != 0",
-        params,
-    )
+    ch.command(_sql(_FULL_SQL), params)
     scores = {int(o): int(s) for o, s in ch.rows(_SCORES_FROM_CONTRIB_SQL)}
     previous = {int(u): int(s) for u, s in ch.rows(_CURRENT_SCORES_SQL)}
     return scores, set(scores) | set(previous), previous
@@ -251,15 +264,11 @@ def _incremental_engagement(rt: Runtime, now: datetime, state: Mapping[str, str]
     }
     for table in ("engagementChanged", "engagementNew", "engagementOld"):
         ch.command(f"TRUNCATE TABLE {table}")
-    ch.command(_CHANGED_KEYS_SQL.format(state_types=_OWNER_STATE_TYPES), params)
+    ch.command(_sql(_CHANGED_KEYS_SQL), params)
     if int(ch.rows("SELECT count() FROM engagementChanged")[0][0]) > INCREMENTAL_MAX_KEYS:
         return None
-    ch.command(
-        f"INSERT INTO engagementNew ({_CONTRIB_COLUMNS}, computedAt) "  # noqa: S608
-        f"SELECT *, {{now:DateTime64(3, 'UTC')}} FROM ({_contrib_sql(keyed=True)})",
-        params,
-    )
     ch.command(_OLD_SQL)
+    ch.command(_sql(_NEW_SQL), params)
     delta = {int(o): int(d) for o, d in ch.rows(_DELTA_SQL)}
     touched = sorted(delta)
     previous = {int(u): int(s) for u, s in ch.rows(_CURRENT_SCORES_OF_SQL, {"users": touched})} if touched else {}

@@ -1,11 +1,12 @@
 -- The engagement job's incremental run (app/jobs.py) works key by key instead of owner by owner.
 --
--- engagementContrib holds, for every key inside the window as of the job's last run, what it adds to its owner's
--- score and when its latest event happened (at): a state key (entityType, entityId, metricType, userId; eventId
--- nil) adds its weight while its latest event is on and inside the window, an additive event (eventId set) adds
--- value x weight. An owner's score in engagementCurrent is the sum of its rows here; an incremental run recomputes
--- only the keys that changed (new rows, or a latest event leaving the window) and moves each owner's score by the
--- difference. A full run rebuilds the table. engagementChanged, engagementNew and engagementOld are the incremental
+-- engagementContrib holds, for every state key with an event inside the window as of the job's last run (and every
+-- additive event that counts), what it adds to its owner's score and its latest event (at, latestId, isOn): a
+-- state key (entityType, entityId, metricType, userId; eventId nil) adds its weight while its latest event is on
+-- and inside the window, an additive event (eventId set) adds value x weight. An owner's score in engagementCurrent
+-- is the sum of its rows here. An incremental run merges the rows that arrived since the last run into the stored
+-- latest events of their keys (no pass over the log), zeroes keys whose latest event left the window, and moves
+-- each owner's score by the difference. A full run rebuilds the table from the log. engagementChanged, engagementNew and engagementOld are the incremental
 -- run's scratch tables (one run at a time: the job holds a lock).
 CREATE TABLE IF NOT EXISTS engagementContrib
 (
@@ -17,6 +18,8 @@ CREATE TABLE IF NOT EXISTS engagementContrib
     ownerId      Int64,
     contribution Int64,
     at           DateTime64(3, 'UTC'),
+    latestId     String,
+    isOn         UInt8,
     computedAt   DateTime64(3, 'UTC')
 )
 ENGINE = ReplacingMergeTree(computedAt)
@@ -49,13 +52,16 @@ CREATE TABLE IF NOT EXISTS eventArrivals
     entityId    Int64,
     metricType  LowCardinality(String),
     userId      Int64,
-    eventId     UUID
+    eventId     UUID,
+    ownerId     Int64,
+    metricValue Int64,
+    createdAt   DateTime64(3, 'UTC')
 )
 ENGINE = MergeTree
 ORDER BY insertedAt
 TTL toDateTime(insertedAt) + INTERVAL 7 DAY;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS eventArrivalsMv TO eventArrivals AS
-SELECT insertedAt, entityType, entityId, metricType, userId, eventId
+SELECT insertedAt, entityType, entityId, metricType, userId, eventId, ownerId, metricValue, createdAt
 FROM entityMetricEvents
 WHERE metricType != 'Engagement';

@@ -42,22 +42,27 @@ def test_engagement_full_and_incremental_match_the_oracle(clean, history, data):
     clean.redis.flushdb()
     wipe_clickhouse(clean)
     cut = data.draw(st.integers(0, len(history)))
-    first, later = history[:cut], history[cut:]
+    cut2 = data.draw(st.integers(cut, len(history)))
+    first, steps = history[:cut], [history[cut:cut2], history[cut2:]]
     insert_events(clean.clickhouse, [to_event(e) for e in first + first[:2]])  # with redeliveries
     UserMetricsQueryService(clean).get_user_metrics(USERS)  # cached hashes get the new scores
     report = jobs.recompute_engagement(clean)
     assert report.mode == "full"
-    for part in (first, first + later):
+    seen = list(first)
+    for step in [*steps, None]:
         oracle = Oracle(now=datetime.now(UTC))
-        oracle.apply_all(part)
+        oracle.apply_all(seen)
         got = current_scores(clean)
         for uid in USERS:
             expected = int(Decimal(oracle.metrics(uid).get("engagementScore", 0)) * SCORE_SCALE)  # type: ignore[arg-type]
-            assert got.get(uid, 0) == expected, (uid, got, part)
+            assert got.get(uid, 0) == expected, (uid, got, seen)
             cached = metrics_cache.read(clean.redis, [uid])[uid]
             assert cached is not None and cached.engagement_score * SCORE_SCALE == expected
-        if part is first:
-            insert_events(clean.clickhouse, [to_event(e) for e in later])
+        if step is not None:
+            # New events, and redeliveries of earlier ones (any order), then an incremental run.
+            again = data.draw(st.lists(st.sampled_from(seen), max_size=3)) if seen else []
+            insert_events(clean.clickhouse, [to_event(e) for e in step + again])
+            seen += step
             assert jobs.recompute_engagement(clean).mode == "incremental"
 
 
@@ -74,6 +79,33 @@ def test_engagement_trend_is_recorded_and_unchanged_scores_are_not(clean: Runtim
     assert rows == [(1, 3 * SCORE_SCALE)]
     points = UserMetricsQueryService(clean).get_user_metric_history(1, "engagementScore", now - timedelta(days=1))
     assert points[-1].value == Decimal(3)
+
+
+def test_incremental_engagement_drops_keys_leaving_the_window_and_an_interrupted_run_is_repaired(
+    clean: Runtime,
+) -> None:
+    from tests.oracle import E
+
+    def follow(actor: int, at: datetime) -> Any:
+        return to_event(E(str(uuid.uuid4()), "User", 7, actor, 7, "Follow", 1, at))
+
+    weight = clean.weights.by_type.get("Follow", clean.weights.default)
+    now = datetime.now(UTC)
+    # One follow leaves the 30-day window three seconds from now, the other stays.
+    insert_events(clean.clickhouse, [follow(2, now - clean.window + timedelta(seconds=3)), follow(3, now)])
+    assert jobs.recompute_engagement(clean).mode == "full"
+    assert current_scores(clean)[7] == 2 * weight
+    time.sleep(3.5)
+    assert jobs.recompute_engagement(clean).mode == "incremental"
+    assert current_scores(clean)[7] == weight
+    # A run that died between its two writes leaves contributions and scores apart: the next run is full.
+    jobs._mark(clean, "writing")
+    insert_events(clean.clickhouse, [follow(4, datetime.now(UTC))])
+    assert jobs.recompute_engagement(clean, full=False).mode == "full"
+    assert current_scores(clean)[7] == 2 * weight
+    insert_events(clean.clickhouse, [follow(5, datetime.now(UTC))])
+    assert jobs.recompute_engagement(clean).mode == "incremental"
+    assert current_scores(clean)[7] == 3 * weight
 
 
 def test_ranks_follow_the_definition_with_ties_and_zeros(clean: Runtime) -> None:
