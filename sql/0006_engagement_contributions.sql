@@ -7,7 +7,7 @@
 -- is the sum of its rows here. An incremental run merges the rows that arrived since the last run into the stored
 -- latest events of their keys (no pass over the log), zeroes keys whose latest event left the window, and moves
 -- each owner's score by the difference. A full run rebuilds the table from the log. engagementChanged, engagementNew and engagementOld are the incremental
--- run's scratch tables (one run at a time: the job holds a lock).
+-- run's scratch tables (Memory engine; one run at a time: the job holds a lock).
 CREATE TABLE IF NOT EXISTS engagementContrib
 (
     entityType   LowCardinality(String),
@@ -34,14 +34,11 @@ CREATE TABLE IF NOT EXISTS engagementChanged
     userId       Int64,
     eventId      UUID
 )
-ENGINE = MergeTree
-ORDER BY (entityType, entityId, metricType, userId, eventId);
+ENGINE = Memory;
 
-CREATE TABLE IF NOT EXISTS engagementNew AS engagementContrib ENGINE = MergeTree
-ORDER BY (entityType, entityId, metricType, userId, eventId);
+CREATE TABLE IF NOT EXISTS engagementNew AS engagementContrib ENGINE = Memory;
 
-CREATE TABLE IF NOT EXISTS engagementOld AS engagementContrib ENGINE = MergeTree
-ORDER BY (entityType, entityId, metricType, userId, eventId);
+CREATE TABLE IF NOT EXISTS engagementOld AS engagementContrib ENGINE = Memory;
 
 -- The log in arrival order: "which keys got rows since the last run" is a range read here, however the log's parts
 -- have been merged since. Kept 7 days; a job that has not run for 6 days runs full.
