@@ -33,6 +33,7 @@ _WEIGHT = "transform(metricType, {wtypes:Array(String)}, {wvalues:Array(Int64)},
 # One round trip, three parts (ClickHouse runs them in parallel); every row: (part, user, a, b, c, d, days).
 # - actor: following, models, posts, images (my state keys that are on);
 # - owner: followers, reactions received, state engagement (keys on entities I own, by others, not excluded);
+#   the state tables are read with argMax by version rather than FINAL (cheaper for a few hundred keys per user);
 # - additive: downloads and generations from the per-day buckets without redeliveries, and the (metric, day)
 #   buckets that saw some (re-read from the raw log below).
 CURRENT_SQL = f"""
@@ -43,9 +44,10 @@ SELECT 'actor' AS part, userId AS uid,
        toInt64(countIf(metricType = 'Upload' AND entityType = 'Image' AND v > 0)) AS d,
        CAST([], 'Array(Tuple(String, Date))') AS days
 FROM (
-    SELECT userId, metricType, entityType, isOn AS v
-    FROM stateByActor FINAL
+    SELECT userId, metricType, entityType, argMax(isOn, ver) AS v
+    FROM stateByActor
     WHERE userId IN {{users:Array(Int64)}} AND metricType IN ('Follow', 'Upload')
+    GROUP BY userId, metricType, entityType, entityId
 )
 GROUP BY userId
 UNION ALL
@@ -56,23 +58,24 @@ SELECT 'owner', ownerId,
        toInt64(0),
        CAST([], 'Array(Tuple(String, Date))')
 FROM (
-    SELECT ownerId, metricType, isOn AS v, at AS lastAt
-    FROM stateByOwner FINAL
+    SELECT ownerId, metricType, argMax(isOn, ver) AS v, argMax(at, ver) AS lastAt
+    FROM stateByOwner
     WHERE ownerId IN {{users:Array(Int64)}} AND metricType IN ('Follow', 'ReactionLike', 'ReactionHeart',
                                                                'ReactionLaugh', 'ReactionCry')
       AND userId != ownerId AND userId NOT IN {EXCLUDED_USERS}
+    GROUP BY ownerId, metricType, entityType, entityId, userId
 )
 GROUP BY ownerId
 UNION ALL
 SELECT 'additive', ownerId,
        toInt64(sumIf(t, r = u AND metricType = 'Download')),
        toInt64(sumIf(t, r = u AND metricType = 'Generation')),
-       toInt64(0), toInt64(0),
-       groupArrayIf((toString(metricType), day), r != u)
+       toInt64(max(day) >= toDate({{since:DateTime64(3, 'UTC')}})), toInt64(0),
+       groupArrayIf((toString(metricType), day), r != u AND metricType IN {{totals:Array(String)}})
 FROM (
     SELECT ownerId, metricType, day, sum(total) AS t, sum(rowCount) AS r, uniqExactMerge(events) AS u
     FROM additiveDaily
-    WHERE ownerId IN {{users:Array(Int64)}} AND metricType IN {{totals:Array(String)}}
+    WHERE ownerId IN {{users:Array(Int64)}} AND metricType IN {{additive:Array(String)}}
     GROUP BY ownerId, metricType, day
 )
 GROUP BY ownerId
@@ -96,7 +99,8 @@ WHERE actor != owner AND actor NOT IN {EXCLUDED_USERS}
 GROUP BY owner
 UNION ALL
 SELECT 'excluded', owner, toInt64(sumIf(val, mt = 'Download')), toInt64(sumIf(val, mt = 'Generation'))
-FROM ({_ADDITIVE_EVENTS.format(where=f"userId IN {EXCLUDED_USERS}")})
+FROM ({_ADDITIVE_EVENTS.format(where="1")})
+WHERE actor IN {EXCLUDED_USERS}
 GROUP BY owner
 UNION ALL
 SELECT 'redelivered', owner, toInt64(sumIf(val, mt = 'Download')), toInt64(sumIf(val, mt = 'Generation'))
@@ -269,6 +273,7 @@ def compute_user_metrics(
     out = {uid: UserMetrics() for uid in users}
     scores: dict[int, int] = {}
     redelivered: list[tuple[int, str, date]] = []
+    with_additive: list[int] = []  # owners with additive events: the raw log has their exact share to add
     for part, uid, a, b, c, d, days in ch.rows(CURRENT_SQL, params):
         m = out[int(uid)]
         if part == "actor":
@@ -278,7 +283,12 @@ def compute_user_metrics(
         else:
             m.download_count += int(a)
             m.generation_count += int(b)
+            with_additive.append(int(uid))
             redelivered.extend((int(uid), str(metric), day) for metric, day in days)
+    if not with_additive:
+        _apply_scores(out, scores)
+        return out
+    params["users"] = sorted(with_additive)
     days = [d for _, _, d in redelivered]
     first = datetime.combine(min(days), time.min, UTC) if days else now
     last = datetime.combine(max(days), time.min, UTC) + timedelta(days=1) if days else now
