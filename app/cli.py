@@ -611,12 +611,15 @@ def bench_legacy(
         str | None, typer.Option("--database-url", help="A scratch database (its legacy tables are recreated)")
     ] = None,
     users: Annotated[int | None, typer.Option("--users", help="Dataset size in users (default 100,000)")] = None,
+    reuse: Annotated[
+        bool, typer.Option("--reuse", help="Keep a legacy dataset already seeded there for as many users")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON")] = False,
 ) -> None:
     """Legacy PostgreSQL aggregation vs this project on the same generated data."""
     from app.bench import legacy as legacy_bench
 
-    result = legacy_bench.run(quick, load_settings(), database_url, users)
+    result = legacy_bench.run(quick, load_settings(), database_url, users, reuse)
     _print_bench("legacy" + (" (quick)" if quick else ""), result.rows(), result.figures, as_json)
 
 

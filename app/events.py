@@ -75,6 +75,20 @@ def derive_event_id(parent: uuid.UUID | str, name: str) -> uuid.UUID:
     return uuid.uuid5(EVENT_ID_NAMESPACE, f"{parent}/{name}")
 
 
+def uuid5_sql(name: str) -> str:
+    """ClickHouse SQL for ``uuid.uuid5(EVENT_ID_NAMESPACE, <name>)``, ``name`` an SQL string expression: the same
+    ids as :func:`derive_event_id` (``name`` = ``'<parent>/<name>'``) for ids derived in bulk inside the engine."""
+    s = f"SHA1(concat(unhex('{EVENT_ID_NAMESPACE.hex}'), {name}))"
+    return (
+        "toUUID(UUIDNumToString(toFixedString(concat("
+        f"substring({s}, 1, 6), "
+        f"char(bitOr(bitAnd(reinterpretAsUInt8(substring({s}, 7, 1)), 15), 80)), "
+        f"substring({s}, 8, 1), "
+        f"char(bitOr(bitAnd(reinterpretAsUInt8(substring({s}, 9, 1)), 63), 128)), "
+        f"substring({s}, 10, 7)), 16)))"
+    )
+
+
 def new_event_id() -> uuid.UUID:
     """A time-ordered UUID (version 7): later events sort later, which keeps inserts local in ClickHouse."""
     ms = int(datetime.now(UTC).timestamp() * 1000)

@@ -34,8 +34,7 @@ from typing import Any
 
 from app import constants as c
 from app import metrics_cache
-from app.clickhouse import insert_events
-from app.events import Event, MetricType, derive_event_id
+from app.events import uuid5_sql
 from app.metrics import ADDITIVE, EXCLUDED_USERS, SCORE_SCALE, UserMetrics, compute_user_metrics, format_score
 from app.redis_store import RedisClient, server_time_us
 from app.refresher import refresh_users
@@ -138,20 +137,30 @@ PREWHERE (entityId, userId) IN (SELECT entityId, userId FROM engagementChanged)
 WHERE {_KEY5} IN (SELECT {_KEY5} FROM engagementChanged)
 GROUP BY {_KEY5[1:-1]}
 """  # noqa: S608
-# Per owner: new contributions of the changed keys minus what they contributed before.
+# Per owner: new contributions of the changed keys minus what they contributed before, and the current score.
 _DELTA_SQL = """
-SELECT owner, toInt64(sum(c)) AS d
+SELECT owner, d, prev
 FROM (
-    SELECT ownerId AS owner, contribution AS c FROM engagementNew
-    UNION ALL
-    SELECT ownerId, -contribution FROM engagementOld
-)
-GROUP BY owner
-HAVING d != 0 AND owner != 0
+    SELECT owner, toInt64(sum(c)) AS d
+    FROM (
+        SELECT ownerId AS owner, contribution AS c FROM engagementNew
+        UNION ALL
+        SELECT ownerId, -contribution FROM engagementOld
+    )
+    GROUP BY owner
+    HAVING d != 0 AND owner != 0
+) AS delta
+LEFT JOIN (
+    SELECT userId, score AS prev FROM engagementCurrent FINAL
+    WHERE userId IN (SELECT ownerId FROM engagementNew UNION ALL SELECT ownerId FROM engagementOld)
+) AS current ON current.userId = delta.owner
 """
-# Changed keys with no contribution any more (they left the window): a zero row replaces the old one.
-_ZEROED_SQL = f"""
+# The changed keys' new rows, and a zero row for each that no longer has one (an additive event that left the
+# window) in place of its old one: one insert.
+_WRITE_SQL = f"""
 INSERT INTO engagementContrib ({_CONTRIB_COLUMNS}, computedAt)
+SELECT {_CONTRIB_COLUMNS}, computedAt FROM engagementNew
+UNION ALL
 SELECT {_CONTRIB_COLUMNS.replace("contribution", "0")}, {{now:DateTime64(3, 'UTC')}}
 FROM engagementOld
 WHERE contribution != 0 AND {_KEY5} NOT IN (SELECT {_KEY5} FROM engagementNew)
@@ -269,12 +278,12 @@ def _incremental_engagement(rt: Runtime, now: datetime, state: Mapping[str, str]
         return None
     ch.command(_OLD_SQL)
     ch.command(_sql(_NEW_SQL), params)
-    delta = {int(o): int(d) for o, d in ch.rows(_DELTA_SQL)}
+    rows = ch.rows(_DELTA_SQL)
+    delta = {int(o): int(d) for o, d, _ in rows}
+    previous = {int(o): int(p) for o, _, p in rows}
     touched = sorted(delta)
-    previous = {int(u): int(s) for u, s in ch.rows(_CURRENT_SCORES_OF_SQL, {"users": touched})} if touched else {}
     _mark(rt, "writing")  # a crash from here on leaves scores and contributions apart: the next run is full
-    ch.command(_ZEROED_SQL, params)
-    ch.command("INSERT INTO engagementContrib SELECT * FROM engagementNew")  # noqa: S608
+    ch.command(_WRITE_SQL, params)
     return {o: previous.get(o, 0) + delta[o] for o in touched}, set(touched), previous
 
 
@@ -335,27 +344,24 @@ def recompute_engagement(rt: Runtime, full: bool | None = None) -> JobReport:
     )
 
 
+# The trend: one Engagement event per changed score, its id derived from the user and the run's instant (the same
+# as derive_event_id(f"engagement:{user}", stamp)), written by the engine from the scores just stored.
+_TREND_SQL = f"""
+INSERT INTO entityMetricEvents (eventId, entityType, entityId, userId, ownerId, metricType, metricValue, createdAt)
+SELECT {uuid5_sql("concat('engagement:', toString(userId), '/', {stamp:String})")},
+       'User', userId, userId, userId, 'Engagement', score, computedAt
+FROM engagementCurrent
+WHERE computedAt = {{now:DateTime64(3, 'UTC')}} AND userId IN {{users:Array(Int64)}}
+"""  # noqa: S608
+
+
 def _record_scores(rt: Runtime, changed: Mapping[int, int], now: datetime) -> int:
     """Store changed scores (current table, Engagement trend events, cached hashes)."""
     if not changed:
         return 0
     rows = [(u, s, now) for u, s in changed.items()]
     rt.clickhouse.insert("engagementCurrent", rows, ["userId", "score", "computedAt"])
-    stamp = now.isoformat()
-    events = [
-        Event(
-            derive_event_id(f"engagement:{u}", stamp),
-            "User",
-            u,
-            u,
-            u,
-            MetricType.ENGAGEMENT,
-            s,
-            now,
-        )
-        for u, s in changed.items()
-    ]
-    insert_events(rt.clickhouse, events)
+    rt.clickhouse.command(_TREND_SQL, {"now": now, "stamp": now.isoformat(), "users": sorted(changed)})
     return set_field_if_cached(
         rt.redis, "engagementScore", {u: format_score(Decimal(s) / SCORE_SCALE) for u, s in changed.items()}
     )

@@ -31,7 +31,7 @@ from app.bench.harness import percentile
 from app.legacy import db
 from app.legacy.backfill import backfill
 from app.legacy.baseline import legacy_reactions, legacy_user_metrics, run_legacy_job
-from app.legacy.models import ImageReaction
+from app.legacy.models import Collection, Image, ImageReaction, Model, Post, User, UserEngagement
 from app.legacy.seed import LegacySpec, seed
 from app.query import UserMetricsQueryService
 from app.reactions import UserReactionQueryService
@@ -52,7 +52,7 @@ class LegacyResult:
             (
                 "dataset",
                 f"{f['users']:,.0f} users, {f['legacy_rows']:,.0f} legacy rows",
-                f"seeded at {f['seed_rows_per_s']:,.0f} rows/s",
+                f"seeded at {f['seed_rows_per_s']:,.0f} rows/s" if "seed_rows_per_s" in f else "reused (--reuse)",
             ),
             ("legacy aggregation, all users", f"{f['legacy_job_s']:.2f} s", "the job that ran every minute"),
             (
@@ -117,7 +117,9 @@ def _ms(fn: Any, *args: Any) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def run(quick: bool, settings: Settings, database_url: str | None, users: int | None = None) -> LegacyResult:
+def run(
+    quick: bool, settings: Settings, database_url: str | None, users: int | None = None, reuse: bool = False
+) -> LegacyResult:
     # Full size: 100,000 users and about 10 million legacy rows (reactions dominate, as on the site).
     if quick:
         spec = LegacySpec(users=users or 2_000)
@@ -130,14 +132,17 @@ def run(quick: bool, settings: Settings, database_url: str | None, users: int | 
     # for short queries): the baseline is the old design at its best, not a badly tuned database.
     connect_args = {"options": "-c random_page_cost=1.1 -c jit=off"} if url.startswith("postgresql") else {}
     eng = create_engine(url, connect_args=connect_args)
-    db.drop_schema(eng)
-    db.create_schema(eng)
     result = LegacyResult()
     f = result.figures
-    started = time.perf_counter()
-    counts = seed(eng, spec)
-    f["users"], f["legacy_rows"] = spec.users, sum(counts.values())
-    f["seed_rows_per_s"] = f["legacy_rows"] / (time.perf_counter() - started)
+    f["users"] = spec.users
+    counts = _existing(eng, spec) if reuse else None
+    if counts is None:
+        db.drop_schema(eng)
+        db.create_schema(eng)
+        started = time.perf_counter()
+        counts = seed(eng, spec)
+        f["seed_rows_per_s"] = sum(counts.values()) / (time.perf_counter() - started)
+    f["legacy_rows"] = sum(counts.values())
     ch_path = bench_dir / "legacy-clickhouse"
     shutil.rmtree(ch_path, ignore_errors=True)
     s = settings.model_copy(update={"clickhouse_url": f"chdb://{ch_path}", "database_url": url})
@@ -153,6 +158,21 @@ def run(quick: bool, settings: Settings, database_url: str | None, users: int | 
             embedded_redis.stop(pid)
     ch.close()
     return result
+
+
+def _existing(eng: Engine, spec: LegacySpec) -> dict[str, int] | None:
+    """Row counts of a dataset already seeded for ``spec`` (same number of users), or None."""
+    from sqlalchemy import func, inspect
+
+    if not inspect(eng).has_table("User"):
+        return None
+    with eng.connect() as conn:
+        if conn.execute(select(func.count()).select_from(User)).scalar_one() != spec.users:
+            return None
+        return {
+            m.__tablename__: int(conn.execute(select(func.count()).select_from(m)).scalar_one())
+            for m in (User, Model, Post, Image, Collection, UserEngagement, ImageReaction)
+        }
 
 
 def _measure(rt: Runtime, eng: Engine, spec: LegacySpec, f: dict[str, float]) -> None:

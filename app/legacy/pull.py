@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import Engine, func, literal, select
 
 from app.clickhouse import EVENT_COLUMNS, EVENT_TABLE, ClickHouse
-from app.events import EVENT_ID_NAMESPACE
+from app.events import uuid5_sql
 from app.legacy.models import EngagementType, Image, ImageReaction, Model, Post, ReviewReactions, UserEngagement
 from app.settings import Settings
 
@@ -43,17 +43,8 @@ class EngineUnavailable(Exception):
 
 
 def event_id_sql(name: str) -> str:
-    """SQL for ``derive_event_id("legacy", <name>)``: UUID version 5 over the namespace and ``legacy/<name>``."""
-    ns = EVENT_ID_NAMESPACE.hex
-    s = f"SHA1(concat(unhex('{ns}'), 'legacy/', {name}))"
-    return (
-        "toUUID(UUIDNumToString(toFixedString(concat("
-        f"substring({s}, 1, 6), "
-        f"char(bitOr(bitAnd(reinterpretAsUInt8(substring({s}, 7, 1)), 15), 80)), "
-        f"substring({s}, 8, 1), "
-        f"char(bitOr(bitAnd(reinterpretAsUInt8(substring({s}, 9, 1)), 63), 128)), "
-        f"substring({s}, 10, 7)), 16)))"
-    )
+    """SQL for ``derive_event_id("legacy", <name>)``."""
+    return uuid5_sql(f"concat('legacy/', {name})")
 
 
 def _key_name(*parts: str) -> str:
