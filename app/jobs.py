@@ -168,6 +168,7 @@ WHERE contribution != 0 AND {_KEY5} NOT IN (SELECT {_KEY5} FROM engagementNew)
 _SCORES_FROM_CONTRIB_SQL = (
     "SELECT ownerId, toInt64(sum(contribution)) AS score FROM engagementContrib GROUP BY ownerId HAVING score != 0"
 )
+INFLIGHT_MARGIN = timedelta(seconds=10)  # inserts stamped this long before a run may still be landing
 ARRIVALS_KEPT = timedelta(days=6)  # eventArrivals keeps 7 (sql/0006)
 # Past this many changed keys an incremental run is no cheaper than a full one.
 INCREMENTAL_MAX_KEYS = 500_000
@@ -328,7 +329,7 @@ def recompute_engagement(rt: Runtime, full: bool | None = None) -> JobReport:
             "runs": runs + 1,
             "now": now.isoformat(),
             # Inserts stamped up to a few seconds before now may still be landing; look back a little next time.
-            "inserted_after": (now - timedelta(seconds=10)).isoformat(),
+            "inserted_after": (now - INFLIGHT_MARGIN).isoformat(),
             "excluded_changed": excluded_changed,
             "weights": weights,
             "contrib": "ok",

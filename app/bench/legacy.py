@@ -184,9 +184,9 @@ def _measure(rt: Runtime, eng: Engine, spec: LegacySpec, f: dict[str, float]) ->
     started = time.perf_counter()
     run_legacy_job(eng)
     f["legacy_job_s"] = time.perf_counter() - started
-    # The incremental run looks back 10 s past its predecessor for inserts in flight; let the backfill's last rows
-    # age out of that margin, as they would on a live site, so that the run below sees the 10,000 new events only.
-    time.sleep(max(0.0, 10.5 - f["legacy_job_s"]))
+    # The incremental run looks back INFLIGHT_MARGIN past its predecessor for inserts in flight; let the backfill's
+    # last rows age out of that margin, as they would on a live site, so that it sees the 10,000 new events only.
+    time.sleep(max(0.0, jobs.INFLIGHT_MARGIN.total_seconds() + 0.5 - f["legacy_job_s"]))
     f["full_s"] = jobs.recompute_engagement(rt, full=True).seconds + jobs.recompute_ranks(rt).seconds
     from app.bench.dataset import _CHUNK_SQL
 
