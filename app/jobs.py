@@ -34,7 +34,6 @@ from typing import Any
 
 from app import constants as c
 from app import metrics_cache
-from app.events import uuid5_sql
 from app.metrics import ADDITIVE, EXCLUDED_USERS, SCORE_SCALE, UserMetrics, compute_user_metrics, format_score
 from app.redis_store import RedisClient, server_time_us
 from app.refresher import refresh_users
@@ -183,13 +182,17 @@ SELECT DISTINCT arrayJoin([userId, ownerId]) AS u FROM entityMetricEvents
 WHERE insertedAt > {since:DateTime64(3, 'UTC')} AND metricType != 'Engagement'
 """
 
-# Only cached hashes are touched: a user without one gets everything on the next read anyway.
+# Only cached hashes are touched: a user without one gets everything on the next read anyway. Users and values come
+# as two comma-joined strings (a value '' deletes the field): two arguments however many users, cheap to send.
 _SET_FIELD_IF_CACHED = """
+local users, values = {}, {}
+for u in string.gmatch(ARGV[1], '[^,]+') do users[#users + 1] = u end
+for v in string.gmatch(ARGV[2] .. ',', '([^,]*),') do values[#values + 1] = v end
 local n = 0
-for i = 1, #ARGV, 2 do
-  local key = KEYS[1] .. ARGV[i]
+for i = 1, #users do
+  local key = KEYS[1] .. users[i]
   if redis.call('EXISTS', key) == 1 then
-    if ARGV[i + 1] == '' then redis.call('HDEL', key, KEYS[2]) else redis.call('HSET', key, KEYS[2], ARGV[i + 1]) end
+    if values[i] == '' then redis.call('HDEL', key, KEYS[2]) else redis.call('HSET', key, KEYS[2], values[i]) end
     n = n + 1
   end
 end
@@ -236,10 +239,9 @@ def set_field_if_cached(r: RedisClient, field: str, values: Mapping[int, str]) -
     items = list(values.items())
     done = 0
     for i in range(0, len(items), CHUNK):
-        args: list[str | int] = []
-        for uid, value in items[i : i + CHUNK]:
-            args.extend((uid, value))
-        done += int(script(keys=[_METRICS_PREFIX, field], args=args))
+        chunk = items[i : i + CHUNK]
+        users = ",".join(str(u) for u, _ in chunk)
+        done += int(script(keys=[_METRICS_PREFIX, field], args=[users, ",".join(v for _, v in chunk)]))
     return done
 
 
@@ -345,15 +347,15 @@ def recompute_engagement(rt: Runtime, full: bool | None = None) -> JobReport:
     )
 
 
-# The trend: one Engagement event per changed score, its id derived from the user and the run's instant (the same
-# as derive_event_id(f"engagement:{user}", stamp)), written by the engine from the scores just stored.
-_TREND_SQL = f"""
+# The trend: one Engagement event per changed score, written by the engine from the scores just stored. Its id is
+# a hash of the user and the run's instant: a retried run writes the same events again, not new ones.
+_TREND_SQL = """
 INSERT INTO entityMetricEvents (eventId, entityType, entityId, userId, ownerId, metricType, metricValue, createdAt)
-SELECT {uuid5_sql("concat('engagement:', toString(userId), '/', {stamp:String})")},
+SELECT reinterpretAsUUID(sipHash128('engagement', userId, {stamp:String})),
        'User', userId, userId, userId, 'Engagement', score, computedAt
 FROM engagementCurrent
-WHERE computedAt = {{now:DateTime64(3, 'UTC')}} AND userId IN {{users:Array(Int64)}}
-"""  # noqa: S608
+WHERE computedAt = {now:DateTime64(3, 'UTC')} AND userId IN {users:Array(Int64)}
+"""
 
 
 def _record_scores(rt: Runtime, changed: Mapping[int, int], now: datetime) -> int:
