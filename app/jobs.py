@@ -347,24 +347,13 @@ def recompute_engagement(rt: Runtime, full: bool | None = None) -> JobReport:
     )
 
 
-# The trend: one Engagement event per changed score, written by the engine from the scores just stored. Its id is
-# a hash of the user and the run's instant: a retried run writes the same events again, not new ones.
-_TREND_SQL = """
-INSERT INTO entityMetricEvents (eventId, entityType, entityId, userId, ownerId, metricType, metricValue, createdAt)
-SELECT reinterpretAsUUID(sipHash128('engagement', userId, {stamp:String})),
-       'User', userId, userId, userId, 'Engagement', score, computedAt
-FROM engagementCurrent
-WHERE computedAt = {now:DateTime64(3, 'UTC')} AND userId IN {users:Array(Int64)}
-"""
-
-
 def _record_scores(rt: Runtime, changed: Mapping[int, int], now: datetime) -> int:
-    """Store changed scores (current table, Engagement trend events, cached hashes)."""
+    """Store changed scores (current table, and through engagementTrendMv the Engagement trend events; cached
+    hashes)."""
     if not changed:
         return 0
     rows = [(u, s, now) for u, s in changed.items()]
     rt.clickhouse.insert("engagementCurrent", rows, ["userId", "score", "computedAt"])
-    rt.clickhouse.command(_TREND_SQL, {"now": now, "stamp": now.isoformat(), "users": sorted(changed)})
     return set_field_if_cached(
         rt.redis, "engagementScore", {u: format_score(Decimal(s) / SCORE_SCALE) for u, s in changed.items()}
     )

@@ -62,3 +62,12 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS eventArrivalsMv TO eventArrivals AS
 SELECT insertedAt, entityType, entityId, metricType, userId, eventId, ownerId, metricValue, createdAt
 FROM entityMetricEvents
 WHERE metricType != 'Engagement';
+
+-- The engagement trend: every score stored in engagementCurrent is also an Engagement event in the log (read by
+-- `history USER engagementScore`), written here in the same insert. The id hashes the user and the instant: a
+-- retried write of the same score at the same instant is the same event.
+CREATE MATERIALIZED VIEW IF NOT EXISTS engagementTrendMv TO entityMetricEvents AS
+SELECT reinterpretAsUUID(sipHash128('engagement', userId, toUnixTimestamp64Milli(computedAt))) AS eventId,
+       'User' AS entityType, userId AS entityId, userId, userId AS ownerId, 'Engagement' AS metricType,
+       score AS metricValue, computedAt AS createdAt
+FROM engagementCurrent;
