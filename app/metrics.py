@@ -33,7 +33,8 @@ _WEIGHT = "transform(metricType, {wtypes:Array(String)}, {wvalues:Array(Int64)},
 # One round trip, three parts (ClickHouse runs them in parallel); every row: (part, user, a, b, c, d, days).
 # - actor: following, models, posts, images (my state keys that are on);
 # - owner: followers, reactions received, state engagement (keys on entities I own, by others, not excluded);
-#   the state tables are read with argMax by version rather than FINAL (cheaper for a few hundred keys per user);
+#   the state tables are read with FINAL: cheapest once their parts are merged (right after a bulk backfill,
+#   argMax by version per key is, until the merges catch up);
 # - additive: downloads and generations from the per-day buckets without redeliveries, and the (metric, day)
 #   buckets that saw some (re-read from the raw log below).
 CURRENT_SQL = f"""
@@ -44,10 +45,9 @@ SELECT 'actor' AS part, userId AS uid,
        toInt64(countIf(metricType = 'Upload' AND entityType = 'Image' AND v > 0)) AS d,
        CAST([], 'Array(Tuple(String, Date))') AS days
 FROM (
-    SELECT userId, metricType, entityType, argMax(isOn, ver) AS v
-    FROM stateByActor
+    SELECT userId, metricType, entityType, isOn AS v
+    FROM stateByActor FINAL
     WHERE userId IN {{users:Array(Int64)}} AND metricType IN ('Follow', 'Upload')
-    GROUP BY userId, metricType, entityType, entityId
 )
 GROUP BY userId
 UNION ALL
@@ -58,12 +58,11 @@ SELECT 'owner', ownerId,
        toInt64(0),
        CAST([], 'Array(Tuple(String, Date))')
 FROM (
-    SELECT ownerId, metricType, argMax(isOn, ver) AS v, argMax(at, ver) AS lastAt
-    FROM stateByOwner
+    SELECT ownerId, metricType, isOn AS v, at AS lastAt
+    FROM stateByOwner FINAL
     WHERE ownerId IN {{users:Array(Int64)}} AND metricType IN ('Follow', 'ReactionLike', 'ReactionHeart',
                                                                'ReactionLaugh', 'ReactionCry')
       AND userId != ownerId AND userId NOT IN {EXCLUDED_USERS}
-    GROUP BY ownerId, metricType, entityType, entityId, userId
 )
 GROUP BY ownerId
 UNION ALL
@@ -99,8 +98,7 @@ WHERE actor != owner AND actor NOT IN {EXCLUDED_USERS}
 GROUP BY owner
 UNION ALL
 SELECT 'excluded', owner, toInt64(sumIf(val, mt = 'Download')), toInt64(sumIf(val, mt = 'Generation'))
-FROM ({_ADDITIVE_EVENTS.format(where="1")})
-WHERE actor IN {EXCLUDED_USERS}
+FROM ({_ADDITIVE_EVENTS.format(where=f"userId IN {EXCLUDED_USERS}")})
 GROUP BY owner
 UNION ALL
 SELECT 'redelivered', owner, toInt64(sumIf(val, mt = 'Download')), toInt64(sumIf(val, mt = 'Generation'))
