@@ -173,13 +173,11 @@ ARRIVALS_KEPT = timedelta(days=6)  # eventArrivals keeps 7 (sql/0006)
 INCREMENTAL_MAX_KEYS = 500_000
 
 _CURRENT_SCORES_SQL = "SELECT userId, score FROM engagementCurrent FINAL WHERE score != 0"
-_CURRENT_SCORES_OF_SQL = (
-    "SELECT userId, score FROM engagementCurrent FINAL WHERE score != 0 AND userId IN {users:Array(Int64)}"
-)
 _EXCLUDED_CHANGED_SQL = "SELECT max(changedAt) FROM excludedUsers"
+# Users whose numbers moved since: a range read of the changelog (it holds no Engagement rows).
 _CHANGED_USERS_SQL = """
-SELECT DISTINCT arrayJoin([userId, ownerId]) AS u FROM entityMetricEvents
-WHERE insertedAt > {since:DateTime64(3, 'UTC')} AND metricType != 'Engagement'
+SELECT DISTINCT arrayJoin([userId, ownerId]) AS u FROM eventArrivals
+WHERE insertedAt > {since:DateTime64(3, 'UTC')}
 """
 
 # Only cached hashes are touched: a user without one gets everything on the next read anyway. Users and values come
