@@ -49,36 +49,50 @@ _KEY5 = "(entityType, entityId, metricType, userId, eventId)"
 _NIL = "toUUID('00000000-0000-0000-0000-000000000000')"
 _CONTRIB_COLUMNS = "entityType, entityId, metricType, userId, eventId, ownerId, contribution, at, latestId, isOn"
 # A state key counts its weight while its latest event is on and inside the window, for an owner who is not the
-# actor, when the actor is not excluded; an additive event counts value x weight on the same conditions.
-_STATE_COUNTS = (
-    "on AND latest.1 >= {{since:DateTime64(3, 'UTC')}} AND owner != 0 AND userId != owner AND userId NOT IN {excluded}"
-)
-_EVENT_COUNTS = "at >= {{since:DateTime64(3, 'UTC')}} AND owner != 0 AND actor != owner AND actor NOT IN {excluded}"
+# actor; an additive event counts value x weight on the same conditions; neither counts when the actor is excluded
+# (applied once, on the union: one set of excluded users per statement).
+_STATE_COUNTS = "on AND latest.1 >= {{since:DateTime64(3, 'UTC')}} AND owner != 0 AND userId != owner"
+_EVENT_COUNTS = "at >= {{since:DateTime64(3, 'UTC')}} AND owner != 0 AND actor != owner"
+_OUTER = """
+SELECT entityType, entityId, metricType, userId, eventId, ownerId,
+       if(userId IN {excluded}, toInt64(0), contribution) AS counted, at, latestId, isOn,
+       {{now:DateTime64(3, 'UTC')}}
+FROM ("""
+
+
+def _contrib_rows(state_source: str, event_source: str) -> str:
+    """The contribution rows of the state keys and additive events produced by two grouped subqueries."""
+    state = (
+        f"SELECT {_KEY4}, {_NIL} AS eventId, owner AS ownerId, "  # noqa: S608
+        f"toInt64(if({_STATE_COUNTS}, {{weight}}, 0)) AS contribution, latest.1 AS at, latest.2 AS latestId, "
+        f"on AS isOn FROM ({state_source})"
+    )
+    events = (
+        f"SELECT et, eid, mt, actor, eventId, owner, toInt64(if({_EVENT_COUNTS}, val * w, 0)), at, "  # noqa: S608
+        f"toString(eventId), 1 FROM ({event_source})"
+    )
+    return f"{_OUTER}\n    {state}\n    UNION ALL\n    {events}\n)"
+
 
 # Full run (sql/0006): every state key with an event in the window (its latest event, counting or not) and every
 # additive event that counts, from the log. Every value is a bound parameter.
-_FULL_SQL = f"""
-INSERT INTO engagementContrib ({_CONTRIB_COLUMNS}, computedAt)
-SELECT {_KEY4}, {_NIL}, owner, toInt64(if({_STATE_COUNTS}, {{weight}}, 0)), latest.1, latest.2, on,
-       {{{{now:DateTime64(3, 'UTC')}}}}
-FROM (
-    SELECT {_KEY4}, max(ownerId) AS owner, max((createdAt, toString(eventId))) AS latest,
-           argMax(metricValue, (createdAt, toString(eventId))) > 0 AS on
-    FROM entityMetricEvents
-    WHERE createdAt >= {{{{since:DateTime64(3, 'UTC')}}}} AND metricType IN {{state_types}}
-    GROUP BY {_KEY4}
+_FULL_STATE = f"""
+        SELECT {_KEY4}, max(ownerId) AS owner, max((createdAt, toString(eventId))) AS latest,
+               argMax(metricValue, (createdAt, toString(eventId))) > 0 AS on
+        FROM entityMetricEvents
+        WHERE createdAt >= {{{{since:DateTime64(3, 'UTC')}}}} AND metricType IN {{state_types}}
+        GROUP BY {_KEY4}"""  # noqa: S608
+_FULL_EVENTS = """
+        SELECT eventId, any(entityType) AS et, any(entityId) AS eid, any(metricType) AS mt, any(userId) AS actor,
+               max(ownerId) AS owner, any(metricValue) AS val, any({weight}) AS w, any(createdAt) AS at
+        FROM entityMetricEvents
+        WHERE createdAt >= {{since:DateTime64(3, 'UTC')}} AND metricType IN {{additive:Array(String)}}
+        GROUP BY eventId"""
+_FULL_SQL = (
+    f"INSERT INTO engagementContrib ({_CONTRIB_COLUMNS}, computedAt)"
+    + _contrib_rows(_FULL_STATE, _FULL_EVENTS)
+    + f"\nWHERE eventId = {_NIL} OR counted != 0"
 )
-UNION ALL
-SELECT et, eid, mt, actor, eventId, owner, toInt64(val * w), at, toString(eventId), 1, {{{{now:DateTime64(3, 'UTC')}}}}
-FROM (
-    SELECT eventId, any(entityType) AS et, any(entityId) AS eid, any(metricType) AS mt, any(userId) AS actor,
-           max(ownerId) AS owner, any(metricValue) AS val, any({{weight}}) AS w, any(createdAt) AS at
-    FROM entityMetricEvents
-    WHERE createdAt >= {{{{since:DateTime64(3, 'UTC')}}}} AND metricType IN {{{{additive:Array(String)}}}}
-    GROUP BY eventId
-)
-WHERE {_EVENT_COUNTS}
-"""  # noqa: S608
 
 # Keys whose contribution may have changed since the last run: rows that arrived since (eventArrivals, with a margin
 # for inserts in flight) and counting keys whose latest event left the window.
@@ -96,36 +110,29 @@ SELECT DISTINCT * FROM (
 """  # noqa: S608
 # The changed keys' new rows: a state key's latest event is the later of the stored one and those that arrived
 # (no stored row: no event in the window at the last run); an additive event that arrived counts once.
-_NEW_SQL = f"""
-INSERT INTO engagementNew ({_CONTRIB_COLUMNS}, computedAt)
-SELECT {_KEY4}, {_NIL}, owner, toInt64(if({_STATE_COUNTS}, {{weight}}, 0)), latest.1, latest.2, on,
-       {{{{now:DateTime64(3, 'UTC')}}}}
-FROM (
-    SELECT {_KEY4}, max(ownerId) AS owner, max((at, latestId)) AS latest, argMax(isOn, (at, latestId)) AS on
-    FROM (
-        SELECT {_KEY4}, ownerId, at, latestId, isOn FROM engagementOld WHERE eventId = {_NIL}
-        UNION ALL
-        SELECT {_KEY4}, ownerId, createdAt, toString(eventId), metricValue > 0
-        {_ARRIVED} AND metricType IN {{state_types}}
-    )
-    GROUP BY {_KEY4}
-)
-UNION ALL
-SELECT et, eid, mt, actor, eventId, owner, toInt64(if({_EVENT_COUNTS}, val * w, 0)), at, toString(eventId), 1,
-       {{{{now:DateTime64(3, 'UTC')}}}}
-FROM (
-    SELECT eventId, any(entityType) AS et, any(entityId) AS eid, any(metricType) AS mt, any(userId) AS actor,
-           max(ownerId) AS owner, maxIf(metricValue, arrived) AS val, any({{weight}}) AS w, any(createdAt) AS at
-    FROM (
-        SELECT {_KEY4}, eventId, ownerId, metricValue, createdAt, 1 AS arrived
-        {_ARRIVED} AND metricType IN {{{{additive:Array(String)}}}}
-        UNION ALL
-        SELECT {_KEY4}, eventId, ownerId, 0, at, 0 FROM engagementOld WHERE eventId != {_NIL}
-    )
-    GROUP BY eventId
-    HAVING max(arrived) = 1
-)
-"""  # noqa: S608
+_NEW_STATE = f"""
+        SELECT {_KEY4}, max(ownerId) AS owner, max((at, latestId)) AS latest, argMax(isOn, (at, latestId)) AS on
+        FROM (
+            SELECT {_KEY4}, ownerId, at, latestId, isOn FROM engagementOld WHERE eventId = {_NIL}
+            UNION ALL
+            SELECT {_KEY4}, ownerId, createdAt, toString(eventId), metricValue > 0
+            {_ARRIVED} AND metricType IN {{state_types}}
+        )
+        GROUP BY {_KEY4}"""  # noqa: S608
+_NEW_EVENTS = f"""
+        SELECT eventId, any(entityType) AS et, any(entityId) AS eid, any(metricType) AS mt, any(userId) AS actor,
+               max(ownerId) AS owner, maxIf(metricValue, arrived) AS val, any({{weight}}) AS w,
+               any(createdAt) AS at
+        FROM (
+            SELECT {_KEY4}, eventId, ownerId, metricValue, createdAt, 1 AS arrived
+            {_ARRIVED} AND metricType IN {{{{additive:Array(String)}}}}
+            UNION ALL
+            SELECT {_KEY4}, eventId, ownerId, 0, at, 0 FROM engagementOld WHERE eventId != {_NIL}
+        )
+        GROUP BY eventId
+        HAVING max(arrived) = 1"""  # noqa: S608
+_NEW_SQL = f"INSERT INTO engagementNew ({_CONTRIB_COLUMNS}, computedAt)" + _contrib_rows(_NEW_STATE, _NEW_EVENTS)
+
 # What the changed keys contributed before (the latest version of each), read once.
 _OLD_SQL = f"""
 INSERT INTO engagementOld ({_CONTRIB_COLUMNS}, computedAt)
