@@ -47,15 +47,25 @@ _WEIGHT = "transform(metricType, {wtypes:Array(String)}, {wvalues:Array(Int64)},
 _KEY4 = "entityType, entityId, metricType, userId"
 _KEY5 = "(entityType, entityId, metricType, userId, eventId)"
 _NIL = "toUUID('00000000-0000-0000-0000-000000000000')"
-_CONTRIB_COLUMNS = "entityType, entityId, metricType, userId, eventId, ownerId, contribution, at, latestId, isOn"
+_CONTRIB_COLUMNS = "entityType, entityId, metricType, userId, eventId, ownerId, contribution, at, ver, isOn"
+
+
+def _ver(created: str, event_id: str) -> str:
+    """(createdAt, eventId) packed into one UInt256 that orders as "later event, then higher id" (as in sql/0003)."""
+    return (
+        f"bitShiftLeft(toUInt256(toUnixTimestamp64Milli({created})), 128) + "
+        f"toUInt256(reinterpretAsUInt128(reverse(unhex(replaceAll(toString({event_id}), '-', '')))))"
+    )
+
+
 # A state key counts its weight while its latest event is on and inside the window, for an owner who is not the
 # actor; an additive event counts value x weight on the same conditions; neither counts when the actor is excluded
 # (applied once, on the union: one set of excluded users per statement).
-_STATE_COUNTS = "on AND latest.1 >= {{since:DateTime64(3, 'UTC')}} AND owner != 0 AND userId != owner"
+_STATE_COUNTS = "on AND lastAt >= {{since:DateTime64(3, 'UTC')}} AND owner != 0 AND userId != owner"
 _EVENT_COUNTS = "at >= {{since:DateTime64(3, 'UTC')}} AND owner != 0 AND actor != owner"
 _OUTER = """
 SELECT entityType, entityId, metricType, userId, eventId, ownerId,
-       if(userId IN {excluded}, toInt64(0), contribution) AS counted, at, latestId, isOn,
+       if(userId IN {excluded}, toInt64(0), contribution) AS counted, at, ver, isOn,
        {{now:DateTime64(3, 'UTC')}}
 FROM ("""
 
@@ -64,12 +74,12 @@ def _contrib_rows(state_source: str, event_source: str) -> str:
     """The contribution rows of the state keys and additive events produced by two grouped subqueries."""
     state = (
         f"SELECT {_KEY4}, {_NIL} AS eventId, owner AS ownerId, "  # noqa: S608
-        f"toInt64(if({_STATE_COUNTS}, {{weight}}, 0)) AS contribution, latest.1 AS at, latest.2 AS latestId, "
+        f"toInt64(if({_STATE_COUNTS}, {{weight}}, 0)) AS contribution, lastAt AS at, latestVer AS ver, "
         f"on AS isOn FROM ({state_source})"
     )
     events = (
         f"SELECT et, eid, mt, actor, eventId, owner, toInt64(if({_EVENT_COUNTS}, val * w, 0)), at, "  # noqa: S608
-        f"toString(eventId), 1 FROM ({event_source})"
+        f"{_ver('at', 'eventId')}, 1 FROM ({event_source})"
     )
     return f"{_OUTER}\n    {state}\n    UNION ALL\n    {events}\n)"
 
@@ -77,11 +87,13 @@ def _contrib_rows(state_source: str, event_source: str) -> str:
 # Full run (sql/0006): every state key with an event in the window (its latest event, counting or not) and every
 # additive event that counts, from the log. Every value is a bound parameter.
 _FULL_STATE = f"""
+        SELECT {_KEY4}, owner, latest.1 AS lastAt, {_ver("latest.1", "latest.2")} AS latestVer, on
+        FROM (
         SELECT {_KEY4}, max(ownerId) AS owner, max((createdAt, toString(eventId))) AS latest,
                argMax(metricValue, (createdAt, toString(eventId))) > 0 AS on
         FROM entityMetricEvents
         WHERE createdAt >= {{{{since:DateTime64(3, 'UTC')}}}} AND metricType IN {{state_types}}
-        GROUP BY {_KEY4}"""  # noqa: S608
+        GROUP BY {_KEY4})"""  # noqa: S608
 _FULL_EVENTS = """
         SELECT eventId, any(entityType) AS et, any(entityId) AS eid, any(metricType) AS mt, any(userId) AS actor,
                max(ownerId) AS owner, any(metricValue) AS val, any({weight}) AS w, any(createdAt) AS at
@@ -111,11 +123,11 @@ SELECT DISTINCT * FROM (
 # The changed keys' new rows: a state key's latest event is the later of the stored one and those that arrived
 # (no stored row: no event in the window at the last run); an additive event that arrived counts once.
 _NEW_STATE = f"""
-        SELECT {_KEY4}, max(ownerId) AS owner, max((at, latestId)) AS latest, argMax(isOn, (at, latestId)) AS on
+        SELECT {_KEY4}, max(ownerId) AS owner, max(at) AS lastAt, max(ver) AS latestVer, argMax(isOn, ver) AS on
         FROM (
-            SELECT {_KEY4}, ownerId, at, latestId, isOn FROM engagementOld WHERE eventId = {_NIL}
+            SELECT {_KEY4}, ownerId, at, ver, isOn FROM engagementOld WHERE eventId = {_NIL}
             UNION ALL
-            SELECT {_KEY4}, ownerId, createdAt, toString(eventId), metricValue > 0
+            SELECT {_KEY4}, ownerId, createdAt, {_ver("createdAt", "eventId")}, metricValue > 0
             {_ARRIVED} AND metricType IN {{state_types}}
         )
         GROUP BY {_KEY4}"""  # noqa: S608
@@ -137,7 +149,7 @@ _NEW_SQL = f"INSERT INTO engagementNew ({_CONTRIB_COLUMNS}, computedAt)" + _cont
 _OLD_SQL = f"""
 INSERT INTO engagementOld ({_CONTRIB_COLUMNS}, computedAt)
 SELECT {_KEY5[1:-1]}, argMax(ownerId, computedAt), argMax(contribution, computedAt), argMax(at, computedAt),
-       argMax(latestId, computedAt), argMax(isOn, computedAt), max(computedAt)
+       argMax(ver, computedAt), argMax(isOn, computedAt), max(computedAt)
 FROM engagementContrib
 PREWHERE (entityId, userId) IN (SELECT entityId, userId FROM engagementChanged)
 WHERE {_KEY5} IN (SELECT {_KEY5} FROM engagementChanged)

@@ -1,7 +1,7 @@
 -- The engagement job's incremental run (app/jobs.py) works key by key instead of owner by owner.
 --
 -- engagementContrib holds, for every state key with an event inside the window as of the job's last run (and every
--- additive event that counts), what it adds to its owner's score and its latest event (at, latestId, isOn): a
+-- additive event that counts), what it adds to its owner's score and its latest event (at, ver, isOn; ver packs time and event id as in 0003): a
 -- state key (entityType, entityId, metricType, userId; eventId nil) adds its weight while its latest event is on
 -- and inside the window, an additive event (eventId set) adds value x weight. An owner's score in engagementCurrent
 -- is the sum of its rows here. An incremental run merges the rows that arrived since the last run into the stored
@@ -18,7 +18,7 @@ CREATE TABLE IF NOT EXISTS engagementContrib
     ownerId      Int64,
     contribution Int64,
     at           DateTime64(3, 'UTC'),
-    latestId     String,
+    ver          UInt256,
     isOn         UInt8,
     computedAt   DateTime64(3, 'UTC')
 )
