@@ -7,8 +7,8 @@ time, with the same definitions as the current values (DESIGN.md section 3):
   eventId)``); the change from the key's previous bucket is summed per bucket and accumulated, so buckets without
   events cost nothing and the query reads only the user's own keys (primary key or projection ranges);
 - additive totals: distinct events per bucket, accumulated;
-- ``engagementScore``: the recorded ``Engagement`` values (the score job writes one per run; ``record_engagement``
-  writes them too), the latest at each bucket's end, carried forward.
+- ``engagementScore``: the recorded values (the score job's trend, one point per changed score per run, and the
+  ``Engagement`` events of ``record_engagement``), the latest at each bucket's end, carried forward.
 """
 
 from __future__ import annotations
@@ -74,11 +74,19 @@ GROUP BY bucket
 ORDER BY bucket
 """
 
+# The producers' Engagement events and the score job's trend (engagementTrend, sql/0006), latest per bucket.
 _GAUGE_SQL = """
-SELECT {bucket}(createdAt) AS bucket, argMax(metricValue, (createdAt, toString(eventId)))
-FROM entityMetricEvents
-WHERE entityType = 'User' AND entityId = {{user:Int64}} AND metricType = 'Engagement'
-  AND createdAt <= {{end:DateTime64(3, 'UTC')}}
+SELECT {bucket}(at) AS bucket, argMax(v, (at, id))
+FROM (
+    SELECT createdAt AS at, toString(eventId) AS id, metricValue AS v
+    FROM entityMetricEvents
+    WHERE entityType = 'User' AND entityId = {{user:Int64}} AND metricType = 'Engagement'
+      AND createdAt <= {{end:DateTime64(3, 'UTC')}}
+    UNION ALL
+    SELECT computedAt, '', score
+    FROM engagementTrend
+    WHERE userId = {{user:Int64}} AND computedAt <= {{end:DateTime64(3, 'UTC')}}
+)
 GROUP BY bucket
 ORDER BY bucket
 """

@@ -365,8 +365,7 @@ def recompute_engagement(rt: Runtime, full: bool | None = None) -> JobReport:
 
 
 def _record_scores(rt: Runtime, changed: Mapping[int, int], now: datetime) -> int:
-    """Store changed scores (current table, and through engagementTrendMv the Engagement trend events; cached
-    hashes)."""
+    """Store changed scores (current table, and through engagementTrendMv the trend; cached hashes)."""
     if not changed:
         return 0
     rows = [(u, s, now) for u, s in changed.items()]

@@ -63,11 +63,18 @@ SELECT insertedAt, entityType, entityId, metricType, userId, eventId, ownerId, m
 FROM entityMetricEvents
 WHERE metricType != 'Engagement';
 
--- The engagement trend: every score stored in engagementCurrent is also an Engagement event in the log (read by
--- `history USER engagementScore`), written here in the same insert. The id hashes the user and the instant: a
--- retried write of the same score at the same instant is the same event.
-CREATE MATERIALIZED VIEW IF NOT EXISTS engagementTrendMv TO entityMetricEvents AS
-SELECT reinterpretAsUUID(sipHash128('engagement', userId, toUnixTimestamp64Milli(computedAt))) AS eventId,
-       'User' AS entityType, userId AS entityId, userId, userId AS ownerId, 'Engagement' AS metricType,
-       score AS metricValue, computedAt AS createdAt
+-- The engagement trend: every score the job stores in engagementCurrent is also a point here, written by the same
+-- insert (read with the producers' Engagement events by `history USER engagementScore`). Derived values stay out of
+-- the event log, whose every insert pays for its projections and views.
+CREATE TABLE IF NOT EXISTS engagementTrend
+(
+    userId      Int64,
+    score       Int64,
+    computedAt  DateTime64(3, 'UTC')
+)
+ENGINE = MergeTree
+ORDER BY (userId, computedAt);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS engagementTrendMv TO engagementTrend AS
+SELECT userId, score, computedAt
 FROM engagementCurrent;

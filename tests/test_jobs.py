@@ -73,9 +73,7 @@ def test_engagement_trend_is_recorded_and_unchanged_scores_are_not(clean: Runtim
     insert_events(clean.clickhouse, [to_event(E(str(uuid.uuid4()), "Image", 1, 2, 1, "Download", 3, now))])
     jobs.recompute_engagement(clean)
     jobs.recompute_engagement(clean)  # nothing changed: nothing recorded
-    rows = clean.clickhouse.rows(
-        "SELECT entityId, metricValue FROM entityMetricEvents WHERE metricType = 'Engagement' ORDER BY createdAt"
-    )
+    rows = clean.clickhouse.rows("SELECT userId, score FROM engagementTrend ORDER BY computedAt")
     assert rows == [(1, 3 * SCORE_SCALE)]
     points = UserMetricsQueryService(clean).get_user_metric_history(1, "engagementScore", now - timedelta(days=1))
     assert points[-1].value == Decimal(3)
