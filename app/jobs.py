@@ -78,8 +78,9 @@ def _contrib_rows(state_source: str, event_source: str) -> str:
         f"on AS isOn FROM ({state_source})"
     )
     events = (
-        f"SELECT et, eid, mt, actor, eventId, owner, toInt64(if({_EVENT_COUNTS}, val * w, 0)), at, "  # noqa: S608
-        f"{_ver('at', 'eventId')}, 1 FROM ({event_source})"
+        f"SELECT et, eid, mt, actor, eventId, owner, "  # noqa: S608
+        f"toInt64(if(fresh, if({_EVENT_COUNTS}, val * w, 0), if(at >= {{{{since:DateTime64(3, 'UTC')}}}}, kept, 0))), "
+        f"at, {_ver('at', 'eventId')}, 1 FROM ({event_source})"
     )
     return f"{_OUTER}\n    {state}\n    UNION ALL\n    {events}\n)"
 
@@ -96,7 +97,8 @@ _FULL_STATE = f"""
         GROUP BY {_KEY4})"""  # noqa: S608
 _FULL_EVENTS = """
         SELECT eventId, any(entityType) AS et, any(entityId) AS eid, any(metricType) AS mt, any(userId) AS actor,
-               max(ownerId) AS owner, any(metricValue) AS val, any({weight}) AS w, any(createdAt) AS at
+               max(ownerId) AS owner, any(metricValue) AS val, any({weight}) AS w, any(createdAt) AS at,
+               1 AS fresh, 0 AS kept
         FROM entityMetricEvents
         WHERE createdAt >= {{since:DateTime64(3, 'UTC')}} AND metricType IN {{additive:Array(String)}}
         GROUP BY eventId"""
@@ -121,7 +123,8 @@ SELECT DISTINCT * FROM (
 )
 """  # noqa: S608
 # The changed keys' new rows: a state key's latest event is the later of the stored one and those that arrived
-# (no stored row: no event in the window at the last run); an additive event that arrived counts once.
+# (no stored row: no event in the window at the last run); an additive event that arrived counts once; one that did
+# not keeps its stored contribution while inside the window.
 _NEW_STATE = f"""
         SELECT {_KEY4}, max(ownerId) AS owner, max(at) AS lastAt, max(ver) AS latestVer, argMax(isOn, ver) AS on
         FROM (
@@ -134,26 +137,25 @@ _NEW_STATE = f"""
 _NEW_EVENTS = f"""
         SELECT eventId, any(entityType) AS et, any(entityId) AS eid, any(metricType) AS mt, any(userId) AS actor,
                max(ownerId) AS owner, maxIf(metricValue, arrived) AS val, any({{weight}}) AS w,
-               any(createdAt) AS at
+               any(createdAt) AS at, max(arrived) AS fresh, anyIf(contribution, NOT arrived) AS kept
         FROM (
-            SELECT {_KEY4}, eventId, ownerId, metricValue, createdAt, 1 AS arrived
+            SELECT {_KEY4}, eventId, ownerId, metricValue, createdAt, 1 AS arrived, toInt64(0) AS contribution
             {_ARRIVED} AND metricType IN {{{{additive:Array(String)}}}}
             UNION ALL
-            SELECT {_KEY4}, eventId, ownerId, 0, at, 0 FROM engagementOld WHERE eventId != {_NIL}
+            SELECT {_KEY4}, eventId, ownerId, 0, at, 0, contribution FROM engagementOld WHERE eventId != {_NIL}
         )
-        GROUP BY eventId
-        HAVING max(arrived) = 1"""  # noqa: S608
+        GROUP BY eventId"""  # noqa: S608
 _NEW_SQL = f"INSERT INTO engagementNew ({_CONTRIB_COLUMNS}, computedAt)" + _contrib_rows(_NEW_STATE, _NEW_EVENTS)
 
-# What the changed keys contributed before (the latest version of each), read once.
+# What the changed keys contributed before (the latest version of each), read once. Selected by (entityId, userId)
+# alone, every version of a key together: a superset of the changed keys (the same user's other reactions on the
+# same image, say), which is harmless: the new rows recompute an unchanged key from its stored latest event (an
+# additive event that did not arrive again keeps its contribution while inside the window), so its difference is 0.
 _OLD_SQL = f"""
 INSERT INTO engagementOld ({_CONTRIB_COLUMNS}, computedAt)
-SELECT {_KEY5[1:-1]}, argMax(ownerId, computedAt), argMax(contribution, computedAt), argMax(at, computedAt),
-       argMax(ver, computedAt), argMax(isOn, computedAt), max(computedAt)
-FROM engagementContrib
+SELECT {_CONTRIB_COLUMNS}, computedAt
+FROM engagementContrib FINAL
 PREWHERE (entityId, userId) IN (SELECT entityId, userId FROM engagementChanged)
-WHERE {_KEY5} IN (SELECT {_KEY5} FROM engagementChanged)
-GROUP BY {_KEY5[1:-1]}
 """  # noqa: S608
 # Per owner: new contributions of the changed keys minus what they contributed before, and the current score.
 _DELTA_SQL = """
