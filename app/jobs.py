@@ -45,7 +45,6 @@ _OWNER_STATE_TYPES = "('Follow', 'ReactionLike', 'ReactionHeart', 'ReactionLaugh
 _WEIGHT = "transform(metricType, {wtypes:Array(String)}, {wvalues:Array(Int64)}, {wdefault:Int64})"
 
 _KEY4 = "entityType, entityId, metricType, userId"
-_KEY5 = "(entityType, entityId, metricType, userId, eventId)"
 _NIL = "toUUID('00000000-0000-0000-0000-000000000000')"
 _CONTRIB_COLUMNS = "entityType, entityId, metricType, userId, eventId, ownerId, contribution, at, ver, isOn"
 
@@ -114,10 +113,10 @@ _ARRIVED = "FROM eventArrivals WHERE insertedAt > {{inserted_after:DateTime64(3,
 _CHANGED_KEYS_SQL = f"""
 INSERT INTO engagementChanged
 SELECT DISTINCT * FROM (
-    SELECT {_KEY4}, if(metricType IN {{state_types}}, {_NIL}, eventId)
+    SELECT entityId, userId
     {_ARRIVED} AND (metricType IN {{state_types}} OR metricType IN {{{{additive:Array(String)}}}})
     UNION ALL
-    SELECT {_KEY4}, eventId  -- older versions too: a superset, harmless
+    SELECT entityId, userId  -- older versions too: a superset, harmless
     FROM engagementContrib
     WHERE contribution != 0 AND at < {{{{since:DateTime64(3, 'UTC')}}}}
 )
@@ -175,16 +174,9 @@ LEFT JOIN (
     WHERE userId IN (SELECT ownerId FROM engagementNew UNION ALL SELECT ownerId FROM engagementOld)
 ) AS current ON current.userId = delta.owner
 """
-# The changed keys' new rows, and a zero row for each that no longer has one (an additive event that left the
-# window) in place of its old one: one insert.
-_WRITE_SQL = f"""
-INSERT INTO engagementContrib ({_CONTRIB_COLUMNS}, computedAt)
-SELECT {_CONTRIB_COLUMNS}, computedAt FROM engagementNew
-UNION ALL
-SELECT {_CONTRIB_COLUMNS.replace("contribution", "0")}, {{now:DateTime64(3, 'UTC')}}
-FROM engagementOld
-WHERE contribution != 0 AND {_KEY5} NOT IN (SELECT {_KEY5} FROM engagementNew)
-"""  # noqa: S608
+# The new rows replace the old ones: every key read into engagementOld has a row in engagementNew (a state key's
+# group includes its stored row; an additive event that did not arrive again is kept, or zeroed once it left).
+_WRITE_SQL = f"INSERT INTO engagementContrib ({_CONTRIB_COLUMNS}, computedAt) SELECT * FROM engagementNew"  # noqa: S608
 _SCORES_FROM_CONTRIB_SQL = (
     "SELECT ownerId, toInt64(sum(contribution)) AS score FROM engagementContrib GROUP BY ownerId HAVING score != 0"
 )

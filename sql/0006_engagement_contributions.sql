@@ -1,13 +1,14 @@
 -- The engagement job's incremental run (app/jobs.py) works key by key instead of owner by owner.
 --
 -- engagementContrib holds, for every state key with an event inside the window as of the job's last run (and every
--- additive event that counts), what it adds to its owner's score and its latest event (at, ver, isOn; ver packs time and event id as in 0003): a
--- state key (entityType, entityId, metricType, userId; eventId nil) adds its weight while its latest event is on
--- and inside the window, an additive event (eventId set) adds value x weight. An owner's score in engagementCurrent
--- is the sum of its rows here. An incremental run merges the rows that arrived since the last run into the stored
--- latest events of their keys (no pass over the log), zeroes keys whose latest event left the window, and moves
--- each owner's score by the difference. A full run rebuilds the table from the log. engagementChanged, engagementNew and engagementOld are the incremental
--- run's scratch tables (Memory engine; one run at a time: the job holds a lock).
+-- additive event that counts), what it adds to its owner's score and its latest event (at, isOn, and ver: time and
+-- event id packed as in 0003). A state key (entityType, entityId, metricType, userId; eventId nil) adds its weight
+-- while its latest event is on and inside the window, an additive event (eventId set) adds value x weight. An
+-- owner's score in engagementCurrent is the sum of its rows here. An incremental run merges the rows that arrived
+-- since the last run into the stored latest events of their keys (no pass over the log), zeroes keys whose latest
+-- event left the window, and moves each owner's score by the difference. A full run rebuilds the table from the log.
+-- engagementChanged, engagementNew and engagementOld are the incremental run's scratch tables (Memory engine; one
+-- run at a time: the job holds a lock).
 CREATE TABLE IF NOT EXISTS engagementContrib
 (
     entityType   LowCardinality(String),
@@ -28,11 +29,8 @@ SETTINGS index_granularity = 1024;
 
 CREATE TABLE IF NOT EXISTS engagementChanged
 (
-    entityType   LowCardinality(String),
     entityId     Int64,
-    metricType   LowCardinality(String),
-    userId       Int64,
-    eventId      UUID
+    userId       Int64
 )
 ENGINE = Memory;
 
