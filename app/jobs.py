@@ -109,7 +109,12 @@ _FULL_SQL = (
 
 # Keys whose contribution may have changed since the last run: rows that arrived since (eventArrivals, with a margin
 # for inserts in flight) and counting keys whose latest event left the window.
-_ARRIVED = "FROM eventArrivals WHERE insertedAt > {{inserted_after:DateTime64(3, 'UTC')}}"
+# Every read of the changelog in one run takes the same slice (inserted_after, arrived_until], both on ClickHouse's
+# clock: a row landing while the run works is left whole to the next run, never half-seen by this one.
+_ARRIVED = (
+    "FROM eventArrivals WHERE insertedAt > {{inserted_after:DateTime64(3, 'UTC')}} "
+    "AND insertedAt <= {{arrived_until:DateTime64(3, 'UTC')}}"
+)
 _CHANGED_KEYS_SQL = f"""
 INSERT INTO engagementChanged
 SELECT DISTINCT * FROM (
@@ -186,7 +191,7 @@ ARRIVALS_KEPT = timedelta(days=6)  # eventArrivals keeps 7 (sql/0006)
 INCREMENTAL_MAX_KEYS = 500_000
 
 _CURRENT_SCORES_SQL = "SELECT userId, score FROM engagementCurrent FINAL WHERE score != 0"
-_EXCLUDED_CHANGED_SQL = "SELECT max(changedAt) FROM excludedUsers"
+_EXCLUDED_CHANGED_SQL = "SELECT max(changedAt), now64(3, 'UTC') FROM excludedUsers"
 # Users whose numbers moved since: a range read of the changelog (it holds no Engagement rows).
 _CHANGED_USERS_SQL = """
 SELECT DISTINCT arrayJoin([userId, ownerId]) AS u FROM eventArrivals
@@ -275,7 +280,7 @@ def _full_engagement(rt: Runtime, now: datetime) -> Scores:
     return scores, set(scores) | set(previous), previous
 
 
-def _incremental_engagement(rt: Runtime, now: datetime, state: Mapping[str, str]) -> Scores | None:
+def _incremental_engagement(rt: Runtime, now: datetime, until: datetime, state: Mapping[str, str]) -> Scores | None:
     """Recompute the changed keys only and move their owners' scores by the difference; None: too many changes."""
     ch = rt.clickhouse
     params: dict[str, Any] = {
@@ -283,6 +288,7 @@ def _incremental_engagement(rt: Runtime, now: datetime, state: Mapping[str, str]
         "now": now,
         "additive": ADDITIVE,
         "inserted_after": datetime.fromisoformat(state["inserted_after"]),
+        "arrived_until": until,
         **rt.weights.params(),
     }
     for table in ("engagementChanged", "engagementNew", "engagementOld"):
@@ -313,7 +319,9 @@ def recompute_engagement(rt: Runtime, full: bool | None = None) -> JobReport:
     now = _now(rt)
     state = _state(r, "engagement")
     runs = int(state.get("runs", 0))
-    excluded_changed = str(ch.rows(_EXCLUDED_CHANGED_SQL)[0][0])
+    changed_at, engine_now = ch.rows(_EXCLUDED_CHANGED_SQL)[0]
+    excluded_changed = str(changed_at)
+    until = engine_now if engine_now.tzinfo else engine_now.replace(tzinfo=UTC)  # the changelog's clock
     weights = json.dumps(rt.weights.params(), sort_keys=True, default=str)
     must = (
         not state
@@ -321,12 +329,12 @@ def recompute_engagement(rt: Runtime, full: bool | None = None) -> JobReport:
         or state.get("excluded_changed") != excluded_changed
         or state.get("weights") != weights
         or datetime.fromisoformat(state.get("inserted_after", "1970-01-01T00:00:00+00:00"))
-        < now - ARRIVALS_KEPT  # arrivals since then are gone
+        < until - ARRIVALS_KEPT  # arrivals since then are gone
     )
     if full is None:
         full = must or runs % rt.settings.engagement_full_every == 0
     full = full or must
-    result = None if full else _incremental_engagement(rt, now, state)
+    result = None if full else _incremental_engagement(rt, now, until, state)
     if result is None:
         full = True
         _mark(rt, "writing")
@@ -342,7 +350,7 @@ def recompute_engagement(rt: Runtime, full: bool | None = None) -> JobReport:
             "runs": runs + 1,
             "now": now.isoformat(),
             # Inserts stamped up to a few seconds before now may still be landing; look back a little next time.
-            "inserted_after": (now - INFLIGHT_MARGIN).isoformat(),
+            "inserted_after": (until - INFLIGHT_MARGIN).isoformat(),
             "excluded_changed": excluded_changed,
             "weights": weights,
             "contrib": "ok",
