@@ -68,7 +68,9 @@ class Runtime:
                 self._ch.close()
                 self._ch = None
             if self._redis is not None:
-                self._redis.close()
+                # Idle connections only: a thread still holding one (a task that picked this runtime up while it
+                # was current) finishes its command instead of reading from a socket closed under it.
+                self._redis.connection_pool.disconnect(inuse_connections=False)
                 self._redis = None
 
 
