@@ -34,10 +34,10 @@ class Entry:
     events: list[Event]
 
 
-def pin_first_seen_ms(r: RedisClient, event_id: str, now_ms: int) -> int:
+def pin_first_seen_ms(r: RedisClient, event_id: str, now_ms: int, ttl_s: int = c.EVENT_TIME_PIN_TTL_S) -> int:
     """The first time this event id was seen; a redelivered message keeps its original receive time."""
     key = c.EVENT_TIME_PIN_KEY.format(event_id=event_id)
-    return int(r.eval(_PIN_SCRIPT, 1, key, now_ms, c.EVENT_TIME_PIN_TTL_S))
+    return int(r.eval(_PIN_SCRIPT, 1, key, now_ms, ttl_s))
 
 
 def append(r: RedisClient, task: str, events: list[Event]) -> str:

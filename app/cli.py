@@ -5,14 +5,16 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from app import buffer, clickhouse, deadletters, embedded_redis, migrations, runtime
@@ -21,6 +23,7 @@ from app.errors import PermanentError
 from app.events import Event, ReactionFlag
 from app.excluded import list_excluded, set_excluded
 from app.history import METRICS as HISTORY_METRICS
+from app.ids import check_ids
 from app.locks import redis_lock
 from app.metrics import UserMetrics
 from app.query import UserMetricsQueryService
@@ -51,8 +54,31 @@ def _refusing_bad_input() -> Iterator[None]:
     try:
         yield
     except PermanentError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
+
+
+def _ids(values: Iterable[int], what: str) -> list[int]:
+    """Ids given on the command line, checked before anything is started (an id out of range: exit 2)."""
+    with _refusing_bad_input():
+        return check_ids(values, what)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, infinities), at any depth, replaced by its string form."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {_finite(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json(value: Any, **options: Any) -> str:
+    """Strict JSON (no NaN or Infinity tokens, which JSON parsers other than Python's refuse) for every
+    ``--json`` output and report."""
+    return json.dumps(_finite(value), allow_nan=False, **options)
 
 
 @contextlib.contextmanager
@@ -197,6 +223,7 @@ def user_metrics(
     ] = None,
 ) -> None:
     """Metrics of users: cache first, ClickHouse on a miss (or the values as of an instant)."""
+    user_ids = _ids(user_ids, "user id")
     with _refusing_bad_input(), _runtime() as rt:
         found = UserMetricsQueryService(rt).get_user_metrics(user_ids, as_of=_parse_time(as_of))
     if found.stale:
@@ -205,7 +232,7 @@ def user_metrics(
         out: dict[str, dict[str, Any]] = {}
         for uid, m in found.items():
             out[str(uid)] = m.to_json() | ({"stale": True} if uid in found.stale else {})
-        print(json.dumps(out))
+        print(_json(out))
         return
     table = Table("metric", *(str(uid) + (" (stale)" if uid in found.stale else "") for uid in found))
     for name in UserMetrics().to_json():
@@ -220,12 +247,13 @@ def reactions(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """A user's reactions on images as bit flags (Like=1, Heart=2, Laugh=4, Cry=8): cache first."""
+    user_id, image_ids = _ids([user_id], "user id")[0], _ids(image_ids, "image id")
     with _refusing_bad_input(), _runtime() as rt:
         found = UserReactionQueryService(rt.redis, reaction_source(rt)).get_user_reactions(user_id, image_ids)
     if found.unavailable:
         err.print(f"[yellow]ClickHouse unreachable: images {sorted(found.unavailable)} unknown[/yellow]")
     if as_json:
-        print(json.dumps({str(i): flags for i, flags in found.items()}))
+        print(_json({str(i): flags for i, flags in found.items()}))
         return
     table = Table("image", "flags", "reactions")
     for image, flags in found.items():
@@ -244,6 +272,7 @@ def history(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """A user's metric over time (value at the end of each interval), from ClickHouse."""
+    user_id = _ids([user_id], "user id")[0]
     start = _parse_time(since)
     assert start is not None  # noqa: S101 - required option
     with _refusing_bad_input(), _runtime() as rt:
@@ -251,7 +280,7 @@ def history(
             user_id, metric, start, _parse_time(until), interval
         )
     if as_json:
-        print(json.dumps([p.to_json() for p in points]))
+        print(_json([p.to_json() for p in points]))
         return
     table = Table(interval, metric)
     for p in points:
@@ -265,13 +294,13 @@ def excluded_add(
     reason: Annotated[str, typer.Option("--reason", help="Why (kept with the entry)")] = "",
 ) -> None:
     """Exclude users: their actions stop counting for anybody (cached metrics are recomputed)."""
-    _excluded("add", user_ids, reason)
+    _excluded("add", _ids(user_ids, "user id"), reason)
 
 
 @excluded_cli.command("remove")
 def excluded_remove(user_ids: Annotated[list[int], typer.Argument(help="User ids")]) -> None:
     """Take users off the excluded list."""
-    _excluded("remove", user_ids, "")
+    _excluded("remove", _ids(user_ids, "user id"), "")
 
 
 @excluded_cli.command("list")
@@ -279,7 +308,7 @@ def excluded_list(as_json: Annotated[bool, typer.Option("--json", help="Print JS
     """Show the excluded users."""
     entries = _excluded("list", [], "", quiet=True)
     if as_json:
-        print(json.dumps(entries))
+        print(_json(entries))
         return
     table = Table("user", "reason", "since")
     for e in entries:
@@ -436,6 +465,7 @@ def compare(
 
     from app.legacy.compare import compare as run_compare
 
+    users = _ids(users, "user id") if users else users
     eng = _legacy_engine()
     with _refusing_bad_input(), _runtime() as rt:
         report = run_compare(
@@ -457,7 +487,7 @@ def compare(
     console.print(f"cached hashes differing from ClickHouse: {report.cache_mismatches} {report.cache_examples}")
     path = Path(report_path) if report_path else load_settings().data_path / "compare-report.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_json(), indent=2, default=str))
+    path.write_text(_json(report.to_json(), indent=2, default=str))
     console.print(f"report: {path}; unexplained mismatches: {report.unexplained}")
     if report.unexplained:
         raise typer.Exit(1)
@@ -502,11 +532,13 @@ def dead_list(limit: int = 50, as_json: Annotated[bool, typer.Option("--json", h
         letters = deadletters.list_letters(rt.redis, limit)
         total = deadletters.count(rt.redis)
     if as_json:
-        print(json.dumps({"total": total, "letters": [d.as_dict() for d in letters]}))
+        print(_json({"total": total, "letters": [d.as_dict() for d in letters]}))
         return
     table = Table("id", "task", "error", "reason", "payload", title=f"{total} dead letters")
     for d in letters:
-        table.add_row(d.entry_id, d.task, d.error, d.reason, json.dumps(d.kwargs)[:120])
+        # Everything here came from a producer: shown as text, never read as console markup.
+        cells = (d.entry_id, d.task, d.error, d.reason, _json(d.kwargs, default=str)[:120])
+        table.add_row(*(escape(cell) for cell in cells))
     console.print(table)
 
 
@@ -559,7 +591,7 @@ def dead_purge(
 
 def _print_bench(title: str, rows: list[tuple[str, str, str]], figures: dict[str, float], as_json: bool) -> None:
     if as_json:
-        print(json.dumps(figures))
+        print(_json(figures))
         return
     table = Table("measure", "result", "against", title=title)
     for row in rows:

@@ -13,14 +13,15 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, cast
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
-from app.errors import StoreBusyError, TransientError
+from app.errors import StoreBusyError, TransientError, UserMetricsError, translate_clickhouse
 from app.events import Event
 from app.settings import Settings
 
@@ -37,6 +38,8 @@ EVENT_COLUMNS = (
     "metricValue",
     "createdAt",
 )
+
+_EVENT_INSERT_SETTINGS = {"max_partitions_per_insert_block": 0}
 
 _owner_handles: dict[Path, IO[str]] = {}
 _owner_guard = threading.Lock()
@@ -84,8 +87,19 @@ def _claim_ownership(path: Path) -> None:
         _owner_handles[path] = handle
 
 
+@contextmanager
+def translated_errors() -> Iterator[None]:
+    """Raise the client's errors as this project's typed ones (transient or permanent, see ``app.errors``)."""
+    try:
+        yield
+    except UserMetricsError:
+        raise
+    except Exception as exc:
+        raise translate_clickhouse(exc) from exc
+
+
 class ClickHouse:
-    """A thread-safe handle on one ClickHouse database.
+    """A thread-safe handle on one ClickHouse database; every error it raises is typed (``app.errors``).
 
     The HTTP client is used by one thread at a time per session, and the chdb engine is one per process; a lock
     serialises calls on both, which is what either would do internally anyway.
@@ -97,20 +111,31 @@ class ClickHouse:
         self._lock = threading.RLock()
 
     def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
-        with self._lock:
+        with self._lock, translated_errors():
             return self.client.command(sql, parameters=parameters)
 
     def rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        with self._lock:
+        with self._lock, translated_errors():
             result: Any = self.client.query(sql, parameters=parameters)
             return [tuple(row) for row in result.result_rows]
 
     def insert(
-        self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str], column_oriented: bool = False
+        self,
+        table: str,
+        rows: Sequence[Sequence[Any]],
+        columns: Sequence[str],
+        column_oriented: bool = False,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         """Insert ``rows`` (or, with ``column_oriented``, one sequence per column) in one block."""
-        with self._lock:
-            self.client.insert(table, cast(Any, rows), column_names=list(columns), column_oriented=column_oriented)
+        with self._lock, translated_errors():
+            self.client.insert(
+                table,
+                cast(Any, rows),
+                column_names=list(columns),
+                column_oriented=column_oriented,
+                settings=settings,
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -136,7 +161,8 @@ def connect(settings: Settings) -> ClickHouse:
         raise
     except Exception as exc:
         raise TransientError(f"cannot reach ClickHouse at {_redact(dsn)}: {exc}") from exc
-    client.command(f"CREATE DATABASE IF NOT EXISTS `{db}`")
+    with translated_errors():
+        client.command(f"CREATE DATABASE IF NOT EXISTS `{db}`")
     client.database = db
     return ClickHouse(client, db)
 
@@ -163,6 +189,8 @@ def insert_events(ch: ClickHouse, events: Sequence[Event]) -> int:
         [e.created_at for e in events],
     ]
     started = time.perf_counter()
-    ch.insert(EVENT_TABLE, columns, EVENT_COLUMNS, column_oriented=True)
+    # A batch may carry history that spans many monthly partitions (a producer catching up); that is data, not
+    # the "too many parts" overload the default limit of 100 partitions per block guards against.
+    ch.insert(EVENT_TABLE, columns, EVENT_COLUMNS, column_oriented=True, settings=_EVENT_INSERT_SETTINGS)
     log.debug("inserted %d events in %.1f ms", len(events), (time.perf_counter() - started) * 1000)
     return len(events)

@@ -35,15 +35,19 @@ EVENT_STREAM_KEY = "events:buffer"
 EVENT_STREAM_GROUP = "flushers"
 # Renewed on every append; only an idle buffer that nobody drained for this long could expire.
 EVENT_STREAM_TTL_S = 30 * 86_400
-# First receive time of an event whose producer gave no occurred_at, pinned so a redelivery keeps it.
+# First receive time of an event whose producer gave no occurred_at, pinned so a redelivery keeps it. The worker
+# keeps it for the broker's redelivery window (``app.ingest.pin_ttl_s``); this is the default of direct callers.
 EVENT_TIME_PIN_KEY = "events:first-seen:{event_id}"
-EVENT_TIME_PIN_TTL_S = 7 * 86_400
+EVENT_TIME_PIN_TTL_S = 2 * 3600
 
 DEAD_LETTER_KEY = "deadletters"
 # Task name recorded on dead letters of already-validated events that the flusher could not write.
 BUFFERED_EVENTS_TASK = "events:buffer"
 DEAD_LETTER_TTL_S = 90 * 86_400
 DEAD_LETTER_MAXLEN = 1_000_000
+# A dead letter keeps at most this much of a message body (its head, full size and SHA-256 beyond).
+DEAD_LETTER_MAX_BODY_BYTES = 64 * 1024
+DEAD_LETTER_MAX_REASON_CHARS = 2000
 
 # Users whose metrics changed and whose cached hash (if any) awaits a recompute; score = when marked (ms).
 METRICS_DIRTY_KEY = "metrics:dirty"

@@ -6,6 +6,7 @@ silently and the operator can list, replay (through the same validation as new m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -40,13 +41,33 @@ class DeadLetter:
         }
 
 
-def record(r: RedisClient, *, task: str, reason: str, error: str, task_id: str, kwargs: Any) -> str:
-    """Store one dead letter; returns its id. Logged too, so a Redis outage still leaves a trace."""
+def capped_body(kwargs: Any, limit: int = c.DEAD_LETTER_MAX_BODY_BYTES) -> str:
+    """``kwargs`` as JSON; past ``limit`` bytes, its head with the full size and SHA-256 (a 20 MB hostile message
+    must not become a 20 MB stream entry)."""
     try:
         body = json.dumps(kwargs, default=str)
     except (TypeError, ValueError):
         body = json.dumps(repr(kwargs))
-    log.error("dead letter: task=%s id=%s error=%s reason=%s payload=%s", task, task_id, error, reason, body)
+    raw = body.encode()
+    if len(raw) <= limit:
+        return body
+    head = raw[:limit].decode("utf-8", "ignore")
+    return json.dumps(
+        {"truncated": True, "size_bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest(), "head": head}
+    )
+
+
+def _clip(text: str, limit: int = c.DEAD_LETTER_MAX_REASON_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def record(r: RedisClient, *, task: str, reason: str, error: str, task_id: str, kwargs: Any) -> str:
+    """Store one dead letter; returns its id. Logged too (clipped), so a Redis outage still leaves a trace."""
+    body = capped_body(kwargs)
+    task, reason, task_id = _clip(task, 200), _clip(reason), _clip(task_id, 200)
+    log.error(
+        "dead letter: task=%s id=%s error=%s reason=%s payload=%s", task, task_id, error, reason, _clip(body, 2000)
+    )
     pipe = r.pipeline(transaction=False)
     pipe.xadd(
         c.DEAD_LETTER_KEY,

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.clickhouse import ClickHouse
+from app.ids import check_ids
 from app.refresher import mark_dirty
 from app.runtime import Runtime
 
@@ -39,7 +40,7 @@ def list_excluded(ch: ClickHouse) -> list[ExcludedUser]:
 
 def set_excluded(rt: Runtime, user_ids: Iterable[int], excluded: bool, reason: str = "") -> int:
     """Add users to the list (or take them off); returns how many cached owners were marked for a recompute."""
-    users = sorted({int(u) for u in user_ids})
+    users = sorted(set(check_ids(user_ids, "user id")))
     if not users:
         return 0
     now = datetime.now(UTC)

@@ -2,7 +2,8 @@
 
 The numbers live in Redis (``stats:counters``) so that every process contributes (web processes count cache hits
 and misses, workers count events and job runs); the collector reads them at scrape time. Flower's own ``/metrics``
-covers Celery (tasks, workers, queues).
+covers Celery (tasks, workers, queues). Broker queues are read from the broker itself at scrape time: depth and,
+when the messages carry their send time, the age of the oldest waiting message.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from prometheus_client import start_http_server
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from app import buffer, deadletters
+from app import broker, buffer, deadletters
 from app import constants as c
 from app.runtime import Runtime
 
@@ -24,12 +25,14 @@ log = logging.getLogger(__name__)
 COUNTERS = {
     "events_ingested_total": "Events written to ClickHouse",
     "flushes_total": "ClickHouse inserts by the flusher",
+    "flush_failures_total": "Flush attempts ClickHouse could not take (capacity, timeout, availability); retried",
     "dead_letters_total": "Messages and events dead-lettered",
     "cache_hits_total": "user:metrics lookups answered by Redis",
     "cache_misses_total": "user:metrics lookups that went to ClickHouse",
     "reconcile_checked_total": "Cached hashes compared with ClickHouse by reconcile_caches",
     "reconcile_repaired_total": "Cached hashes repaired by reconcile_caches",
 }
+BROKER_QUEUES = (c.EVENTS_QUEUE, c.MAINTENANCE_QUEUE, c.READS_QUEUE)
 
 
 class StatsCollector(Collector):
@@ -37,6 +40,31 @@ class StatsCollector(Collector):
         self.rt = rt
 
     def collect(self) -> Iterator[Any]:
+        yield from self._service_metrics()
+        yield from self._broker_metrics()
+
+    def _broker_metrics(self) -> Iterator[Any]:
+        try:
+            stats = broker.queue_stats(broker.broker_url(self.rt.settings), BROKER_QUEUES)
+        except Exception as exc:  # a scrape must not crash the worker
+            log.warning("metrics scrape: broker unreachable: %s", exc)
+            return
+        depth = GaugeMetricFamily(
+            "usermetrics_broker_queue_depth", "Messages waiting in each broker queue", labels=["queue"]
+        )
+        age = GaugeMetricFamily(
+            "usermetrics_broker_oldest_message_age_seconds",
+            "Age of the oldest message waiting in each broker queue (0: empty; absent: not known)",
+            labels=["queue"],
+        )
+        for queue, qs in stats.items():
+            depth.add_metric([queue], qs.depth)
+            if qs.oldest_age_s is not None:
+                age.add_metric([queue], qs.oldest_age_s)
+        yield depth
+        yield age
+
+    def _service_metrics(self) -> Iterator[Any]:
         r = self.rt.redis
         try:
             raw: Any = r.hgetall(c.COUNTER_KEY)
@@ -76,15 +104,17 @@ class StatsCollector(Collector):
         yield runs
 
 
-def serve(rt: Runtime, port: int) -> bool:
-    """Start the exporter thread; False (logged) if the port is taken, e.g. by another worker on this host."""
+def serve(rt: Runtime, port: int, address: str | None = None) -> bool:
+    """Start the exporter thread on ``address`` (default ``METRICS_ADDRESS``); False (logged) if the port is taken,
+    e.g. by another worker on this host."""
     if port == 0:
         return False
+    addr = rt.settings.metrics_address if address is None else address
     try:
         REGISTRY.register(StatsCollector(rt))
-        start_http_server(port, addr="0.0.0.0")  # noqa: S104 - scraped by Prometheus from outside the container
+        start_http_server(port, addr=addr)
     except (OSError, ValueError) as exc:
-        log.warning("metrics exporter not started on port %s: %s", port, exc)
+        log.warning("metrics exporter not started on %s:%s: %s", addr, port, exc)
         return False
-    log.info("Prometheus metrics on :%s/metrics", port)
+    log.info("Prometheus metrics on %s:%s/metrics", addr, port)
     return True

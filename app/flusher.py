@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 import redis
 
-from app import buffer, deadletters, owners, reactions_cache
+from app import buffer, deadletters, event_ids, owners, reactions_cache
 from app import constants as c
 from app.buffer import Entry
 from app.clickhouse import insert_events
-from app.errors import PermanentError, classify
+from app.errors import REDIS_DOWN, PermanentError, classify
 from app.refresher import mark_dirty
 from app.runtime import Runtime
 
@@ -100,12 +100,52 @@ class Flusher:
             return self._write(entries)
         except Exception as exc:
             self._recover = True
-            if classify(exc) is PermanentError and len(entries) > 1:
+            if classify(exc) is PermanentError:
+                # Data ClickHouse refused: find the entries that carry it; the others are written.
                 return self._write_one_by_one(entries)
+            # Capacity, timeout or availability: the whole batch stays pending and is tried again after a backoff
+            # (``run``); after FLUSH_MAX_DELIVERIES attempts its entries become replayable dead letters.
+            self._count("flush_failures_total")
             raise
+
+    def _count(self, counter: str, n: int = 1) -> None:
+        with contextlib.suppress(*REDIS_DOWN):
+            pipe = self.rt.redis.pipeline(transaction=False)
+            pipe.hincrby(c.COUNTER_KEY, counter, n)
+            pipe.expire(c.COUNTER_KEY, c.COUNTER_TTL_S)
+            pipe.execute()
+
+    def _without_reused_ids(self, entries: list[Entry]) -> list[Entry]:
+        """Dead-letter the events that reuse a taken event id with another payload (first wins); keep the rest."""
+        flat = [(entry, e) for entry in entries for e in entry.events]
+        losers = event_ids.conflicts(self.rt.clickhouse, [e for _, e in flat])
+        if not losers:
+            return entries
+        dropped: dict[str, list[int]] = {}
+        for pos in losers:
+            dropped.setdefault(flat[pos][0].entry_id, []).append(pos)
+        out = []
+        for entry in entries:
+            positions = dropped.get(entry.entry_id)
+            if positions is None:
+                out.append(entry)
+                continue
+            bad = [flat[p][1] for p in positions]
+            deadletters.record(
+                self.rt.redis,
+                task=c.BUFFERED_EVENTS_TASK,
+                reason="; ".join(dict.fromkeys(losers[p] for p in positions)),
+                error="EventIdReused",
+                task_id=entry.entry_id,
+                kwargs={"source_task": entry.task, "events": [e.to_json() for e in bad]},
+            )
+            kept = [e for e in entry.events if not any(e is b for b in bad)]
+            out.append(Entry(entry.entry_id, entry.task, kept))
+        return out
 
     def _write(self, entries: list[Entry]) -> FlushResult:
         r, ch = self.rt.redis, self.rt.clickhouse
+        entries = self._without_reused_ids(entries)
         resolution = owners.resolve(ch, [e for entry in entries for e in entry.events])
         if resolution.conflicts:
             entries = self._dead_letter_conflicts(entries, resolution.conflicts)

@@ -9,10 +9,12 @@ from typing import Any
 import pydantic
 
 from app import buffer
+from app import constants as c
 from app.errors import ValidationError
 from app.events import Event, derive_event_id, from_epoch_ms
 from app.payloads import PAYLOADS, Payload
 from app.redis_store import RedisClient
+from app.settings import Settings
 
 
 def parse(task: str, kwargs: Mapping[str, Any]) -> Payload:
@@ -34,18 +36,38 @@ def _summarise(exc: pydantic.ValidationError) -> str:
     return "; ".join(parts)
 
 
-def receive(r: RedisClient, task: str, task_id: str, kwargs: Mapping[str, Any]) -> list[Event]:
+def pin_ttl_s(settings: Settings) -> int:
+    """How long a message's first receive time is kept: as long as the broker may still redeliver it.
+
+    A redelivery comes within the broker's visibility timeout (Redis) or as soon as a worker dies (RabbitMQ), and a
+    retry within the whole backoff span. Memory is bounded by the raw-message rate times this window (about
+    100 bytes a key): 100 messages/s without ``occurred_at`` and the defaults (~1.5 h) keep ~55 MB, where a fixed
+    week kept ~6 GB. A copy redelivered after the window gets a new time; the event-id registry then refuses it
+    as a reused id (``app.event_ids``) and the first copy, already counted, stands.
+    """
+    retry_span_s = settings.task_max_retries * settings.retry_backoff_max_s
+    return settings.broker_visibility_timeout_s + retry_span_s + 600
+
+
+def receive(
+    r: RedisClient,
+    task: str,
+    task_id: str,
+    kwargs: Mapping[str, Any],
+    pin_ttl_s: int = c.EVENT_TIME_PIN_TTL_S,
+) -> list[Event]:
     """Turn one task message into buffered events; returns them.
 
     A producer that omits ``event_id`` gets one derived from the Celery task id (stable across broker
-    redeliveries); one that omits ``occurred_at`` gets the first time the worker saw the message.
+    redeliveries); one that omits ``occurred_at`` gets the first time the worker saw the message (kept for
+    ``pin_ttl_s``).
     """
     payload = parse(task, kwargs)
     event_id = payload.event_id or derive_event_id(task_id, task)
     if payload.occurred_at is not None:
         when = payload.occurred_at
     else:
-        when = from_epoch_ms(buffer.pin_first_seen_ms(r, str(event_id), int(time.time() * 1000)))
+        when = from_epoch_ms(buffer.pin_first_seen_ms(r, str(event_id), int(time.time() * 1000), pin_ttl_s))
     events = payload.to_events(event_id, when)
     buffer.append(r, task, events)
     return events

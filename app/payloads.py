@@ -32,13 +32,27 @@ from app.events import (
     derive_event_id,
     from_epoch_ms,
 )
+from app.ids import MAX_ID, MIN_ID
 
-UserId = Annotated[StrictInt, Field(gt=0, lt=2**63, description="A positive 64-bit id.")]
+UserId = Annotated[StrictInt, Field(ge=MIN_ID, le=MAX_ID, description="A positive 64-bit id.")]
 EntityId = UserId
 # Producers' clocks may run a little ahead; anything further is a bug upstream, not a future event.
 MAX_CLOCK_SKEW = timedelta(hours=1)
 MAX_BATCH_EVENTS = 10_000
 _REACTION_BITS = [(int(flag), metric) for flag, metric in REACTION_TYPES.items()]
+# The nil UUID is a sentinel inside the engagement SQL (a state key's "no event id"); no event may carry it.
+NIL_EVENT_ID = uuid.UUID(int=0)
+# Epoch milliseconds of 9999-12-31T23:59:59.999Z, the last instant a datetime holds; _check_time then applies the
+# real bounds (not before 2000, not in the future).
+_MAX_EPOCH_MS = 253_402_300_799_999
+
+
+def _time_of_epoch_ms(value: int | float) -> datetime:
+    """A numeric ``occurred_at`` as a time; NaN, infinities and numbers past any datetime are out of range."""
+    if not 0 <= value <= _MAX_EPOCH_MS:  # NaN compares false: refused here too
+        shown = repr(value) if isinstance(value, float) or abs(value) < 10**30 else "a huge number"
+        raise ValueError(f"occurred_at {shown} is out of range: epoch milliseconds go from 0 to {_MAX_EPOCH_MS}")
+    return from_epoch_ms(int(value))
 
 
 class _Payload(BaseModel):
@@ -50,7 +64,7 @@ class _Payload(BaseModel):
             {
                 "anyOf": [
                     {"type": "string", "format": "date-time"},
-                    {"type": "integer", "description": "epoch milliseconds"},
+                    {"type": "integer", "minimum": 0, "maximum": _MAX_EPOCH_MS, "description": "epoch milliseconds"},
                     {"type": "null"},
                 ]
             }
@@ -60,7 +74,9 @@ class _Payload(BaseModel):
         description="When it happened on the producer's clock: RFC 3339 with a zone, or epoch milliseconds.",
     )
     event_id: uuid.UUID | None = Field(
-        default=None, description="Idempotency key assigned by the producer (UUID; time-ordered preferred)."
+        default=None,
+        description="Idempotency key assigned by the producer (UUID; time-ordered preferred; not the nil UUID).",
+        json_schema_extra={"not": {"const": str(NIL_EVENT_ID)}},
     )
 
     @field_validator("occurred_at", mode="before")
@@ -69,7 +85,14 @@ class _Payload(BaseModel):
         if isinstance(value, bool):
             raise ValueError("occurred_at must be RFC 3339 text or epoch milliseconds")
         if isinstance(value, int | float):
-            return from_epoch_ms(int(value))
+            return _time_of_epoch_ms(value)
+        return value
+
+    @field_validator("event_id")
+    @classmethod
+    def _check_event_id(cls, value: uuid.UUID | None) -> uuid.UUID | None:
+        if value == NIL_EVENT_ID:
+            raise ValueError(f"event_id must not be the nil UUID {NIL_EVENT_ID} (reserved)")
         return value
 
     @field_validator("occurred_at")
@@ -79,7 +102,10 @@ class _Payload(BaseModel):
             return None
         if value.tzinfo is None:
             raise ValueError("occurred_at needs a time zone (RFC 3339), e.g. 2026-01-31T12:00:00Z")
-        value = value.astimezone(UTC)
+        try:
+            value = value.astimezone(UTC)
+        except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+01:00, before the first representable instant
+            raise ValueError(f"occurred_at {value.isoformat()} is out of range") from exc
         if value > datetime.now(UTC) + MAX_CLOCK_SKEW:
             raise ValueError(f"occurred_at {value.isoformat()} is in the future")
         if value.year < 2000:

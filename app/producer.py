@@ -8,6 +8,7 @@ SQLAlchemy, from an ``after_commit`` hook), so that a rolled-back write never pr
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -29,7 +30,8 @@ class EventProducer:
         kwargs.setdefault("occurred_at", datetime.now(UTC))
         payload = parse(task, kwargs)
         body = payload.model_dump(mode="json", exclude_none=True)
-        self.celery.send_task(task, kwargs=body, queue=c.EVENTS_QUEUE)
+        # ``sent_at_ms`` lets the exporter tell how long the oldest message has waited in the broker.
+        self.celery.send_task(task, kwargs=body, queue=c.EVENTS_QUEUE, headers={"sent_at_ms": int(time.time() * 1000)})
         assert payload.event_id is not None
         return payload.event_id
 

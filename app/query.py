@@ -23,6 +23,7 @@ from app import constants as c
 from app import metrics_cache
 from app.errors import REDIS_DOWN, TRANSIENT_EXCEPTIONS
 from app.history import HistoryPoint, check_request
+from app.ids import check_id, check_ids
 from app.metrics import UserMetrics
 from app.redis_store import RedisClient, server_time_us
 from app.runtime import Runtime
@@ -65,7 +66,7 @@ class UserMetricsQueryService:
     # Reads ----------------------------------------------------------------------------------------------------
     def get_user_metrics(self, user_ids: Iterable[int], as_of: datetime | None = None) -> MetricsResult:
         """Metrics for many users (duplicates fine, unknown users are zeros); ``as_of`` reads history instead."""
-        ids = list(dict.fromkeys(int(u) for u in user_ids))
+        ids = list(dict.fromkeys(check_ids(user_ids, "user id")))
         out = MetricsResult()
         if not ids:
             return out
@@ -84,11 +85,13 @@ class UserMetricsQueryService:
         return out
 
     def get_user_follower_count(self, user_id: int) -> int:
+        user_id = check_id(user_id, "user id")
         return self.get_user_metrics([user_id])[user_id].follower_count
 
     def get_user_rank(self, user_id: int) -> int | None:
         """1 + users with a higher score (ties: lower user id first), from ``leaderboard:engagement``; None when
         the user has no positive score on the board."""
+        user_id = check_id(user_id, "user id")
         r = self.rt.redis
         try:
             score = r.zscore(c.LEADERBOARD_KEY, str(user_id))
@@ -103,12 +106,14 @@ class UserMetricsQueryService:
 
     def calculate_engagement_score(self, user_id: int) -> Decimal:
         """The engagement score computed now from ClickHouse (no cache)."""
+        user_id = check_id(user_id, "user id")
         return self.source([user_id])[user_id].engagement_score
 
     def get_user_metric_history(
         self, user_id: int, metric: str, start: datetime, end: datetime | None = None, interval: str = "day"
     ) -> list[HistoryPoint]:
         """``metric`` at the end of every ``interval`` from ``start`` to ``end`` (default now), from ClickHouse."""
+        user_id = check_id(user_id, "user id")
         start, end = check_request(metric, start, end or datetime.now(UTC), interval)
         return self.history(user_id, metric, start, end, interval)
 

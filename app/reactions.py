@@ -13,6 +13,7 @@ from app import reactions_cache
 from app.clickhouse import ClickHouse
 from app.errors import REDIS_DOWN, TRANSIENT_EXCEPTIONS, ValidationError
 from app.events import epoch_ms
+from app.ids import check_id, check_ids
 from app.reactions_cache import ALL_BITS, BIT_OF, NO_VERSION, BitUpdate
 from app.redis_store import RedisClient
 
@@ -60,12 +61,14 @@ class UserReactionCacheService:
 
     def get_user_reactions(self, user_id: int, image_ids: Sequence[int]) -> dict[int, int | None]:
         """Cached flags per image; None where the cache does not know. Renews the TTL."""
-        return reactions_cache.read(self.redis, user_id, image_ids)
+        user_id = check_id(user_id, "user id")
+        return reactions_cache.read(self.redis, user_id, check_ids(image_ids, "image id"))
 
     def set_reaction(
         self, user_id: int, image_id: int, reactions: int, *, at: datetime | None = None, event_id: str | None = None
     ) -> None:
         """Cache a full reaction state (e.g. read-your-writes right after enqueuing ``set_reaction``)."""
+        user_id, image_id = check_id(user_id, "user id"), check_id(image_id, "image id")
         if not 0 <= reactions <= 15:
             raise ValidationError(f"reactions must be flags 0..15, got {reactions}")
         version = reactions_cache.version_of(epoch_ms(at or datetime.now(UTC)), event_id or str(uuid.uuid4()))
@@ -74,10 +77,12 @@ class UserReactionCacheService:
 
     def clear_reaction(self, user_id: int, image_id: int) -> None:
         """Forget one image; the next read resolves it from ClickHouse again."""
+        user_id, image_id = check_id(user_id, "user id"), check_id(image_id, "image id")
         reactions_cache.forget(self.redis, user_id, image_id)
 
     def populate_from_clickhouse(self, user_id: int, image_ids: Sequence[int], source: ReactionSource) -> None:
-        states = source(user_id, image_ids)
+        user_id = check_id(user_id, "user id")
+        states = source(user_id, check_ids(image_ids, "image id"))
         reactions_cache.merge(self.redis, {user_id: [u for bits in states.values() for u in bits]})
 
 
@@ -102,9 +107,10 @@ class UserReactionQueryService:
         self.source = source
 
     def get_user_reactions(self, user_id: int, image_ids: Sequence[int]) -> ReactionsResult:
-        ids = list(dict.fromkeys(int(i) for i in image_ids))
+        ids = list(dict.fromkeys(image_ids))
         if len(ids) > MAX_IMAGES_PER_READ:
             raise ValidationError(f"at most {MAX_IMAGES_PER_READ} images per read, got {len(ids)}")
+        user_id, ids = check_id(user_id, "user id"), check_ids(ids, "image id")
         out = ReactionsResult()
         try:
             cached: dict[int, int | None] = self.cache.get_user_reactions(user_id, ids)

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     reconcile_sample: int = Field(default=1000, ge=0, alias="RECONCILE_SAMPLE")
     job_time_limit_s: int = Field(default=600, ge=5, alias="JOB_TIME_LIMIT_S")
     metrics_port: int = Field(default=9808, ge=0, alias="METRICS_PORT")
+    # Where the worker's Prometheus endpoint listens: loopback unless opened on purpose (e.g. 0.0.0.0 in a
+    # container scraped from outside).
+    metrics_address: str = Field(default="127.0.0.1", min_length=1, alias="METRICS_ADDRESS")
 
     # Beat intervals (seconds).
     buffer_check_interval_s: float = Field(default=30.0, gt=0, alias="BUFFER_CHECK_INTERVAL_S")

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from celery import Task
+from celery.exceptions import Ignore, Reject, Retry
 
 from app import deadletters, runtime
 from app.errors import TRANSIENT_EXCEPTIONS, PermanentError
@@ -15,6 +16,9 @@ from app.settings import load_settings
 from tasks.celery_app import celery_app
 
 log = logging.getLogger(__name__)
+# Pause before a message goes back to its queue because a store is down (no busy loop on it meanwhile).
+REQUEUE_PAUSE_S = 1.0
+_DEAD_LETTERED = "dead_lettered"
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -22,9 +26,36 @@ _settings = load_settings()
 
 
 class ProjectTask(Task[Any, Any]):
-    """Base class: a task that fails for good is dead-lettered with its reason and payload, never dropped."""
+    """Base class: a task that fails for good is dead-lettered with its reason and payload, never dropped.
 
-    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+    Two ways Celery could otherwise lose a message are closed here. A retry whose new message cannot be
+    published (the broker is down) makes Celery reject the original *without* requeueing it; and a final failure
+    is acknowledged even when its dead letter could not be written (Redis is down). In both cases the message is
+    requeued instead, after a short pause, so that it is redelivered once the stores are back.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return super().__call__(*args, **kwargs)
+        except (Retry, Ignore):
+            raise
+        except Reject as exc:
+            if getattr(exc, "requeue", False):
+                raise
+            log.error("%s[%s]: could not publish its retry (%s); requeueing it", self.name, self.request.id, exc)
+            time.sleep(REQUEUE_PAUSE_S)
+            raise Reject(getattr(exc, "reason", exc), requeue=True) from exc
+        except Exception as exc:
+            if not self._dead_letter(exc, str(self.request.id), args, kwargs):
+                time.sleep(REQUEUE_PAUSE_S)
+                raise Reject(f"could not dead-letter: {exc}", requeue=True) from exc
+            setattr(self.request, _DEAD_LETTERED, True)  # noqa: B010 - Celery's request context is open-ended
+            raise
+        finally:
+            log.debug("%s[%s] took %.1f ms", self.name, self.request.id, (time.perf_counter() - started) * 1000)
+
+    def _dead_letter(self, exc: BaseException, task_id: str, args: Any, kwargs: Any) -> bool:
         transient = isinstance(exc, TRANSIENT_EXCEPTIONS)
         reason = f"gave up after {self.request.retries} retries: {exc}" if transient else str(exc)
         try:
@@ -37,14 +68,14 @@ class ProjectTask(Task[Any, Any]):
                 kwargs={"args": list(args or ()), "kwargs": kwargs} if args else kwargs,
             )
         except Exception:
-            log.exception("could not dead-letter task %s[%s]; payload: %r", self.name, task_id, kwargs)
+            log.exception("could not dead-letter task %s[%s]; payload: %.2000r", self.name, task_id, kwargs)
+            return False
+        return True
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return super().__call__(*args, **kwargs)
-        finally:
-            log.debug("%s[%s] took %.1f ms", self.name, self.request.id, (time.perf_counter() - started) * 1000)
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        # Failures outside the task body (a hard time limit) did not pass through ``__call__``.
+        if not getattr(self.request, _DEAD_LETTERED, False):
+            self._dead_letter(exc, task_id, args, kwargs)
 
 
 def project_task(

@@ -1,4 +1,4 @@
-"""The Celery application: configuration, per-process clients, the flusher bootstep, dead-lettering consumer."""
+"""The Celery application: configuration, per-process clients, the flusher bootstep (the consumer: ``tasks.worker``)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ import logging
 from typing import Any
 
 from celery import Celery, bootsteps, signals
-from celery.worker.consumer import Consumer
-from kombu.message import Message
 
-from app import deadletters, exporter, migrations, runtime
+from app import broker, exporter, migrations, runtime
 from app.flusher import Flusher
 from app.locks import redis_lock
 from app.refresher import Refresher
@@ -26,45 +24,6 @@ def configure(settings: Settings) -> Celery:
     """Point the app at the stores of ``settings`` (the CLI, once it knows the embedded Redis URL)."""
     celery_app.conf.update(celery_config(settings))
     return celery_app
-
-
-def _dead_letter_message(message: Message, reason: str, exc: BaseException | None) -> None:
-    headers = message.headers or {}
-    try:
-        body: Any = message.body.decode("utf-8", "replace") if isinstance(message.body, bytes) else message.body
-    except Exception:
-        body = repr(message.body)
-    try:
-        deadletters.record(
-            runtime.get().redis,
-            task=str(headers.get("task", "")),
-            reason=reason,
-            error=type(exc).__name__ if exc else "",
-            task_id=str(headers.get("id", "")),
-            kwargs={"raw_body": body, "content_type": message.content_type},
-        )
-    except Exception:
-        log.exception("could not record a dead letter for an undeliverable message: %s", reason)
-
-
-class DeadLetteringConsumer(Consumer):
-    """Celery's consumer, but a message it cannot run is dead-lettered (with its reason) before it is dropped."""
-
-    def on_decode_error(self, message: Message, exc: Exception) -> None:
-        _dead_letter_message(message, f"cannot decode message: {exc}", exc)
-        super().on_decode_error(message, exc)
-
-    def on_unknown_message(self, body: Any, message: Message) -> None:
-        _dead_letter_message(message, "message in an unknown format", None)
-        super().on_unknown_message(body, message)
-
-    def on_unknown_task(self, body: Any, message: Message, exc: Exception) -> None:
-        _dead_letter_message(message, f"unknown task: {exc}", exc)
-        super().on_unknown_task(body, message, exc)
-
-    def on_invalid_task(self, body: Any, message: Message, exc: Exception) -> None:
-        _dead_letter_message(message, f"invalid task message: {exc}", exc)
-        super().on_invalid_task(body, message, exc)
 
 
 class WriteThreads:
@@ -98,6 +57,24 @@ class FlusherStep(bootsteps.StartStopStep):
 
 
 celery_app.steps["worker"].add(FlusherStep)
+
+
+@signals.worker_init.connect
+def _restore_unacknowledged(**_: Any) -> None:
+    """Embedded mode: this worker owns the ClickHouse data path, so no other worker consumes its broker. Messages
+    a killed worker had taken but not acknowledged go back to their queues now, not after the broker's visibility
+    timeout (an hour). Server mode: RabbitMQ requeues them when the dead worker's connection drops; with a Redis
+    broker they come back after ``BROKER_VISIBILITY_TIMEOUT_S`` (README, Reliability)."""
+    settings = runtime.get().settings
+    if not settings.clickhouse_embedded:
+        return
+    try:
+        restored = broker.restore_unacked(broker.broker_url(settings))
+    except Exception:
+        log.exception("could not restore unacknowledged broker messages; they return after the visibility timeout")
+        return
+    if restored:
+        log.warning("restored %d unacknowledged broker messages of a worker that died", restored)
 
 
 @signals.worker_process_init.connect

@@ -21,6 +21,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     broker = settings.celery_broker_url or redis_url
     return {
         "broker_url": broker,
+        # Redis brokers get the hardened channel (bad queue items become dead letters; the real queue is known).
+        **({"broker_transport": "tasks.transport:Transport"} if broker.startswith(("redis://", "rediss://")) else {}),
         "broker_connection_retry_on_startup": True,
         # Unacknowledged messages (a worker died) return to the queue after this long; longer than any task.
         "broker_transport_options": {"visibility_timeout": settings.broker_visibility_timeout_s},
@@ -54,10 +56,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             c.QUERY_HISTORY: {"queue": c.READS_QUEUE},
             c.MANAGE_EXCLUDED_USERS: {"queue": c.READS_QUEUE},
             c.BENCH_NOOP: {"queue": c.EVENTS_QUEUE},
+            # Celery's own periodic cleanup (beat adds it only for result backends without expiry).
+            "celery.backend_cleanup": {"queue": c.MAINTENANCE_QUEUE},
         },
         "worker_send_task_events": settings.task_events,
         # No "task-sent" events: they would double the producer's broker writes; workers report the rest.
         "task_send_sent_event": False,
-        "worker_consumer": "tasks.celery_app:DeadLetteringConsumer",
+        "worker_consumer": "tasks.worker:DeadLetteringConsumer",
         "beat_schedule": beat_schedule(settings),
     }

@@ -1,4 +1,4 @@
-"""Event tasks (DESIGN.md section 5): validate the message and hand its events to the durable buffer."""
+"""Event tasks: validate the message and hand its events to the durable buffer."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from tasks.base import project_task
 def _receive(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
     if args:
         raise ValidationError(f"{task.name} takes keyword arguments only, got {len(args)} positional")
-    events = ingest.receive(runtime.get().redis, task.name, task.request.id, kwargs)
+    rt = runtime.get()
+    events = ingest.receive(rt.redis, task.name, task.request.id, kwargs, ingest.pin_ttl_s(rt.settings))
     return len(events)
 
 

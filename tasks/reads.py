@@ -9,6 +9,7 @@ from app import constants as c
 from app import migrations, runtime
 from app.excluded import list_excluded, set_excluded
 from app.history import metric_history
+from app.ids import check_id, check_ids
 from app.locks import redis_lock
 from app.metrics import compute_user_metrics
 from app.reactions import latest_reactions
@@ -18,18 +19,18 @@ from tasks.base import project_task
 @project_task(c.QUERY_USER_METRICS, ignore_result=False, max_retries=0, time_limit_s=30)
 def query_user_metrics(self: Any, user_ids: list[int], as_of: str | None = None) -> dict[str, Any]:
     """Compute metrics from ClickHouse (no cache) and return them as ``{userId: hash fields}``."""
+    ids = check_ids(user_ids, "user id")
     rt = runtime.get()
     when = datetime.fromisoformat(as_of) if as_of else None
-    computed = compute_user_metrics(
-        rt.clickhouse, [int(u) for u in user_ids], weights=rt.weights, window=rt.window, as_of=when
-    )
+    computed = compute_user_metrics(rt.clickhouse, ids, weights=rt.weights, window=rt.window, as_of=when)
     return {str(uid): m.to_hash() for uid, m in computed.items()}
 
 
 @project_task(c.QUERY_REACTIONS, ignore_result=False, max_retries=0, time_limit_s=30)
 def query_reactions(self: Any, user_id: int, image_ids: list[int]) -> dict[str, list[list[Any]]]:
     """Latest reaction bits of a user on images, from ClickHouse: ``{imageId: [[bit, on, version], ...]}``."""
-    states = latest_reactions(runtime.get().clickhouse, int(user_id), [int(i) for i in image_ids])
+    user, images = check_id(user_id, "user id"), check_ids(image_ids, "image id")
+    states = latest_reactions(runtime.get().clickhouse, user, images)
     return {str(image): [[u.bit, u.on, u.version] for u in bits] for image, bits in states.items()}
 
 
@@ -38,9 +39,10 @@ def query_metric_history(
     self: Any, user_id: int, metric: str, start: str, end: str, interval: str = "day"
 ) -> list[dict[str, Any]]:
     """A user's metric over time, from ClickHouse: ``[{"at": ..., "value": ...}, ...]``."""
+    user = check_id(user_id, "user id")
     points = metric_history(
         runtime.get().clickhouse,
-        int(user_id),
+        user,
         metric,
         datetime.fromisoformat(start),
         datetime.fromisoformat(end),
@@ -54,9 +56,10 @@ def manage_excluded_users(
     self: Any, action: str, user_ids: list[int] | None = None, reason: str = ""
 ) -> list[dict[str, Any]]:
     """``add`` / ``remove`` users on the excluded list, or ``list`` it; returns the list after the change."""
+    ids = check_ids(user_ids or [], "user id")
     rt = runtime.get()
     if action in ("add", "remove"):
-        set_excluded(rt, user_ids or [], excluded=action == "add", reason=reason)
+        set_excluded(rt, ids, excluded=action == "add", reason=reason)
     return [u.to_json() for u in list_excluded(rt.clickhouse)]
 
 

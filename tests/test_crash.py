@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import redis
@@ -36,7 +37,7 @@ N_DOWNLOADS = 1500
 N_FOLLOWS = 500
 
 
-def _env(flush_max_events: int = 300) -> dict[str, str]:
+def _env(flush_max_events: int = 300, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "CLICKHOUSE_URL"}
     env.update(
         DATA_DIR=str(ROOT / "crash"),
@@ -47,16 +48,55 @@ def _env(flush_max_events: int = 300) -> dict[str, str]:
         RECLAIM_IDLE_MS="1000",
         LOG_LEVEL="WARNING",
     )
+    env.update(extra)
     return env
 
 
-def _worker(flush_max_events: int) -> subprocess.Popen[bytes]:
+def _worker(flush_max_events: int, concurrency: int = 4, **extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(  # noqa: S603
-        worker_argv("crash@%h"), env=_env(flush_max_events), cwd=REPO, start_new_session=True
+        worker_argv("crash@%h", concurrency), env=_env(flush_max_events, **extra), cwd=REPO, start_new_session=True
     )
 
 
-def _publish_all() -> None:
+def _read_truth() -> dict[str, dict[str, int]]:
+    """Every owner's metrics from ClickHouse (cache cleared), read with the CLI once no worker owns the path."""
+    cache = redis.Redis.from_url(CACHE_URL)
+    cache.delete(*[f"user:metrics:{o}" for o in OWNERS], *[f"user:metrics:v:{o}" for o in OWNERS])
+    out = subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "app", "user-metrics", *map(str, OWNERS), "--json"],
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def _assert_exact(metrics: dict[str, dict[str, int]]) -> None:
+    assert sum(m["downloadCount"] for m in metrics.values()) == N_DOWNLOADS
+    assert sum(m["followerCount"] for m in metrics.values()) == N_FOLLOWS
+    for owner in OWNERS:
+        assert metrics[str(owner)]["downloadCount"] == N_DOWNLOADS // len(OWNERS)
+        assert metrics[str(owner)]["followerCount"] == N_FOLLOWS // len(OWNERS)
+
+
+def _drain(broker: redis.Redis, cache: redis.Redis, timeout_s: float) -> float:
+    """Seconds until the queue, the unacknowledged set and the event buffer are all empty."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        queued = broker.llen("events") + broker.hlen("unacked")
+        if queued == 0 and cache.xlen("events:buffer") == 0:
+            return time.monotonic() - started
+        time.sleep(0.2)
+    raise AssertionError(
+        f"not drained in {timeout_s} s: queue={broker.llen('events')} unacked={broker.hlen('unacked')} "
+        f"buffer={cache.xlen('events:buffer')}"
+    )
+
+
+def _publish_all(eta: str | None = None) -> None:
     exchange = Exchange("events", type="direct")
     queue = Queue("events", exchange, routing_key="events")
     with Connection(BROKER_URL) as conn:
@@ -83,7 +123,7 @@ def _publish_all() -> None:
                 routing_key="events",
                 declare=[queue],
                 serializer="json",
-                headers=task_headers(task, task_id),
+                headers={**task_headers(task, task_id), "eta": eta},
             )
 
 
@@ -110,32 +150,39 @@ def test_sigkill_mid_batch_loses_nothing_and_counts_nothing_twice() -> None:
 
     second = _worker(flush_max_events=300)
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            queued = broker.llen("events") + broker.hlen("unacked")
-            if queued == 0 and cache.xlen("events:buffer") == 0:
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError("second worker did not drain the queue and the buffer")
+        _drain(broker, cache, 180)
     finally:
         os.killpg(second.pid, signal.SIGTERM)
         second.wait(60)
+    _assert_exact(_read_truth())
 
-    # Read the truth from ClickHouse (cache cleared), with the CLI now that no worker owns the data path.
-    cache.delete(*[f"user:metrics:{o}" for o in OWNERS], *[f"user:metrics:v:{o}" for o in OWNERS])
-    out = subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "app", "user-metrics", *map(str, OWNERS), "--json"],
-        env=_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    metrics = json.loads(out.stdout)
-    assert sum(m["downloadCount"] for m in metrics.values()) == N_DOWNLOADS
-    assert sum(m["followerCount"] for m in metrics.values()) == N_FOLLOWS
-    for owner in OWNERS:
-        assert metrics[str(owner)]["downloadCount"] == N_DOWNLOADS // len(OWNERS)
-        assert metrics[str(owner)]["followerCount"] == N_FOLLOWS // len(OWNERS)
+
+def test_sigkill_with_messages_in_flight_recovers_them_at_restart_not_after_the_visibility_timeout() -> None:
+    """The broker's visibility timeout stays at its default (an hour); the messages the dead worker had taken
+    but not acknowledged must still run as soon as a worker is back (embedded mode restores them at start)."""
+    cache, broker = redis.Redis.from_url(CACHE_URL), redis.Redis.from_url(BROKER_URL)
+    cache.flushdb()
+    broker.flushdb()
+    # Messages due in a few seconds: a worker takes them all at once and holds them, unacknowledged, until due.
+    _publish_all(eta=(datetime.now(UTC) + timedelta(seconds=20)).isoformat())
+    first = _worker(300, BROKER_VISIBILITY_TIMEOUT_S="3600", WORKER_PREFETCH="1000")
+    try:
+        deadline = time.monotonic() + 60
+        total = N_DOWNLOADS + N_FOLLOWS
+        while broker.hlen("unacked") < total and time.monotonic() < deadline:
+            time.sleep(0.05)
+        in_flight = broker.hlen("unacked")
+        assert broker.llen("events") == 0
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert in_flight == N_DOWNLOADS + N_FOLLOWS, f"kill point missed: {in_flight} in flight"
+
+    second = _worker(300, BROKER_VISIBILITY_TIMEOUT_S="3600")
+    try:
+        took_s = _drain(broker, cache, 120)
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait(60)
+    assert took_s < 120  # not the hour of the visibility timeout
+    _assert_exact(_read_truth())

@@ -64,8 +64,8 @@ def test_unfollow_delivered_before_its_older_follow(clean, producer):  # type: i
     ("kwargs", "message"),
     [
         ({"follower_id": 7, "user_id": 7}, "cannot follow themselves"),
-        ({"follower_id": 0, "user_id": 7}, "greater than 0"),
-        ({"follower_id": -3, "user_id": 7}, "greater than 0"),
+        ({"follower_id": 0, "user_id": 7}, "greater than or equal to 1"),
+        ({"follower_id": -3, "user_id": 7}, "greater than or equal to 1"),
         ({"follower_id": "1", "user_id": 7}, "valid integer"),
         ({"follower_id": 1.0, "user_id": 7}, "valid integer"),
         ({"follower_id": True, "user_id": 7}, "valid integer"),
