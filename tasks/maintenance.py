@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from app import buffer, deadletters, jobs, runtime
+from app import broker, buffer, deadletters, jobs, runtime
 from app import constants as c
 from app.locks import redis_lock
 from app.runtime import Runtime
@@ -93,6 +93,7 @@ def check_event_buffer(self: Any) -> dict[str, Any]:
             return {"skipped": True}
         stats = buffer.stats(rt.redis)
         dead = deadletters.count(rt.redis)
+        queued = _events_backlog(rt)
         pipe = rt.redis.pipeline(transaction=False)
         pipe.hset(
             c.COUNTER_KEY,
@@ -105,10 +106,14 @@ def check_event_buffer(self: Any) -> dict[str, Any]:
         )
         pipe.expire(c.COUNTER_KEY, c.COUNTER_TTL_S)
         pipe.execute()
-        level = logging.WARNING if stats.oldest_pending_age_s > rt.settings.buffer_lag_warn_s else logging.INFO
+        lag_s = max(stats.oldest_pending_age_s, queued.oldest_age_s or 0.0)
+        level = logging.WARNING if lag_s > rt.settings.buffer_lag_warn_s else logging.INFO
         log.log(
             level,
-            "event buffer: %d entries, %d pending, oldest pending %.1f s; %d dead letters",
+            "ingest: %d messages in the events queue (oldest %s); event buffer: %d entries, %d pending, oldest "
+            "pending %.1f s; %d dead letters",
+            queued.depth,
+            "unknown" if queued.oldest_age_s is None else f"{queued.oldest_age_s:.1f} s",
             stats.length,
             stats.pending,
             stats.oldest_pending_age_s,
@@ -119,4 +124,15 @@ def check_event_buffer(self: Any) -> dict[str, Any]:
             "pending": stats.pending,
             "oldest_pending_age_s": stats.oldest_pending_age_s,
             "dead_letters": dead,
+            "queued": queued.depth,
+            "queued_oldest_age_s": queued.oldest_age_s,
         }
+
+
+def _events_backlog(rt: Runtime) -> broker.QueueStats:
+    """Messages waiting in the broker's ``events`` queue: lag the buffer cannot see yet."""
+    try:
+        return broker.queue_stats(broker.broker_url(rt.settings), [c.EVENTS_QUEUE])[c.EVENTS_QUEUE]
+    except Exception as exc:
+        log.warning("cannot read the broker's events queue: %s", exc)
+        return broker.QueueStats(depth=0, oldest_age_s=None)

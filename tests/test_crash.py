@@ -5,6 +5,9 @@ while its flusher is still writing them, when it is killed mid-batch and a new w
 in ClickHouse exactly as often as it counts: download totals (additive, where a double count would show) and
 follower counts equal what was sent.
 
+Also: messages a killed worker held unacknowledged run as soon as a worker is back (embedded mode restores them;
+RabbitMQ requeues them by itself), and a cache Redis outage makes tasks wait and retry, never drop a message.
+
 The kill comes once the broker has handed every message to the tasks. That isolates this project's guarantee
 (received → buffered → written, at least once, idempotently) from a known window of Celery's Redis transport:
 kombu pops a message and records it as unacknowledged in two steps, so a SIGKILL between them loses that one
@@ -16,17 +19,23 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 import redis
 from kombu import Connection, Exchange, Queue
 
+from app import embedded_redis
 from app.bench.harness import task_body, task_headers, worker_argv
+from app.broker import queue_stats
+from app.settings import Settings
 from tests.conftest import BASE_REDIS_URL, ROOT, _with_db
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,13 +67,13 @@ def _worker(flush_max_events: int, concurrency: int = 4, **extra: str) -> subpro
     )
 
 
-def _read_truth() -> dict[str, dict[str, int]]:
+def _read_truth(**extra: str) -> dict[str, dict[str, int]]:
     """Every owner's metrics from ClickHouse (cache cleared), read with the CLI once no worker owns the path."""
-    cache = redis.Redis.from_url(CACHE_URL)
+    cache = redis.Redis.from_url(extra.get("REDIS_URL", CACHE_URL))
     cache.delete(*[f"user:metrics:{o}" for o in OWNERS], *[f"user:metrics:v:{o}" for o in OWNERS])
     out = subprocess.run(  # noqa: S603
         [sys.executable, "-m", "app", "user-metrics", *map(str, OWNERS), "--json"],
-        env=_env(),
+        env=_env(**extra),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -74,11 +83,11 @@ def _read_truth() -> dict[str, dict[str, int]]:
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
-def _assert_exact(metrics: dict[str, dict[str, int]]) -> None:
-    assert sum(m["downloadCount"] for m in metrics.values()) == N_DOWNLOADS
+def _assert_exact(metrics: dict[str, dict[str, int]], n_downloads: int = N_DOWNLOADS) -> None:
+    assert sum(m["downloadCount"] for m in metrics.values()) == n_downloads
     assert sum(m["followerCount"] for m in metrics.values()) == N_FOLLOWS
     for owner in OWNERS:
-        assert metrics[str(owner)]["downloadCount"] == N_DOWNLOADS // len(OWNERS)
+        assert metrics[str(owner)]["downloadCount"] == n_downloads // len(OWNERS)
         assert metrics[str(owner)]["followerCount"] == N_FOLLOWS // len(OWNERS)
 
 
@@ -96,13 +105,13 @@ def _drain(broker: redis.Redis, cache: redis.Redis, timeout_s: float) -> float:
     )
 
 
-def _publish_all(eta: str | None = None) -> None:
+def _publish_all(eta: str | None = None, broker_url: str = BROKER_URL, n_downloads: int = N_DOWNLOADS) -> None:
     exchange = Exchange("events", type="direct")
     queue = Queue("events", exchange, routing_key="events")
-    with Connection(BROKER_URL) as conn:
+    with Connection(broker_url) as conn:
         producer = conn.Producer()
-        for i in range(N_DOWNLOADS + N_FOLLOWS):
-            if i < N_DOWNLOADS:
+        for i in range(n_downloads + N_FOLLOWS):
+            if i < n_downloads:
                 task = "record_entity_metric"
                 kwargs = {
                     "entity_type": "Model",
@@ -165,7 +174,8 @@ def test_sigkill_with_messages_in_flight_recovers_them_at_restart_not_after_the_
     broker.flushdb()
     # Messages due in a few seconds: a worker takes them all at once and holds them, unacknowledged, until due.
     _publish_all(eta=(datetime.now(UTC) + timedelta(seconds=20)).isoformat())
-    first = _worker(300, BROKER_VISIBILITY_TIMEOUT_S="3600", WORKER_PREFETCH="1000")
+    extra = {"DATA_DIR": str(ROOT / "crash-in-flight"), "BROKER_VISIBILITY_TIMEOUT_S": "3600"}
+    first = _worker(300, WORKER_PREFETCH="1000", **extra)
     try:
         deadline = time.monotonic() + 60
         total = N_DOWNLOADS + N_FOLLOWS
@@ -178,11 +188,106 @@ def test_sigkill_with_messages_in_flight_recovers_them_at_restart_not_after_the_
         first.wait()
     assert in_flight == N_DOWNLOADS + N_FOLLOWS, f"kill point missed: {in_flight} in flight"
 
-    second = _worker(300, BROKER_VISIBILITY_TIMEOUT_S="3600")
+    second = _worker(300, **extra)
     try:
         took_s = _drain(broker, cache, 120)
     finally:
         os.killpg(second.pid, signal.SIGTERM)
         second.wait(60)
     assert took_s < 120  # not the hour of the visibility timeout
-    _assert_exact(_read_truth())
+    _assert_exact(_read_truth(**extra))
+
+
+def _ingested(cache: redis.Redis) -> int:
+    return int(cache.hget("stats:counters", "events_ingested_total") or 0)
+
+
+def _wait(check: Callable[[], bool], what: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def _rabbitmq_up() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _rabbitmq_up(), reason="no RabbitMQ on 127.0.0.1:5672")
+def test_rabbitmq_requeues_a_killed_workers_messages_at_once() -> None:
+    """Server-mode broker choice: with RabbitMQ a dead worker's unacknowledged messages return to the queue when
+    its connection drops (no visibility timeout, no restore step), so nothing waits an hour."""
+    amqp = "amqp://guest:guest@127.0.0.1:5672//"
+    cache = redis.Redis.from_url(CACHE_URL)
+    cache.flushdb()
+    with Connection(amqp) as conn:
+        for name in ("events", "maintenance", "reads"):
+            Queue(name, Exchange(name, type="direct"), routing_key=name)(conn.default_channel).declare()
+            Queue(name, Exchange(name, type="direct"), routing_key=name)(conn.default_channel).purge()
+    extra = {"CELERY_BROKER_URL": amqp, "DATA_DIR": str(ROOT / "crash-amqp")}
+    _publish_all(eta=(datetime.now(UTC) + timedelta(seconds=15)).isoformat(), broker_url=amqp)
+    first = _worker(300, WORKER_PREFETCH="1000", **extra)
+    try:
+        _wait(lambda: queue_stats(amqp, ["events"])["events"].depth == 0, "the worker to take every message", 60)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    total = N_DOWNLOADS + N_FOLLOWS
+    assert _ingested(cache) == 0  # all of them were held, none ran
+    second = _worker(300, WORKER_PREFETCH="1000", **extra)
+    try:
+        _wait(lambda: queue_stats(amqp, ["events"])["events"].depth == 0, "the queue to drain", 60)
+        _wait(lambda: _ingested(cache) >= total and cache.xlen("events:buffer") == 0, "every event written", 90)
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait(60)
+    _assert_exact(_read_truth(**extra))
+
+
+def test_cache_redis_outage_requeues_messages_instead_of_dropping_them(tmp_path: Path) -> None:
+    """The cache Redis (event buffer, dead letters) dies while the broker lives: tasks retry with backoff, then,
+    unable even to dead-letter, go back to the queue (Celery would reject them without requeue); once Redis is
+    back on the same port, every event lands exactly once and nothing was dead-lettered."""
+    redis_settings = Settings(DATA_DIR=str(tmp_path / "redis"))
+    cache_url, pid = embedded_redis.start(redis_settings)
+    extra = {
+        "REDIS_URL": cache_url,
+        "DATA_DIR": str(tmp_path / "data"),
+        "TASK_MAX_RETRIES": "2",
+        "RETRY_BACKOFF_MAX_S": "1",
+    }
+    broker = redis.Redis.from_url(BROKER_URL)
+    broker.flushdb()
+    cache = redis.Redis.from_url(cache_url)
+    worker = _worker(300, **extra)
+    try:
+        # The worker is up: a first batch lands.
+        _publish_all(n_downloads=0)
+        _wait(lambda: _ingested(cache) >= N_FOLLOWS, "the first batch", 60)
+        cache.flushdb()
+        os.kill(pid, signal.SIGKILL)
+        _wait(lambda: not embedded_redis.pid_alive(pid), "redis-server to die", 10)
+        # During the outage: every message fails, retries, and goes back to its queue.
+        _publish_all(n_downloads=N_DOWNLOADS)
+        time.sleep(6)
+        assert broker.llen("events") + broker.hlen("unacked") > 0  # nothing ran, nothing was dropped
+        url_again, pid = embedded_redis.start(redis_settings)
+        assert url_again == cache_url
+        _wait(lambda: broker.llen("events") + broker.hlen("unacked") == 0, "the queue to drain", 120)
+        _wait(lambda: cache.xlen("events:buffer") == 0, "the buffer to drain", 60)
+        assert cache.xlen("deadletters") == 0
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(60)
+        # Two batches of distinct follows (before and during the outage) and the downloads, each counted once.
+        metrics = _read_truth(**extra)
+        assert sum(m["followerCount"] for m in metrics.values()) == 2 * N_FOLLOWS
+        assert sum(m["downloadCount"] for m in metrics.values()) == N_DOWNLOADS
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+        embedded_redis.stop(pid)
