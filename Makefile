@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean clickhouse-server
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -31,6 +31,10 @@ lint: install
 	$(VENV)/bin/ruff check app tasks tests
 	$(VENV)/bin/ruff format --check app tasks tests
 	$(VENV)/bin/mypy
+
+# A real ClickHouse server on loopback (fetched once with npm into .tools/); prints the CLICKHOUSE_URL to use.
+clickhouse-server: install
+	$(PY) -m app clickhouse-server start
 
 bench: install
 	$(PY) -m app bench ingest $(BENCH_ARGS)

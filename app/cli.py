@@ -19,7 +19,7 @@ from rich.table import Table
 
 from app import buffer, clickhouse, deadletters, embedded_redis, migrations, runtime
 from app import constants as c
-from app.errors import PermanentError
+from app.errors import PermanentError, TransientError
 from app.events import Event, ReactionFlag
 from app.excluded import list_excluded, set_excluded
 from app.history import METRICS as HISTORY_METRICS
@@ -44,6 +44,8 @@ excluded_cli = typer.Typer(no_args_is_help=True, help="Manage excluded users (th
 cli.add_typer(excluded_cli, name="excluded-users")
 dead_cli = typer.Typer(no_args_is_help=True, help="Inspect, replay or purge dead letters.")
 cli.add_typer(dead_cli, name="dead-letters")
+server_cli = typer.Typer(no_args_is_help=True, help="A local ClickHouse server (real ClickHouse 26.7) for server mode.")
+cli.add_typer(server_cli, name="clickhouse-server")
 console = Console()
 err = Console(stderr=True)
 
@@ -97,6 +99,48 @@ def run() -> None:
 
     logging.basicConfig(level=logging.INFO)
     raise typer.Exit(run_stack(load_settings()))
+
+
+def _server_paths() -> Any:
+    from app.clickhouse_server import ServerPaths
+
+    return ServerPaths(load_settings().data_path / "clickhouse-server")
+
+
+@server_cli.command("start")
+def server_start(
+    http_port: Annotated[int, typer.Option(help="HTTP port (0: the last one used, else a free one)")] = 0,
+    tcp_port: Annotated[int, typer.Option(help="native protocol port (0: as for --http-port)")] = 0,
+) -> None:
+    """Start (or find running) a ClickHouse server on loopback; prints the CLICKHOUSE_URL to use."""
+    from app import clickhouse_server
+
+    try:
+        url = clickhouse_server.start(_server_paths(), http_port, tcp_port)
+    except clickhouse_server.ServerError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(1) from exc
+    print(f"{url}/{load_settings().clickhouse_database}")
+
+
+@server_cli.command("stop")
+def server_stop() -> None:
+    """Stop the local ClickHouse server (its data stays under DATA_DIR/clickhouse-server)."""
+    from app import clickhouse_server
+
+    print("stopped" if clickhouse_server.stop(_server_paths()) else "not running")
+
+
+@server_cli.command("status")
+def server_status() -> None:
+    """Print the local server's URL, or exit 1 when it is not running."""
+    from app import clickhouse_server
+
+    url = clickhouse_server.status(_server_paths())
+    if url is None:
+        print("not running")
+        raise typer.Exit(1)
+    print(url)
 
 
 @cli.command()
@@ -656,4 +700,9 @@ def bench_legacy(
 
 
 def main(argv: Sequence[str] | None = None) -> Any:
-    return cli(args=list(argv) if argv is not None else sys.argv[1:], prog_name="python -m app")
+    try:
+        return cli(args=list(argv) if argv is not None else sys.argv[1:], prog_name="python -m app")
+    except TransientError as exc:
+        # A store is down or unreachable: one line saying which, and exit 1 (retrying later can succeed).
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise SystemExit(1) from exc

@@ -143,16 +143,16 @@ class ClickHouse:
 
 
 def connect(settings: Settings) -> ClickHouse:
-    """Open the configured ClickHouse and make sure the project database exists."""
-    dsn = settings.clickhouse_dsn
-    db = settings.clickhouse_database
+    """Open the configured ClickHouse and make sure the deployment's database exists (``Settings.clickhouse_db``)."""
+    db = settings.clickhouse_db
     try:
         if settings.chdb_path is not None:
             _claim_ownership(settings.chdb_path)
-            client = clickhouse_connect.get_client(dsn=dsn)
+            client = clickhouse_connect.get_client(dsn=settings.clickhouse_dsn)
         else:
             client = clickhouse_connect.get_client(
-                dsn=dsn,
+                dsn=settings.clickhouse_server_dsn,
+                database="default",
                 connect_timeout=settings.clickhouse_timeout_s,
                 send_receive_timeout=settings.clickhouse_timeout_s,
                 autogenerate_session_id=False,
@@ -160,11 +160,19 @@ def connect(settings: Settings) -> ClickHouse:
     except StoreBusyError:
         raise
     except Exception as exc:
-        raise TransientError(f"cannot reach ClickHouse at {_redact(dsn)}: {exc}") from exc
+        reason = str(exc).split(" executing HTTP request", 1)[0]
+        raise TransientError(f"cannot reach ClickHouse at {_redact(settings.clickhouse_dsn)}: {reason}") from exc
     with translated_errors():
-        client.command(f"CREATE DATABASE IF NOT EXISTS `{db}`")
+        client.command(f"CREATE DATABASE IF NOT EXISTS `{_identifier(db)}`")
     client.database = db
     return ClickHouse(client, db)
+
+
+def _identifier(name: str) -> str:
+    """A database name safe to quote with backticks (it comes from configuration, never from a request)."""
+    if not name or "`" in name or "\\" in name or len(name) > 200:
+        raise ValueError(f"invalid ClickHouse database name {name!r}")
+    return name
 
 
 def _redact(dsn: str) -> str:

@@ -30,6 +30,8 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 10.0
+# How long a restart waits for the previous port to be released before it moves to another one.
+PORT_WAIT_S = 3.0
 
 
 def redis_binary() -> str:
@@ -98,10 +100,17 @@ def recorded_port(settings: Settings) -> int | None:
     return None
 
 
-def _choose_port(settings: Settings) -> int:
+def _choose_port(settings: Settings, wait_s: float = PORT_WAIT_S) -> int:
     previous = recorded_port(settings)
-    if previous is not None and _port_is_free(previous):
-        return previous
+    if previous is not None:
+        # A killed server's forked child (an AOF rewrite in progress) can hold the listening socket a moment longer.
+        deadline = time.monotonic() + wait_s
+        while True:
+            if _port_is_free(previous):
+                return previous
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
     port = _free_port()
     if previous is not None:
         log.warning("embedded redis-server: port %d (used before) is taken; moving to port %d", previous, port)

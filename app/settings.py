@@ -12,6 +12,7 @@ from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -103,6 +104,21 @@ class Settings(BaseSettings):
     @property
     def clickhouse_dsn(self) -> str:
         return self.clickhouse_url or f"chdb://{self.data_path / 'clickhouse'}"
+
+    @property
+    def clickhouse_db(self) -> str:
+        """The database this deployment uses: the one named in a server URL's path, else ``CLICKHOUSE_DATABASE``
+        (two deployments pointed at two databases of one server never share data)."""
+        if self.clickhouse_embedded:
+            return self.clickhouse_database
+        path = urlsplit(self.clickhouse_dsn).path.strip("/")
+        return path or self.clickhouse_database
+
+    @property
+    def clickhouse_server_dsn(self) -> str:
+        """The server URL without its database path: the client connects before the database exists."""
+        parts = urlsplit(self.clickhouse_dsn)
+        return urlunsplit((parts.scheme, parts.netloc, "", parts.query, ""))
 
     @property
     def clickhouse_embedded(self) -> bool:

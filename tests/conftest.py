@@ -1,24 +1,30 @@
-"""Test fixtures against real services.
+"""Test fixtures against real services, in either shape of the service.
 
 Redis: ``REDIS_URL`` when set (the machine's server), else a private ``redis-server`` started here. The broker
 and the caches get separate databases so a test can flush the cache database without unbinding the broker's
-queues. ClickHouse: the real engine in-process (chdb) on a temporary path, one per test session (chdb allows one
-engine per process); tables are truncated between tests. Workers: Celery's in-process test worker.
+queues. Broker: that Redis, or RabbitMQ when ``CELERY_BROKER_URL`` is an ``amqp://`` URL.
+ClickHouse: embedded (the real engine in-process through chdb on a temporary path, one per test session) unless
+``CLICKHOUSE_URL`` names a server; then the session, and every process a test starts, gets a database of its own
+on that server, dropped at the end. Tables are truncated between tests. Workers: Celery's in-process test worker.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
 import time
+import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+import redis
 
 _ROOT = Path(tempfile.mkdtemp(prefix="usermetrics-tests-"))
 atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
@@ -41,14 +47,58 @@ def _base_redis_url() -> str:
     return url
 
 
+def _server_base() -> str | None:
+    configured = os.environ.get("CLICKHOUSE_URL", "")
+    if not configured or configured.startswith("chdb:"):
+        return None
+    parts = urlsplit(configured)
+    return urlunsplit((parts.scheme, parts.netloc, "", parts.query, ""))
+
+
+CLICKHOUSE_SERVER = _server_base()
+_RUN_ID = uuid.uuid4().hex[:8]
+_DATABASES: list[str] = []
+
+
+def _drop_databases() -> None:
+    for db in _DATABASES:
+        with contextlib.suppress(OSError):
+            request = urllib.request.Request(f"{CLICKHOUSE_SERVER}/", data=f"DROP DATABASE IF EXISTS `{db}`".encode())
+            urllib.request.urlopen(request, timeout=30).close()  # noqa: S310 - the configured test server
+
+
+def clickhouse_env(name: str) -> dict[str, str]:
+    """ClickHouse for a process a test starts: its own database on the server (server mode), or nothing (embedded:
+    chdb under that process's DATA_DIR)."""
+    if CLICKHOUSE_SERVER is None:
+        return {}
+    db = f"usermetrics_test_{_RUN_ID}_{name}".replace("-", "_")
+    if not _DATABASES:
+        atexit.register(_drop_databases)
+    _DATABASES.append(db)
+    return {"CLICKHOUSE_URL": f"{CLICKHOUSE_SERVER}/{db}"}
+
+
+def process_env(name: str, drop: tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment of a process a test starts: this one's, less ``drop``, with ClickHouse of its own."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CLICKHOUSE_URL", *drop)}
+    env.update(clickhouse_env(name))
+    return env
+
+
 BASE_REDIS_URL = _base_redis_url()
 CACHE_REDIS_URL = _with_db(BASE_REDIS_URL, 15)
+# A Redis broker database for tests that need the Redis transport itself (its lists, its unacked hash).
 BROKER_REDIS_URL = _with_db(BASE_REDIS_URL, 14)
+_configured_broker = os.environ.get("CELERY_BROKER_URL", "")
+BROKER_URL = _configured_broker if _configured_broker.startswith("amqp") else BROKER_REDIS_URL
+BROKER_IS_REDIS = BROKER_URL == BROKER_REDIS_URL
+SERVER_MODE = CLICKHOUSE_SERVER is not None
 
 os.environ.update(
     DATA_DIR=str(_ROOT / "data"),
     REDIS_URL=CACHE_REDIS_URL,
-    CELERY_BROKER_URL=BROKER_REDIS_URL,
+    CELERY_BROKER_URL=BROKER_URL,
     FLUSH_MAX_WAIT_MS="50",
     FLUSH_LINGER_MS="20",
     TASK_MAX_RETRIES="2",
@@ -56,6 +106,7 @@ os.environ.update(
     METRICS_PORT="0",  # the in-process worker does not bind a port; tests read the collector directly
 )
 os.environ.pop("CLICKHOUSE_URL", None)
+os.environ.update(clickhouse_env("session"))
 
 from app import migrations, runtime  # noqa: E402
 from app.runtime import Runtime  # noqa: E402
@@ -114,6 +165,8 @@ def worker(celery_app, rt: Runtime):  # type: ignore[no-untyped-def]
 
     from app import constants as c
 
+    if not BROKER_IS_REDIS:
+        purge_broker()
     with start_worker(
         celery_app,
         pool="threads",
@@ -175,23 +228,63 @@ def prime(rt: Runtime, *user_ids: int) -> None:
     UserMetricsQueryService(rt).get_user_metrics(user_ids)
 
 
-def wait_drained(rt: Runtime, timeout_s: float = 20.0) -> None:
-    """Block until every sent message was executed and every buffered event was flushed."""
-    import redis
+class BrokerBacklog:
+    """Messages the broker still holds for the test worker: waiting in a queue, or taken and not acknowledged."""
+
+    def __init__(self) -> None:
+        from kombu import Connection
+
+        self.redis = redis.Redis.from_url(BROKER_URL) if BROKER_IS_REDIS else None
+        self.amqp = None if BROKER_IS_REDIS else Connection(BROKER_URL)
+
+    def count(self) -> int:
+        from celery.worker import state
+
+        from app import constants as c
+
+        queues = (c.EVENTS_QUEUE, c.MAINTENANCE_QUEUE, c.READS_QUEUE)
+        held = len(state.reserved_requests) + len(state.active_requests)
+        if self.redis is not None:
+            return held + sum(int(self.redis.llen(q)) for q in queues) + int(self.redis.hlen("unacked"))
+        assert self.amqp is not None
+        channel = self.amqp.default_channel
+        return held + sum(int(channel.queue_declare(queue=q, passive=True).message_count) for q in queues)
+
+    def close(self) -> None:
+        if self.amqp is not None:
+            self.amqp.release()
+
+
+def purge_broker() -> None:
+    """Empty the test broker's queues (leftovers of an earlier run on a shared RabbitMQ)."""
+    from kombu import Connection, Exchange, Queue
 
     from app import constants as c
 
-    broker = redis.Redis.from_url(BROKER_REDIS_URL)
+    with Connection(BROKER_URL) as conn:
+        for name in (c.EVENTS_QUEUE, c.MAINTENANCE_QUEUE, c.READS_QUEUE):
+            queue = Queue(name, Exchange(name, type="direct"), routing_key=name)(conn.default_channel)
+            queue.declare()
+            queue.purge()
+
+
+def wait_drained(rt: Runtime, timeout_s: float = 20.0) -> None:
+    """Block until every sent message was executed and every buffered event was flushed."""
+    from app import constants as c
+
+    backlog = BrokerBacklog()
     deadline = time.monotonic() + timeout_s
     quiet = 0
-    while time.monotonic() < deadline:
-        queued = sum(int(broker.llen(q)) for q in (c.EVENTS_QUEUE, c.MAINTENANCE_QUEUE, c.READS_QUEUE))
-        unacked = int(broker.hlen("unacked"))
-        buffered = int(rt.redis.xlen(c.EVENT_STREAM_KEY))
-        dirty = int(rt.redis.zcard(c.METRICS_DIRTY_KEY))
-        # Quiet twice in a row: a message between the broker's pop and its unacked record is invisible once.
-        quiet = quiet + 1 if queued == 0 and unacked == 0 and buffered == 0 and dirty == 0 else 0
-        if quiet >= 3:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"not drained in {timeout_s}s: {queued=} {unacked=} {buffered=} {dirty=}")
+    try:
+        while time.monotonic() < deadline:
+            queued = backlog.count()
+            buffered = int(rt.redis.xlen(c.EVENT_STREAM_KEY))
+            dirty = int(rt.redis.zcard(c.METRICS_DIRTY_KEY))
+            # Quiet three times in a row: a message between the broker's pop and its record is invisible once.
+            quiet = quiet + 1 if queued == 0 and buffered == 0 and dirty == 0 else 0
+            if quiet >= 3:
+                return
+            time.sleep(0.02)
+    finally:
+        backlog.close()
+    raise AssertionError(f"not drained in {timeout_s}s: {queued=} {buffered=} {dirty=}")

@@ -8,7 +8,7 @@ from typing import Any
 from kombu import Connection, Exchange, Queue
 
 from app.bench.harness import task_body, task_headers
-from tests.conftest import BROKER_REDIS_URL
+from tests.conftest import BROKER_URL
 
 
 def publish_raw(
@@ -19,7 +19,7 @@ def publish_raw(
     body: Any = None,
     content_type: str = "application/json",
     queue: str = "events",
-    broker_url: str = BROKER_REDIS_URL,
+    broker_url: str = BROKER_URL,
 ) -> str:
     task_id = task_id or str(uuid.uuid4())
     headers = task_headers(task, task_id, lang="js")

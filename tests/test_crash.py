@@ -36,7 +36,8 @@ from app import embedded_redis
 from app.bench.harness import task_body, task_headers, worker_argv
 from app.broker import queue_stats
 from app.settings import Settings
-from tests.conftest import BASE_REDIS_URL, ROOT, _with_db
+from tests.conftest import BASE_REDIS_URL, ROOT, SERVER_MODE, _with_db, process_env
+from tests.conftest import BROKER_URL as SESSION_BROKER_URL
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE_URL = _with_db(BASE_REDIS_URL, 12)
@@ -47,9 +48,10 @@ N_FOLLOWS = 500
 
 
 def _env(flush_max_events: int = 300, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "CLICKHOUSE_URL"}
+    data_dir = Path(extra.get("DATA_DIR", str(ROOT / "crash")))
+    env = process_env(data_dir.name)
     env.update(
-        DATA_DIR=str(ROOT / "crash"),
+        DATA_DIR=str(data_dir),
         REDIS_URL=CACHE_URL,
         CELERY_BROKER_URL=BROKER_URL,
         FLUSH_MAX_EVENTS=str(flush_max_events),
@@ -166,6 +168,7 @@ def test_sigkill_mid_batch_loses_nothing_and_counts_nothing_twice() -> None:
     _assert_exact(_read_truth())
 
 
+@pytest.mark.skipif(SERVER_MODE, reason="embedded mode's restore; server mode: the RabbitMQ test below")
 def test_sigkill_with_messages_in_flight_recovers_them_at_restart_not_after_the_visibility_timeout() -> None:
     """The broker's visibility timeout stays at its default (an hour); the messages the dead worker had taken
     but not acknowledged must still run as soon as a worker is back (embedded mode restores them at start)."""
@@ -174,7 +177,7 @@ def test_sigkill_with_messages_in_flight_recovers_them_at_restart_not_after_the_
     broker.flushdb()
     # Messages due in a few seconds: a worker takes them all at once and holds them, unacknowledged, until due.
     _publish_all(eta=(datetime.now(UTC) + timedelta(seconds=20)).isoformat())
-    extra = {"DATA_DIR": str(ROOT / "crash-in-flight"), "BROKER_VISIBILITY_TIMEOUT_S": "3600"}
+    extra = {"DATA_DIR": str(ROOT / "crash_in_flight"), "BROKER_VISIBILITY_TIMEOUT_S": "3600"}
     first = _worker(300, WORKER_PREFETCH="1000", **extra)
     try:
         deadline = time.monotonic() + 60
@@ -218,18 +221,22 @@ def _rabbitmq_up() -> bool:
         return False
 
 
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
 @pytest.mark.skipif(not _rabbitmq_up(), reason="no RabbitMQ on 127.0.0.1:5672")
+@pytest.mark.skipif(SESSION_BROKER_URL == AMQP_URL, reason="the session's own worker consumes this vhost")
 def test_rabbitmq_requeues_a_killed_workers_messages_at_once() -> None:
     """Server-mode broker choice: with RabbitMQ a dead worker's unacknowledged messages return to the queue when
     its connection drops (no visibility timeout, no restore step), so nothing waits an hour."""
-    amqp = "amqp://guest:guest@127.0.0.1:5672//"
+    amqp = AMQP_URL
     cache = redis.Redis.from_url(CACHE_URL)
     cache.flushdb()
     with Connection(amqp) as conn:
         for name in ("events", "maintenance", "reads"):
             Queue(name, Exchange(name, type="direct"), routing_key=name)(conn.default_channel).declare()
             Queue(name, Exchange(name, type="direct"), routing_key=name)(conn.default_channel).purge()
-    extra = {"CELERY_BROKER_URL": amqp, "DATA_DIR": str(ROOT / "crash-amqp")}
+    extra = {"CELERY_BROKER_URL": amqp, "DATA_DIR": str(ROOT / "crash_amqp")}
     _publish_all(eta=(datetime.now(UTC) + timedelta(seconds=15)).isoformat(), broker_url=amqp)
     first = _worker(300, WORKER_PREFETCH="1000", **extra)
     try:
@@ -257,7 +264,7 @@ def test_cache_redis_outage_requeues_messages_instead_of_dropping_them(tmp_path:
     cache_url, pid = embedded_redis.start(redis_settings)
     extra = {
         "REDIS_URL": cache_url,
-        "DATA_DIR": str(tmp_path / "data"),
+        "DATA_DIR": str(tmp_path / "redis_outage"),
         "TASK_MAX_RETRIES": "2",
         "RETRY_BACKOFF_MAX_S": "1",
     }

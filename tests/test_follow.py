@@ -75,15 +75,17 @@ def test_unfollow_delivered_before_its_older_follow(clean, producer):  # type: i
     ],
 )
 def test_producer_refuses_bad_input_and_enqueues_nothing(clean, producer, kwargs, message):  # type: ignore[no-untyped-def]
-    import redis
 
-    from tests.conftest import BROKER_REDIS_URL
+    from app.broker import queue_stats
+    from tests.conftest import BROKER_URL
 
-    broker = redis.Redis.from_url(BROKER_REDIS_URL)
-    before = broker.llen("events")
+    def depth() -> int:
+        return queue_stats(BROKER_URL, ["events"])["events"].depth
+
+    before = depth()
     with pytest.raises(ValidationError, match=message):
         producer.send("record_follow", **kwargs)
-    assert broker.llen("events") == before
+    assert depth() == before
 
 
 def test_query_service_fills_cache_on_miss(clean, producer):  # type: ignore[no-untyped-def]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ from app.exporter import StatsCollector
 from app.metrics import SCORE_SCALE, UserMetrics
 from app.query import UserMetricsQueryService
 from app.runtime import Runtime
-from tests.conftest import BROKER_REDIS_URL, CACHE_REDIS_URL, wait_drained, wipe_clickhouse
+from tests.conftest import BROKER_URL, CACHE_REDIS_URL, process_env, wait_drained, wipe_clickhouse
 from tests.oracle import Oracle
 from tests.test_read_properties import USERS, an_event, to_event
 
@@ -201,10 +200,10 @@ def test_exporter_serves_counters_prometheus_can_scrape(clean: Runtime) -> None:
 
 
 def _beat(tmp: Path, name: str, interval: str) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k != "CLICKHOUSE_URL"}
+    env = process_env(f"beat-{name}")
     env.update(
         REDIS_URL=CACHE_REDIS_URL,
-        CELERY_BROKER_URL=BROKER_REDIS_URL,
+        CELERY_BROKER_URL=BROKER_URL,
         ENGAGEMENT_INTERVAL_S=interval,
         RANKS_INTERVAL_S=interval,
         REFRESH_INTERVAL_S=interval,

@@ -21,7 +21,7 @@ import pytest
 import redis
 import requests
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, process_env
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parent.parent
@@ -63,7 +63,7 @@ def _wait(predicate, timeout_s: float, what: str):  # type: ignore[no-untyped-de
 @pytest.fixture()
 def stack_env() -> dict[str, str]:
     data = ROOT / "e2e-stack"
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL", "CLICKHOUSE_URL")}
+    env = process_env("e2e_stack", drop=("REDIS_URL", "CELERY_BROKER_URL"))
     env.update(
         DATA_DIR=str(data),
         FLOWER_PORT=str(_free_port()),
