@@ -21,6 +21,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     broker = settings.celery_broker_url or redis_url
     return {
         "broker_url": broker,
+        # Celery lets the CELERY_BROKER_URL variable override ``broker_url``; the read and write URLs win over both,
+        # so the broker is the one of these settings (a process may hold settings for another deployment).
+        "broker_read_url": broker,
+        "broker_write_url": broker,
         # Redis brokers get the hardened channel (bad queue items become dead letters; the real queue is known).
         **({"broker_transport": "tasks.transport:Transport"} if broker.startswith(("redis://", "rediss://")) else {}),
         "broker_connection_retry_on_startup": True,
