@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -643,15 +644,40 @@ def _print_bench(title: str, rows: list[tuple[str, str, str]], figures: dict[str
     console.print(table)
 
 
+@contextlib.contextmanager
+def _bench_server(url: str | None, start: bool) -> Iterator[str | None]:
+    """The server a benchmark's server shape runs on: the one given, a local one started for it, or none."""
+    if url is not None or not start:
+        yield url
+        return
+    import tempfile
+
+    from app import clickhouse_server
+
+    with tempfile.TemporaryDirectory(prefix="usermetrics-bench-server-") as tmp:
+        paths = clickhouse_server.ServerPaths(Path(tmp))
+        try:
+            yield clickhouse_server.start(paths)
+        finally:
+            clickhouse_server.stop(paths)
+
+
 @bench_cli.command("ingest")
 def bench_ingest(
-    quick: Annotated[bool, typer.Option("--quick", help="Small sizes, under a minute")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Small sizes, a few minutes")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON")] = False,
+    clickhouse_url: Annotated[
+        str | None, typer.Option(help="also measure the server shape on this ClickHouse server (http://host:port)")
+    ] = None,
+    server: Annotated[bool, typer.Option("--server", help="also measure the server shape on a local server")] = False,
+    workers: Annotated[int, typer.Option(help="server shape: measure 1..N worker processes")] = 2,
 ) -> None:
-    """Write path: no-op ceiling, per-message mix, 500-event batches, latency, worker memory."""
+    """Write path: plain-Celery ceiling, per-message mix, 500-event batches, latency, worker memory; embedded and,
+    with --server or --clickhouse-url, the server shape side by side."""
     from app.bench import ingest
 
-    result = ingest.run(quick)
+    with _bench_server(clickhouse_url, server) as url:
+        result = ingest.run(quick, url, workers)
     _print_bench("ingest" + (" (quick)" if quick else ""), result.rows(), result.figures, as_json)
 
 

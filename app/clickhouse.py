@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, TypeVar, cast
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -26,6 +26,7 @@ from app.events import Event
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EVENT_TABLE = "entityMetricEvents"
 EVENT_COLUMNS = (
@@ -40,6 +41,16 @@ EVENT_COLUMNS = (
 )
 
 _EVENT_INSERT_SETTINGS = {"max_partitions_per_insert_block": 0}
+# Most values bound into one query parameter: a server receives parameters as HTTP form fields, and a field
+# longer than ``http_max_field_value_size`` (128 KiB) is refused; 1,000 UUIDs or key tuples stay far below.
+PARAM_CHUNK = 1000
+
+
+def chunked(values: Sequence[T], size: int = PARAM_CHUNK) -> Iterator[Sequence[T]]:
+    """``values`` in slices of at most ``size``, for queries that bind them as one array parameter."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
 
 _owner_handles: dict[Path, IO[str]] = {}
 _owner_guard = threading.Lock()

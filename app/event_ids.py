@@ -17,7 +17,7 @@ import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from app.clickhouse import ClickHouse
+from app.clickhouse import ClickHouse, chunked
 from app.events import Event
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -43,7 +43,9 @@ def conflicts(ch: ClickHouse, events: Sequence[Event]) -> dict[int, str]:
     if not events:
         return {}
     ids = list({e.event_id for e in events})
-    taken: dict[str, int] = {str(eid): int(fp) for eid, fp in ch.rows(_LOOKUP_SQL, {"ids": ids})}
+    taken: dict[str, int] = {}
+    for part in chunked(ids):
+        taken.update({str(eid): int(fp) for eid, fp in ch.rows(_LOOKUP_SQL, {"ids": part})})
     out: dict[int, str] = {}
     for pos, e in enumerate(events):
         key, fp = str(e.event_id), fingerprint(e)

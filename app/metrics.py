@@ -13,8 +13,11 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
-from app.clickhouse import ClickHouse
+from app.clickhouse import ClickHouse, chunked
 from app.events import ADDITIVE_TYPES, REACTION_TYPES
+
+# Users per metrics query: each bound array stays well inside a server's form-field limit (128 KiB).
+USERS_PER_QUERY = 2000
 
 # Scores are summed as integers in units of 1/10,000 so that they are exact, whatever the weights.
 SCORE_SCALE = 10_000
@@ -257,6 +260,11 @@ def compute_user_metrics(
     users = sorted(set(user_ids))
     if not users:
         return {}
+    if len(users) > USERS_PER_QUERY:  # keep each bound array well inside a server's form-field limit
+        out: dict[int, UserMetrics] = {}
+        for part in chunked(users, USERS_PER_QUERY):
+            out.update(compute_user_metrics(ch, part, weights=weights, window=window, as_of=as_of))
+        return out
     if as_of is not None:
         return _compute_as_of(ch, users, weights=weights, window=window, as_of=as_of.astimezone(UTC))
     now = datetime.now(UTC)

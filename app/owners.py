@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from app.clickhouse import ClickHouse
+from app.clickhouse import ClickHouse, chunked
 from app.events import UPLOAD_ENTITY_TYPES, Event, MetricType
 
 Entity = tuple[str, int]
@@ -66,8 +66,9 @@ def _known_owners(ch: ClickHouse, events: Sequence[Event]) -> tuple[dict[Entity,
     by_upload = set(known)
     wanted = sorted({(e.entity_type, e.entity_id) for e in events if _owned(e)} - by_upload)
     named: dict[Entity, int] = {}
-    if wanted:
-        for etype, eid, uploader, n_uploads, owner in ch.rows(_KNOWN_OWNERS_SQL, {"entities": wanted}):
+    rows = [row for part in chunked(wanted) for row in ch.rows(_KNOWN_OWNERS_SQL, {"entities": part})]
+    if rows:
+        for etype, eid, uploader, n_uploads, owner in rows:
             key = (str(etype), int(eid))
             if int(n_uploads):
                 known[key] = int(uploader)
@@ -98,8 +99,9 @@ def resolve(ch: ClickHouse, events: Sequence[Event]) -> Resolution:
             )
 
     adoptable = sorted({(e.entity_type, e.entity_id) for e in events} & set(known))
-    if adoptable:
-        for event_id, etype, eid, user, metric, value, created in ch.rows(_ORPHANS_SQL, {"entities": adoptable}):
+    orphans = [row for part in chunked(adoptable) for row in ch.rows(_ORPHANS_SQL, {"entities": part})]
+    if orphans:
+        for event_id, etype, eid, user, metric, value, created in orphans:
             out.adopted.append(
                 Event(
                     event_id=event_id,

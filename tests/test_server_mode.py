@@ -13,8 +13,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from app.metrics import compute_user_metrics
 from app.settings import Settings
-from tests.conftest import CLICKHOUSE_SERVER, ROOT, clickhouse_env, process_env
+from tests.conftest import CLICKHOUSE_SERVER, ROOT, clickhouse_env, process_env, wait_events
 
 REPO = Path(__file__).resolve().parent.parent
 needs_server = pytest.mark.skipif(CLICKHOUSE_SERVER is None, reason="no ClickHouse server configured")
@@ -74,3 +75,25 @@ def test_an_unreachable_server_is_one_clear_line_and_exit_1() -> None:
     assert done.returncode == 1
     assert "error: cannot reach ClickHouse at http://***@127.0.0.1:9/usermetrics" in done.stderr
     assert "secret" not in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.usefixtures("worker")
+def test_one_flush_of_thousands_of_distinct_entities_binds_its_parameters_in_chunks(clean, producer) -> None:  # type: ignore[no-untyped-def]
+    # A server receives bound parameters as HTTP form fields (at most 128 KiB each): 6,000 event ids or entity keys
+    # in one array were refused before the lookups were chunked.
+    items = [
+        {
+            "type": "record_entity_metric",
+            "entity_type": "Model",
+            "entity_id": 10_000 + i,
+            "metric_type": "Download",
+            "metric_value": 1,
+            "user_id": 7,
+            "owner_id": 1 + i % 3,
+        }
+        for i in range(6000)
+    ]
+    producer.record_events(items)
+    wait_events(clean, 6000, timeout_s=120)
+    got = compute_user_metrics(clean.clickhouse, [1, 2, 3], weights=clean.weights, window=clean.window)
+    assert [got[u].download_count for u in (1, 2, 3)] == [2000, 2000, 2000]

@@ -13,7 +13,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +26,20 @@ from app.settings import Settings
 REPO = Path(__file__).resolve().parent.parent.parent
 
 
-def worker_argv(hostname: str, concurrency: int = 4) -> list[str]:
-    """A worker that owns the embedded ClickHouse: thread pool, every queue."""
+def worker_argv(
+    hostname: str, concurrency: int = 4, pool: str = "threads", app: str = "tasks.celery_app:celery_app"
+) -> list[str]:
+    """A worker on every queue: by default the project's, with a thread pool (it owns the embedded ClickHouse)."""
     queues = f"{c.EVENTS_QUEUE},{c.MAINTENANCE_QUEUE},{c.READS_QUEUE}"
     return [
         sys.executable,
         "-m",
         "celery",
         "-A",
-        "tasks.celery_app:celery_app",
+        app,
         "worker",
         "--pool",
-        "threads",
+        pool,
         "-c",
         str(concurrency),
         "-Q",
@@ -107,6 +109,9 @@ class BenchStack:
     broker_url: str
     redis_pid: int
     worker: subprocess.Popen[bytes] | None = None
+    # Server shape: a ClickHouse server URL (with the database) and the extra worker processes.
+    clickhouse_url: str | None = None
+    others: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def cache(self) -> redis.Redis:
@@ -122,6 +127,8 @@ class BenchStack:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("CLICKHOUSE_URL", "DATABASE_URL")}
+        if self.clickhouse_url is not None:
+            env["CLICKHOUSE_URL"] = self.clickhouse_url
         env.update(
             DATA_DIR=str(self.root),
             REDIS_URL=self.cache_url,
@@ -139,15 +146,30 @@ class BenchStack:
             start_new_session=True,
         )
 
+    def start_workers(self, n: int, pool: str, concurrency: int, app: str = "tasks.celery_app:celery_app") -> None:
+        """``n`` worker instances (the first is ``self.worker``), each with its own pool."""
+        for i in range(n):
+            argv = worker_argv(f"bench{i}@%h", concurrency, pool, app) + ["--without-mingle", "--without-gossip"]
+            proc = subprocess.Popen(argv, env=self.env(), cwd=REPO, start_new_session=True)  # noqa: S603
+            if self.worker is None:
+                self.worker = proc
+            else:
+                self.others.append(proc)
+
     def stop_worker(self) -> None:
-        if self.worker is not None and self.worker.poll() is None:
-            os.killpg(self.worker.pid, signal.SIGTERM)
+        for proc in [self.worker, *self.others]:
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in [self.worker, *self.others]:
+            if proc is None:
+                continue
             try:
-                self.worker.wait(60)
+                proc.wait(60)
             except subprocess.TimeoutExpired:
-                os.killpg(self.worker.pid, signal.SIGKILL)
-                self.worker.wait()
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         self.worker = None
+        self.others = []
 
     def worker_peak_rss_mb(self) -> float:
         """Peak resident memory (VmHWM) of the worker process."""
@@ -185,8 +207,9 @@ class BenchStack:
         while not self.drained():
             if time.perf_counter() - started > timeout_s:
                 raise TimeoutError("the worker did not drain in time")
-            if self.worker is not None and self.worker.poll() is not None:
-                raise RuntimeError(f"the worker exited with {self.worker.returncode}")
+            for proc in [self.worker, *self.others]:
+                if proc is not None and proc.poll() is not None:
+                    raise RuntimeError(f"a worker exited with {proc.returncode}")
             time.sleep(0.005)
         return time.perf_counter() - started
 
@@ -195,12 +218,13 @@ class BenchStack:
 
 
 @contextlib.contextmanager
-def bench_stack() -> Iterator[BenchStack]:
+def bench_stack(clickhouse_url: str | None = None) -> Iterator[BenchStack]:
+    """A private Redis (cache and broker databases) and, for the server shape, ``clickhouse_url``."""
     with tempfile.TemporaryDirectory(prefix="usermetrics-bench-") as tmp:
         root = Path(tmp)
         url, pid = embedded_redis.start(Settings(DATA_DIR=str(root)))
         base = url.rsplit("/", 1)[0]
-        stack = BenchStack(root, f"{base}/0", f"{base}/1", pid)
+        stack = BenchStack(root, f"{base}/0", f"{base}/1", pid, clickhouse_url=clickhouse_url)
         try:
             yield stack
         finally:

@@ -12,12 +12,17 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import clickhouse_connect
 
 from app import constants as c
 from app import metrics_cache
 from app.bench.harness import BenchStack, bench_stack, percentile
 from app.metrics import UserMetrics
 from app.simulate import TrafficGenerator
+
+PLAIN_APP = "app.bench.plain:plain"
 
 GOAL_RATIO = 0.7
 GOAL_BATCH_EPS = 20_000
@@ -42,24 +47,57 @@ class IngestSizes:
 @dataclass
 class IngestResult:
     figures: dict[str, float] = field(default_factory=dict)
+    server_workers: int = 0
 
     def rows(self) -> list[tuple[str, str, str]]:
         f = self.figures
-        return [
-            ("(a) no-op task throughput", f"{f['noop_per_s']:,.0f} tasks/s", "ceiling"),
+        ceiling = f["noop_per_s"]
+        rows = [
             (
-                "(b) realistic per-message events",
+                "(a) ceiling: plain Celery no-op",
+                f"{ceiling:,.0f} tasks/s",
+                f"best of prefork x2 {f['plain_prefork_per_s']:,.0f} / threads x4 {f['plain_threads_per_s']:,.0f}",
+            ),
+            (
+                "    the project's worker, no-op",
+                f"{f['own_noop_per_s']:,.0f} tasks/s",
+                f"{f['own_noop_per_s'] / ceiling:.2f} of (a)",
+            ),
+            (
+                "(b) per-message events, embedded",
                 f"{f['mix_per_s']:,.0f} msgs/s ({f['mix_events_per_s']:,.0f} ev/s)",
                 f"(b)/(a) = {f['ratio']:.2f} (goal >= {GOAL_RATIO})",
             ),
-            ("(c) record_events x500", f"{f['batch_events_per_s']:,.0f} events/s", f"goal >= {GOAL_BATCH_EPS:,}"),
+            (
+                "(c) record_events x500, embedded",
+                f"{f['batch_events_per_s']:,.0f} events/s",
+                f"goal >= {GOAL_BATCH_EPS:,}",
+            ),
+        ]
+        for n in range(1, self.server_workers + 1):
+            rows.append(
+                (
+                    f"(b) per-message, server, {n} worker process(es)",
+                    f"{f[f'server{n}_mix_per_s']:,.0f} msgs/s",
+                    f"(b)/(a) = {f[f'server{n}_mix_per_s'] / ceiling:.2f}",
+                )
+            )
+            rows.append(
+                (
+                    f"(c) record_events x500, server, {n}",
+                    f"{f[f'server{n}_batch_events_per_s']:,.0f} events/s",
+                    f"goal >= {GOAL_BATCH_EPS:,}",
+                )
+            )
+        rows += [
             (
                 "(d) event-to-visible latency",
                 f"p50 {f['latency_p50_ms']:.0f} ms, p99 {f['latency_p99_ms']:.0f} ms",
                 f"at {f['latency_rate']:.0f} msgs/s; goal p99 < {GOAL_P99_S * 1000:.0f} ms",
             ),
-            ("(e) worker peak memory", f"{f['peak_rss_mb']:.0f} MB", ""),
+            ("(e) worker peak memory", f"{f['peak_rss_mb']:.0f} MB", "embedded worker"),
         ]
+        return rows
 
 
 def _warm_up(stack: BenchStack) -> None:
@@ -150,14 +188,21 @@ def _measure_latency(stack: BenchStack, rate: float, duration_s: float) -> list[
     return [seen[t] - sent[t] for t in sent if t in seen] + [float("inf")] * (len(sent) - len(seen))
 
 
-def run(quick: bool) -> IngestResult:
-    sizes = IngestSizes.pick(quick)
-    result = IngestResult()
-    f = result.figures
+def _measure_ceiling(sizes: IngestSizes, f: dict[str, float]) -> None:
+    """(a): a plain Celery worker with Celery's defaults, in its two fastest pools on this machine."""
+    for pool, concurrency in (("prefork", 2), ("threads", 4)):
+        with bench_stack() as stack:
+            stack.start_workers(1, pool, concurrency, app=PLAIN_APP)
+            _measure_noop(stack, 200)  # the worker is up and warm
+            f[f"plain_{pool}_per_s"] = _measure_noop(stack, sizes.noop)
+    f["noop_per_s"] = max(f["plain_prefork_per_s"], f["plain_threads_per_s"])
+
+
+def _measure_embedded(sizes: IngestSizes, f: dict[str, float]) -> None:
     with bench_stack() as stack:
         stack.start_worker()
         _warm_up(stack)
-        f["noop_per_s"] = _measure_noop(stack, sizes.noop)
+        f["own_noop_per_s"] = _measure_noop(stack, sizes.noop)
         f["mix_per_s"], f["mix_events_per_s"] = _measure_mix(stack, sizes.events)
         f["ratio"] = f["mix_per_s"] / f["noop_per_s"]
         f["batch_events_per_s"] = _measure_batches(stack, sizes.batches, sizes.batch_size)
@@ -166,4 +211,38 @@ def run(quick: bool) -> IngestResult:
         f["latency_p50_ms"] = percentile(latencies, 50) * 1000
         f["latency_p99_ms"] = percentile(latencies, 99) * 1000
         f["peak_rss_mb"] = stack.worker_peak_rss_mb()
+
+
+def _measure_server(sizes: IngestSizes, base_url: str, workers: int, f: dict[str, float]) -> None:
+    """The server shape: ``n`` prefork worker processes (concurrency 2 each) on one ClickHouse server, n = 1..N,
+    each on a fresh database."""
+    for n in range(1, workers + 1):
+        database = f"usermetrics_bench_ingest_{n}"
+        admin = clickhouse_connect.get_client(dsn=base_url)
+        admin.command(f"DROP DATABASE IF EXISTS {database}")
+        try:
+            with bench_stack(f"{base_url}/{database}") as stack:
+                stack.start_workers(n, "prefork", 2)
+                _warm_up(stack)
+                f[f"server{n}_mix_per_s"], _ = _measure_mix(stack, sizes.events)
+                f[f"server{n}_batch_events_per_s"] = _measure_batches(stack, sizes.batches, sizes.batch_size)
+        finally:
+            admin.command(f"DROP DATABASE IF EXISTS {database}")
+            admin.close()
+
+
+def run(quick: bool, clickhouse_url: str | None = None, workers: int = 0) -> IngestResult:
+    """Embedded figures, and with ``clickhouse_url`` (a server) the server shape with 1..``workers`` processes."""
+    sizes = IngestSizes.pick(quick)
+    result = IngestResult(server_workers=workers if clickhouse_url else 0)
+    f = result.figures
+    _measure_ceiling(sizes, f)
+    _measure_embedded(sizes, f)
+    if clickhouse_url is not None and workers:
+        _measure_server(sizes, _server_base(clickhouse_url), workers, f)
     return result
+
+
+def _server_base(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "", parts.query, ""))
