@@ -17,6 +17,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -26,6 +27,7 @@ from app import constants as c
 from app.buffer import Entry
 from app.clickhouse import insert_events
 from app.errors import REDIS_DOWN, PermanentError, classify
+from app.events import Event
 from app.refresher import mark_dirty
 from app.runtime import Runtime
 
@@ -117,31 +119,12 @@ class Flusher:
 
     def _without_reused_ids(self, entries: list[Entry]) -> list[Entry]:
         """Dead-letter the events that reuse a taken event id with another payload (first wins); keep the rest."""
-        flat = [(entry, e) for entry in entries for e in entry.events]
-        losers = event_ids.conflicts(self.rt.clickhouse, [e for _, e in flat])
+        flat = [e for entry in entries for e in entry.events]
+        losers = event_ids.conflicts(self.rt.clickhouse, flat)
         if not losers:
             return entries
-        dropped: dict[str, list[int]] = {}
-        for pos in losers:
-            dropped.setdefault(flat[pos][0].entry_id, []).append(pos)
-        out = []
-        for entry in entries:
-            positions = dropped.get(entry.entry_id)
-            if positions is None:
-                out.append(entry)
-                continue
-            bad = [flat[p][1] for p in positions]
-            deadletters.record(
-                self.rt.redis,
-                task=c.BUFFERED_EVENTS_TASK,
-                reason="; ".join(dict.fromkeys(losers[p] for p in positions)),
-                error="EventIdReused",
-                task_id=entry.entry_id,
-                kwargs={"source_task": entry.task, "events": [e.to_json() for e in bad]},
-            )
-            kept = [e for e in entry.events if not any(e is b for b in bad)]
-            out.append(Entry(entry.entry_id, entry.task, kept))
-        return out
+        by_event = {id(flat[pos]): reason for pos, reason in losers.items()}
+        return self._split_off(entries, lambda e: by_event.get(id(e)), "EventIdReused")
 
     def _write(self, entries: list[Entry]) -> FlushResult:
         r, ch = self.rt.redis, self.rt.clickhouse
@@ -177,15 +160,30 @@ class Flusher:
         return keep
 
     def _dead_letter_conflicts(self, entries: list[Entry], conflicts: dict[str, str]) -> list[Entry]:
-        """Dead-letter whole messages that carry wrong owner data; return the others."""
-        good = []
+        """Dead-letter the events that carry wrong owner data (all four of a ``set_reaction`` conflict together);
+        keep the rest of their messages: one bad item does not sink a 500-event ``record_events``."""
+        return self._split_off(entries, lambda e: conflicts.get(str(e.event_id)), "OwnerConflict")
+
+    def _split_off(self, entries: list[Entry], reason_of: Callable[[Event], str | None], error: str) -> list[Entry]:
+        """Entries without the events ``reason_of`` refuses; those go to one dead letter per entry (not acknowledged
+        here: the entry is acknowledged with the batch, after its other events are written)."""
+        out = []
         for entry in entries:
-            reasons = [conflicts[str(e.event_id)] for e in entry.events if str(e.event_id) in conflicts]
-            if not reasons:
-                good.append(entry)
+            refused = [(e, reason) for e in entry.events if (reason := reason_of(e)) is not None]
+            if not refused:
+                out.append(entry)
                 continue
-            self._dead_letter(entry, "; ".join(reasons), "OwnerConflict")
-        return good
+            deadletters.record(
+                self.rt.redis,
+                task=c.BUFFERED_EVENTS_TASK,
+                reason="; ".join(dict.fromkeys(reason for _, reason in refused)),
+                error=error,
+                task_id=entry.entry_id,
+                kwargs={"source_task": entry.task, "events": [e.to_json() for e, _ in refused]},
+            )
+            bad = {id(e) for e, _ in refused}
+            out.append(Entry(entry.entry_id, entry.task, [e for e in entry.events if id(e) not in bad]))
+        return out
 
     def _dead_letter(self, entry: Entry, reason: str, error: str) -> None:
         deadletters.record(
