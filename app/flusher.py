@@ -135,7 +135,10 @@ class Flusher:
         keep = {str(e.event_id) for entry in entries for e in entry.events}
         events = [e for e in resolution.events if str(e.event_id) in keep]
         insert_events(ch, events + resolution.adopted)
-        users = {u for e in (*events, *resolution.adopted) for u in e.affected_users()}
+        late = owners.adopt_after_insert(ch, events)
+        if late:
+            insert_events(ch, late)
+        users = {u for e in (*events, *resolution.adopted, *late) for u in e.affected_users()}
         reactions_cache.merge(r, reactions_cache.updates_from_events(events))
         mark_dirty(r, users)  # the refresher recomputes their cached hashes
         buffer.ack(r, [entry.entry_id for entry in entries])

@@ -115,3 +115,17 @@ def resolve(ch: ClickHouse, events: Sequence[Event]) -> Resolution:
                 )
             )
     return out
+
+
+def adopt_after_insert(ch: ClickHouse, written: Sequence[Event]) -> list[Event]:
+    """Orphans to write again with their owner, looked up *after* this batch's insert.
+
+    Two flushers (in two processes) can interleave: one writes an orphan (its entity's Upload not stored yet) while
+    the other resolves and writes that Upload, and each looked before the other's insert became visible. Looking
+    again once this batch is stored closes that window: of two inserts, the later one's look sees the earlier one's
+    rows, so either the orphan's writer finds the Upload or the Upload's writer finds the orphan. Re-writing an
+    event that the other flusher also adopted is harmless (same event id, same owner).
+    """
+    if not any(_owned(e) or e.metric_type is MetricType.UPLOAD for e in written):
+        return []
+    return resolve(ch, written).adopted

@@ -18,9 +18,10 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -209,6 +210,37 @@ def run_cli(capsys):  # type: ignore[no-untyped-def]
         return CliResult(int(code or 0), capsys.readouterr().out)
 
     return invoke
+
+
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"  # RabbitMQ's default vhost, for tests that need a broker of their own
+
+
+def rabbitmq_up() -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(check: Callable[[], Any], what: str, timeout_s: float = 15.0) -> None:
+    """Poll ``check`` until it holds; a store that is not there yet (no tables before a worker migrated, a server
+    restarting) counts as not yet."""
+    from app.errors import TransientError
+
+    def holds() -> bool:
+        try:
+            return bool(check())
+        except TransientError:
+            return False
+
+    deadline = time.monotonic() + timeout_s
+    while not holds():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.05)
 
 
 def wait_events(rt: Runtime, n: int, timeout_s: float = 20.0) -> None:

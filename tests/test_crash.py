@@ -19,12 +19,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -36,7 +34,7 @@ from app import embedded_redis
 from app.bench.harness import task_body, task_headers, worker_argv
 from app.broker import queue_stats
 from app.settings import Settings
-from tests.conftest import BASE_REDIS_URL, ROOT, SERVER_MODE, _with_db, process_env
+from tests.conftest import AMQP_URL, BASE_REDIS_URL, ROOT, SERVER_MODE, _with_db, process_env, rabbitmq_up, wait_until
 from tests.conftest import BROKER_URL as SESSION_BROKER_URL
 
 REPO = Path(__file__).resolve().parent.parent
@@ -205,26 +203,7 @@ def _ingested(cache: redis.Redis) -> int:
     return int(cache.hget("stats:counters", "events_ingested_total") or 0)
 
 
-def _wait(check: Callable[[], bool], what: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.1)
-
-
-def _rabbitmq_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
-
-
-@pytest.mark.skipif(not _rabbitmq_up(), reason="no RabbitMQ on 127.0.0.1:5672")
+@pytest.mark.skipif(not rabbitmq_up(), reason="no RabbitMQ on 127.0.0.1:5672")
 @pytest.mark.skipif(SESSION_BROKER_URL == AMQP_URL, reason="the session's own worker consumes this vhost")
 def test_rabbitmq_requeues_a_killed_workers_messages_at_once() -> None:
     """Server-mode broker choice: with RabbitMQ a dead worker's unacknowledged messages return to the queue when
@@ -240,7 +219,7 @@ def test_rabbitmq_requeues_a_killed_workers_messages_at_once() -> None:
     _publish_all(eta=(datetime.now(UTC) + timedelta(seconds=15)).isoformat(), broker_url=amqp)
     first = _worker(300, WORKER_PREFETCH="1000", **extra)
     try:
-        _wait(lambda: queue_stats(amqp, ["events"])["events"].depth == 0, "the worker to take every message", 60)
+        wait_until(lambda: queue_stats(amqp, ["events"])["events"].depth == 0, "the worker to take every message", 60)
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
@@ -248,8 +227,8 @@ def test_rabbitmq_requeues_a_killed_workers_messages_at_once() -> None:
     assert _ingested(cache) == 0  # all of them were held, none ran
     second = _worker(300, WORKER_PREFETCH="1000", **extra)
     try:
-        _wait(lambda: queue_stats(amqp, ["events"])["events"].depth == 0, "the queue to drain", 60)
-        _wait(lambda: _ingested(cache) >= total and cache.xlen("events:buffer") == 0, "every event written", 90)
+        wait_until(lambda: queue_stats(amqp, ["events"])["events"].depth == 0, "the queue to drain", 60)
+        wait_until(lambda: _ingested(cache) >= total and cache.xlen("events:buffer") == 0, "every event written", 90)
     finally:
         os.killpg(second.pid, signal.SIGTERM)
         second.wait(60)
@@ -275,18 +254,18 @@ def test_cache_redis_outage_requeues_messages_instead_of_dropping_them(tmp_path:
     try:
         # The worker is up: a first batch lands.
         _publish_all(n_downloads=0)
-        _wait(lambda: _ingested(cache) >= N_FOLLOWS, "the first batch", 60)
+        wait_until(lambda: _ingested(cache) >= N_FOLLOWS, "the first batch", 60)
         cache.flushdb()
         os.kill(pid, signal.SIGKILL)
-        _wait(lambda: not embedded_redis.pid_alive(pid), "redis-server to die", 10)
+        wait_until(lambda: not embedded_redis.pid_alive(pid), "redis-server to die", 10)
         # During the outage: every message fails, retries, and goes back to its queue.
         _publish_all(n_downloads=N_DOWNLOADS)
         time.sleep(6)
         assert broker.llen("events") + broker.hlen("unacked") > 0  # nothing ran, nothing was dropped
         url_again, pid = embedded_redis.start(redis_settings)
         assert url_again == cache_url
-        _wait(lambda: broker.llen("events") + broker.hlen("unacked") == 0, "the queue to drain", 120)
-        _wait(lambda: cache.xlen("events:buffer") == 0, "the buffer to drain", 60)
+        wait_until(lambda: broker.llen("events") + broker.hlen("unacked") == 0, "the queue to drain", 120)
+        wait_until(lambda: cache.xlen("events:buffer") == 0, "the buffer to drain", 60)
         assert cache.xlen("deadletters") == 0
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(60)

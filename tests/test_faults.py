@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 import redis
@@ -21,7 +20,7 @@ from app import constants as c
 from app.excluded import list_excluded
 from app.query import UserMetricsQueryService
 from app.runtime import Runtime
-from tests.conftest import BROKER_IS_REDIS, BROKER_URL, prime, wait_drained
+from tests.conftest import BROKER_IS_REDIS, BROKER_URL, prime, wait_drained, wait_until
 from tests.raw import publish_raw
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -45,14 +44,6 @@ def followers(rt: Runtime, user: int) -> int:
 
 def distinct_events(rt: Runtime) -> int:
     return int(rt.clickhouse.rows("SELECT uniqExact(eventId) FROM entityMetricEvents")[0][0])
-
-
-def wait_until(check: Any, what: str, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 # Bodies with valid headers (task record_follow) that are not Celery's [args, kwargs, embed] triple.

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,7 +31,18 @@ from app.query import UserMetricsQueryService
 from app.runtime import Runtime
 from app.settings import Settings
 from tasks.config import celery_config
-from tests.conftest import BASE_REDIS_URL, BROKER_URL, ROOT, SERVER_MODE, _with_db, process_env, wipe_clickhouse
+from tests.conftest import (
+    AMQP_URL,
+    BASE_REDIS_URL,
+    BROKER_URL,
+    ROOT,
+    SERVER_MODE,
+    _with_db,
+    process_env,
+    rabbitmq_up,
+    wait_until,
+    wipe_clickhouse,
+)
 from tests.oracle import Oracle
 from tests.test_write_properties import USERS, an_event, oracle_events
 
@@ -42,22 +52,13 @@ pytestmark = [
 ]
 REPO = Path(__file__).resolve().parent.parent
 CACHE_URL = _with_db(BASE_REDIS_URL, 9)
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 CELERY = [sys.executable, "-m", "celery", "-A", "tasks.celery_app:celery_app"]
 TICK_S = 2
 
 
-def _rabbitmq_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def shape_broker() -> str:
     """RabbitMQ's default vhost unless the session's own worker consumes it; else a Redis database of its own."""
-    if _rabbitmq_up() and BROKER_URL != AMQP_URL:
+    if rabbitmq_up() and BROKER_URL != AMQP_URL:
         return AMQP_URL
     return _with_db(BASE_REDIS_URL, 8)
 
@@ -68,14 +69,6 @@ def purge(broker: str) -> None:
             queue = Queue(name, Exchange(name, type="direct"), routing_key=name)(conn.default_channel)
             queue.declare()
             queue.purge()
-
-
-def wait(check: Callable[[], bool], what: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.1)
 
 
 @dataclass
@@ -152,7 +145,7 @@ def shape() -> Iterator[Shape]:
     s.start("maintenance", worker_argv("maintenance", c.MAINTENANCE_QUEUE))
     try:
         try:
-            wait(lambda: s.workers_answering() >= 3, "three worker processes", 90)
+            wait_until(lambda: s.workers_answering() >= 3, "three worker processes", 90)
         except AssertionError as exc:
             logs = {n: (ROOT / f"procfile-{n}.log").read_text()[-2000:] for n in s.procs}
             raise AssertionError(f"{exc}; worker logs: {logs}") from exc
@@ -165,12 +158,12 @@ def shape() -> Iterator[Shape]:
 
 
 def reset(shape: Shape) -> None:
-    wait(shape.settled, "the previous example to settle", 60)
+    wait_until(shape.settled, "the previous example to settle", 60)
     shape.rt.redis.flushdb()
     wipe_clickhouse(shape.rt)
 
 
-@settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
 @given(history=st.lists(an_event(), min_size=10, max_size=40), data=st.data())
 def test_every_number_matches_the_oracle_with_two_worker_processes(shape: Shape, history: Any, data: Any) -> None:
     reset(shape)
@@ -189,8 +182,8 @@ def test_every_number_matches_the_oracle_with_two_worker_processes(shape: Shape,
     expected = oracle_events(history)
     n = len({e.event_id for e in expected})
     count = "SELECT uniqExact(eventId) FROM entityMetricEvents"
-    wait(lambda: shape.rt.clickhouse.rows(count)[0][0] >= n, f"{n} events", 60)
-    wait(shape.settled, "the buffer and the dirty set to drain", 60)
+    wait_until(lambda: shape.rt.clickhouse.rows(count)[0][0] >= n, f"{n} events", 60)
+    wait_until(shape.settled, "the buffer and the dirty set to drain", 60)
     oracle = Oracle(now=datetime.now(UTC))
     oracle.apply_all(expected)
     computed = compute_user_metrics(shape.rt.clickhouse, USERS, weights=shape.rt.weights, window=shape.rt.window)
@@ -229,7 +222,7 @@ def test_two_beats_run_every_job_at_most_once_per_tick_and_the_board_matches(sha
         return {str(k): float(v) for k, v in shape.rt.redis.zrange(c.LEADERBOARD_KEY, 0, -1, withscores=True)}
 
     try:
-        wait(lambda: board() == {"11": 3.0, "12": 2.0, "13": 2.0}, "the board from the beat-driven jobs", 60)
+        wait_until(lambda: board() == {"11": 3.0, "12": 2.0, "13": 2.0}, "the board from the beat-driven jobs", 60)
         time.sleep(3 * TICK_S)
     finally:
         for name in beats:

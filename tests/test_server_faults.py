@@ -11,7 +11,6 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,33 +21,25 @@ from app import clickhouse_server
 from app import constants as c
 from app.broker import queue_stats
 from app.clickhouse_server import ServerPaths
-from app.errors import TransientError
 from app.query import UserMetricsQueryService
 from app.runtime import Runtime
 from app.settings import Settings
-from tests.conftest import BASE_REDIS_URL, BROKER_URL, ROOT, SERVER_MODE, _with_db, process_env
-from tests.test_multiprocess import AMQP_URL, CELERY, _rabbitmq_up, purge
+from tests.conftest import (
+    AMQP_URL,
+    BASE_REDIS_URL,
+    BROKER_URL,
+    ROOT,
+    SERVER_MODE,
+    _with_db,
+    process_env,
+    rabbitmq_up,
+    wait_until,
+)
+from tests.test_multiprocess import CELERY, purge
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parent.parent
 OWNERS = (1, 2, 3, 4, 5)
-
-
-def wait(check: Callable[[], bool], what: str, timeout_s: float) -> None:
-    """Poll ``check`` until it holds; a store that is not there yet (no tables before the worker migrated, a server
-    restarting) counts as not yet."""
-
-    def holds() -> bool:
-        try:
-            return check()
-        except TransientError:
-            return False
-
-    deadline = time.monotonic() + timeout_s
-    while not holds():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def publish_downloads(broker: str, n: int, first_user: int = 1000) -> None:
@@ -101,7 +92,7 @@ def kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
 
 
 @pytest.mark.skipif(not SERVER_MODE, reason="two worker processes need a ClickHouse server")
-@pytest.mark.skipif(not _rabbitmq_up() or BROKER_URL == AMQP_URL, reason="needs RabbitMQ's default vhost to itself")
+@pytest.mark.skipif(not rabbitmq_up() or BROKER_URL == AMQP_URL, reason="needs RabbitMQ's default vhost to itself")
 def test_sigkill_of_one_of_two_workers_at_random_moments_loses_nothing_with_rabbitmq() -> None:
     n = 5000
     cache_url = _with_db(BASE_REDIS_URL, 7)
@@ -129,8 +120,10 @@ def test_sigkill_of_one_of_two_workers_at_random_moments_loses_nothing_with_rabb
             kill(workers[name])
             kills += 1
             workers[name] = spawn(env, name)
-        wait(lambda: queue_stats(AMQP_URL, [c.EVENTS_QUEUE])[c.EVENTS_QUEUE].depth == 0, "the queue to drain", 180)
-        wait(lambda: downloads(rt)[1] >= n and rt.redis.xlen(c.EVENT_STREAM_KEY) == 0, f"{n} events stored", 180)
+        wait_until(
+            lambda: queue_stats(AMQP_URL, [c.EVENTS_QUEUE])[c.EVENTS_QUEUE].depth == 0, "the queue to drain", 180
+        )
+        wait_until(lambda: downloads(rt)[1] >= n and rt.redis.xlen(c.EVENT_STREAM_KEY) == 0, f"{n} events stored", 180)
     finally:
         for proc in workers.values():
             kill(proc, signal.SIGTERM)
@@ -168,8 +161,8 @@ def test_clickhouse_server_restart_mid_run_loses_nothing_and_reads_go_stale_then
     worker = spawn(env, "restart")
     try:
         publish_downloads(broker_url, 500)
-        wait(lambda: downloads(rt)[1] >= 500, "the first 500 events", 120)
-        wait(lambda: rt.redis.xlen(c.EVENT_STREAM_KEY) == 0, "the buffer to drain", 60)
+        wait_until(lambda: downloads(rt)[1] >= 500, "the first 500 events", 120)
+        wait_until(lambda: rt.redis.xlen(c.EVENT_STREAM_KEY) == 0, "the buffer to drain", 60)
         UserMetricsQueryService(rt).get_user_metrics(list(OWNERS))
         # When the server goes away mid-run and events keep coming
         assert clickhouse_server.stop(paths)
@@ -182,8 +175,8 @@ def test_clickhouse_server_restart_mid_run_loses_nothing_and_reads_go_stale_then
         assert sum(m.download_count for m in during.values()) == 500
         # When it is back (same port, same data), every event lands once and reads are fresh again
         assert clickhouse_server.start(paths) == base
-        wait(lambda: downloads(rt)[1] >= 1000, "all 1000 events", 180)
-        wait(lambda: rt.redis.xlen(c.EVENT_STREAM_KEY) == 0, "the buffer to drain", 60)
+        wait_until(lambda: downloads(rt)[1] >= 1000, "all 1000 events", 180)
+        wait_until(lambda: rt.redis.xlen(c.EVENT_STREAM_KEY) == 0, "the buffer to drain", 60)
         after = UserMetricsQueryService(rt).get_user_metrics(list(OWNERS))
         assert after.stale == set()
         assert downloads(rt) == (1000, 1000)
