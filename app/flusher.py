@@ -107,13 +107,15 @@ class Flusher:
                 return self._write_one_by_one(entries)
             # Capacity, timeout or availability: the whole batch stays pending and is tried again after a backoff
             # (``run``); after FLUSH_MAX_DELIVERIES attempts its entries become replayable dead letters.
-            self._count("flush_failures_total")
+            self._count(flush_failures_total=1)
             raise
 
-    def _count(self, counter: str, n: int = 1) -> None:
+    def _count(self, **counters: int) -> None:
+        """Add to the service counters (``stats:counters``); a Redis outage only loses the count."""
         with contextlib.suppress(*REDIS_DOWN):
             pipe = self.rt.redis.pipeline(transaction=False)
-            pipe.hincrby(c.COUNTER_KEY, counter, n)
+            for name, n in counters.items():
+                pipe.hincrby(c.COUNTER_KEY, name, n)
             pipe.expire(c.COUNTER_KEY, c.COUNTER_TTL_S)
             pipe.execute()
 
@@ -135,18 +137,16 @@ class Flusher:
         keep = {str(e.event_id) for entry in entries for e in entry.events}
         events = [e for e in resolution.events if str(e.event_id) in keep]
         insert_events(ch, events + resolution.adopted)
-        late = owners.adopt_after_insert(ch, events)
+        # Several flushers (server mode: one per worker process) look again after their insert; an embedded engine
+        # has exactly one flusher (its owner process), so nothing can interleave and the two queries are skipped.
+        late = [] if self.rt.settings.clickhouse_embedded else owners.adopt_after_insert(ch, events)
         if late:
             insert_events(ch, late)
         users = {u for e in (*events, *resolution.adopted, *late) for u in e.affected_users()}
         reactions_cache.merge(r, reactions_cache.updates_from_events(events))
         mark_dirty(r, users)  # the refresher recomputes their cached hashes
         buffer.ack(r, [entry.entry_id for entry in entries])
-        pipe = r.pipeline(transaction=False)
-        pipe.hincrby(c.COUNTER_KEY, "events_ingested_total", len(events))
-        pipe.hincrby(c.COUNTER_KEY, "flushes_total", 1)
-        pipe.expire(c.COUNTER_KEY, c.COUNTER_TTL_S)
-        pipe.execute()
+        self._count(events_ingested_total=len(events), flushes_total=1)
         return FlushResult(len(entries), len(events), len(users))
 
     def _give_up_on_exhausted(self, entries: list[Entry]) -> list[Entry]:
