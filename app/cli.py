@@ -506,7 +506,6 @@ def compare(
     seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed")] = None,
 ) -> None:
     """PostgreSQL (legacy aggregation) vs ClickHouse (and caches): per-metric matches, mismatches, reasons."""
-    from pathlib import Path
 
     from app.legacy.compare import compare as run_compare
 
@@ -544,7 +543,6 @@ def archive_image_reactions(
     confirm: Annotated[bool, typer.Option("--confirm", help="Really drop the legacy table")] = False,
 ) -> None:
     """Verify ClickHouse holds every legacy reaction, export ImageReaction to Parquet, print (or run) the drop."""
-    from pathlib import Path
 
     from app.legacy import archive
 
@@ -644,40 +642,55 @@ def _print_bench(title: str, rows: list[tuple[str, str, str]], figures: dict[str
     console.print(table)
 
 
+def _print_shapes(title: str, embedded: Any, server: Any | None, as_json: bool, server_label: str = "server") -> None:
+    """One table with the embedded figures and, when measured, the server shape's beside them."""
+    if server is None:
+        _print_bench(title, embedded.rows(), embedded.figures, as_json)
+        return
+    if as_json:
+        print(_json({"embedded": embedded.figures, "server": server.figures}))
+        return
+    table = Table("measure", "embedded", server_label, "against", title=title)
+    for (measure, here, against), (_, there, _) in zip(embedded.rows(), server.rows(), strict=True):
+        table.add_row(measure, here, there, against)
+    console.print(table)
+
+
+_SERVER_URL_HELP = "also measure on this ClickHouse server (http://host:port)"
+_SERVER_HELP = "also measure on a local ClickHouse server (kept under $DATA_DIR/bench/server)"
+
+
 @contextlib.contextmanager
 def _bench_server(url: str | None, start: bool) -> Iterator[str | None]:
-    """The server a benchmark's server shape runs on: the one given, a local one started for it, or none."""
+    """The server a benchmark's server shape runs on: the one given, a local one started for it, or none. The local
+    one keeps its data (the read and job datasets) for the next run."""
     if url is not None or not start:
         yield url
         return
-    import tempfile
-
     from app import clickhouse_server
 
-    with tempfile.TemporaryDirectory(prefix="usermetrics-bench-server-") as tmp:
-        paths = clickhouse_server.ServerPaths(Path(tmp))
-        try:
-            yield clickhouse_server.start(paths)
-        finally:
-            clickhouse_server.stop(paths)
+    paths = clickhouse_server.ServerPaths(load_settings().data_path / "bench" / "server")
+    try:
+        yield clickhouse_server.start(paths)
+    finally:
+        clickhouse_server.stop(paths)
 
 
 @bench_cli.command("ingest")
 def bench_ingest(
     quick: Annotated[bool, typer.Option("--quick", help="Small sizes, a few minutes")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON")] = False,
-    clickhouse_url: Annotated[
-        str | None, typer.Option(help="also measure the server shape on this ClickHouse server (http://host:port)")
-    ] = None,
-    server: Annotated[bool, typer.Option("--server", help="also measure the server shape on a local server")] = False,
+    clickhouse_url: Annotated[str | None, typer.Option(help=_SERVER_URL_HELP)] = None,
+    server: Annotated[bool, typer.Option("--server", help=_SERVER_HELP)] = False,
     workers: Annotated[int, typer.Option(help="server shape: measure 1..N worker processes")] = 2,
+    concurrency: Annotated[int, typer.Option(help="server shape: pool processes per worker")] = 4,
 ) -> None:
     """Write path: plain-Celery ceiling, per-message mix, 500-event batches, latency, worker memory; embedded and,
     with --server or --clickhouse-url, the server shape side by side."""
     from app.bench import ingest
 
     with _bench_server(clickhouse_url, server) as url:
-        result = ingest.run(quick, url, workers)
+        result = ingest.run(quick, url, workers, concurrency)
     _print_bench("ingest" + (" (quick)" if quick else ""), result.rows(), result.figures, as_json)
 
 
@@ -685,25 +698,36 @@ def bench_ingest(
 def bench_read(
     quick: Annotated[bool, typer.Option("--quick", help="Small dataset, under a minute")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON")] = False,
+    clickhouse_url: Annotated[str | None, typer.Option(help=_SERVER_URL_HELP)] = None,
+    server: Annotated[bool, typer.Option("--server", help=_SERVER_HELP)] = False,
 ) -> None:
     """Read path on a generated event log (reused between runs): metrics and reactions, hits and misses, hit
-    rate under Zipf reads, history."""
+    rate under Zipf reads, history; embedded and, with --server or --clickhouse-url, on a server side by side."""
     from app.bench import read
 
-    result = read.run(quick, load_settings())
-    _print_bench("read" + (" (quick)" if quick else ""), result.rows(), result.figures, as_json)
+    settings = load_settings()
+    embedded = read.run(quick, settings)
+    with _bench_server(clickhouse_url, server) as url:
+        on_server = read.run(quick, settings, url) if url is not None else None
+    _print_shapes("read" + (" (quick)" if quick else ""), embedded, on_server, as_json)
 
 
 @bench_cli.command("jobs")
 def bench_jobs(
     quick: Annotated[bool, typer.Option("--quick", help="Small datasets, about a minute")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON")] = False,
+    clickhouse_url: Annotated[str | None, typer.Option(help=_SERVER_URL_HELP)] = None,
+    server: Annotated[bool, typer.Option("--server", help=_SERVER_HELP)] = False,
 ) -> None:
-    """Beat jobs on 1M and 10M events: full and incremental engagement, ranks, reconciliation."""
+    """Beat jobs on 1M and 10M events: full and incremental engagement, ranks, reconciliation; embedded and, with
+    --server or --clickhouse-url, on a server side by side."""
     from app.bench import jobs as jobs_bench
 
-    result = jobs_bench.run(quick, load_settings())
-    _print_bench("jobs" + (" (quick)" if quick else ""), result.rows(), result.figures, as_json)
+    settings = load_settings()
+    embedded = jobs_bench.run(quick, settings)
+    with _bench_server(clickhouse_url, server) as url:
+        on_server = jobs_bench.run(quick, settings, url) if url is not None else None
+    _print_shapes("jobs" + (" (quick)" if quick else ""), embedded, on_server, as_json)
 
 
 @bench_cli.command("legacy")

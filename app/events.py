@@ -7,6 +7,7 @@ value of the key's latest event by ``(createdAt, eventId)``. *Additive* types ad
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -70,9 +71,21 @@ STATE_OFF = -1
 EVENT_ID_NAMESPACE = uuid.UUID("6f1c8a52-3b0e-4c55-9a0f-5d2b7c9e41aa")
 
 
+_NAMESPACE_BYTES = EVENT_ID_NAMESPACE.bytes
+# RFC 4122 version 5 and variant bits, as ``uuid.uuid5`` sets them.
+_VERSION_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_VERSION_5 = (0x5000 << 64) | (0x8000 << 48)
+
+
 def derive_event_id(parent: uuid.UUID | str, name: str) -> uuid.UUID:
-    """A deterministic child id: the same parent and name always give the same event id."""
-    return uuid.uuid5(EVENT_ID_NAMESPACE, f"{parent}/{name}")
+    """A deterministic child id: the same parent and name always give the same event id.
+
+    Exactly ``uuid.uuid5(EVENT_ID_NAMESPACE, f"{parent}/{name}")``, in less than half its time (it runs once per
+    item of a 500-event message and four times per reaction); pass ``parent`` as a string where one parent has
+    many children.
+    """
+    digest = hashlib.sha1(_NAMESPACE_BYTES + f"{parent}/{name}".encode(), usedforsecurity=False).digest()
+    return uuid.UUID(int=(int.from_bytes(digest[:16], "big") & _VERSION_CLEAR) | _VERSION_5)
 
 
 def uuid5_sql(name: str) -> str:

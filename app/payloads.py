@@ -202,7 +202,7 @@ class SetReaction(_Payload):
     owner_id: UserId | None = None
 
     def to_events(self, event_id: uuid.UUID, occurred_at: datetime) -> list[Event]:
-        parent = self.event_id or event_id
+        parent = str(self.event_id or event_id)
         return [
             Event(
                 event_id=derive_event_id(parent, metric.value),
@@ -288,7 +288,7 @@ class RecordEvents(_Payload):
     events: Annotated[list[BatchItem], Field(min_length=1, max_length=MAX_BATCH_EVENTS)]
 
     def to_events(self, event_id: uuid.UUID, occurred_at: datetime) -> list[Event]:
-        parent = self.event_id or event_id
+        parent = str(self.event_id or event_id)
         when = self.occurred_at or occurred_at
         out: list[Event] = []
         for index, item in enumerate(self.events):

@@ -91,7 +91,6 @@ def commands(settings: Settings, beat_schedule_path: str) -> dict[str, list[str]
             str(settings.worker_concurrency),
             "--hostname",
             "worker@%h",
-            "--task-events",
             "--loglevel",
             settings.log_level,
         ],

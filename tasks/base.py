@@ -84,11 +84,13 @@ def project_task(
     time_limit_s: int = 60,
     ignore_result: bool = True,
     max_retries: int | None = None,
+    send_events: bool = True,
 ) -> Callable[[Callable[P, R]], Any]:
     """Register a task under an explicit, stable ``name`` (its queue comes from ``task_routes``).
 
     Transient errors (a store unreachable) retry with exponential backoff and full jitter up to ``max_retries``,
-    then dead-letter; permanent errors dead-letter at once.
+    then dead-letter; permanent errors dead-letter at once. ``send_events=False``: no task events for this task
+    even where the worker sends them (``EVENT_TASK_EVENTS``).
     """
 
     def wrap(fn: Callable[P, R]) -> Any:
@@ -109,6 +111,7 @@ def project_task(
             retry_backoff_max=_settings.retry_backoff_max_s,
             retry_jitter=True,
             max_retries=_settings.task_max_retries if max_retries is None else max_retries,
+            send_events=send_events,
         )
 
     return wrap

@@ -6,13 +6,12 @@ import logging
 from typing import Any
 
 from celery import Celery, bootsteps, signals
+from celery.concurrency import prefork
 
-from app import broker, exporter, migrations, runtime
-from app.flusher import Flusher
-from app.locks import redis_lock
-from app.refresher import Refresher
+from app import broker, exporter, runtime
 from app.settings import Settings, load_settings
 from tasks.config import celery_config
+from tasks.writer import PoolChildWriter, WriteThreads, ensure_schema
 
 log = logging.getLogger(__name__)
 
@@ -26,34 +25,29 @@ def configure(settings: Settings) -> Celery:
     return celery_app
 
 
-class WriteThreads:
-    """The worker's background threads of the write path, started and stopped together."""
-
-    def __init__(self, *threads: Flusher | Refresher) -> None:
-        self.threads = threads
-
-    def start(self) -> None:
-        for t in self.threads:
-            t.start()
-
-    def stop(self) -> None:
-        for t in self.threads:
-            t.stop()
-
-
 class FlusherStep(bootsteps.StartStopStep):
-    """Runs the event flusher beside the pool, in the worker process (which owns chdb in embedded mode)."""
+    """Brings the schema up to date, then runs the write path (``tasks.writer``): threads beside a thread pool,
+    in the first child of a prefork pool."""
 
     requires = ("celery.worker.components:Pool",)
 
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        if _is_prefork(parent.pool_cls):
+            PoolChildWriter.prepare(parent.hostname)  # before the pool forks: its children inherit it
+
     def start(self, worker: Any) -> None:
         rt = runtime.get()
-        with redis_lock(rt.redis, "migrate", timeout_s=120):
-            migrations.migrate(rt.clickhouse)
-        # StartStopStep stops (or terminates) ``self.obj`` when the worker shuts down.
-        self.obj = WriteThreads(Flusher(rt, consumer=worker.hostname), Refresher(rt))
-        self.obj.start()
+        ensure_schema(rt)
+        if not _is_prefork(worker.pool_cls):
+            # StartStopStep stops (or terminates) ``self.obj`` when the worker shuts down.
+            self.obj = WriteThreads(worker.hostname)
+            self.obj.start()
         exporter.serve(rt, rt.settings.metrics_port)
+
+
+def _is_prefork(pool_cls: Any) -> bool:
+    return isinstance(pool_cls, type) and issubclass(pool_cls, prefork.TaskPool)
 
 
 celery_app.steps["worker"].add(FlusherStep)
@@ -80,10 +74,12 @@ def _restore_unacknowledged(**_: Any) -> None:
 @signals.worker_process_init.connect
 def _init_process(**_: Any) -> None:
     runtime.get()
+    PoolChildWriter.child_started()
 
 
 @signals.worker_process_shutdown.connect
 def _close_process(**_: Any) -> None:
+    PoolChildWriter.child_exiting()
     runtime.install(None)
 
 

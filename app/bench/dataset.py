@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from app.clickhouse import ClickHouse
+from app.settings import Settings
 
 CHUNK_ROWS = 1_000_000
 
@@ -115,3 +116,13 @@ def generate(ch: ClickHouse, spec: DatasetSpec, progress: Callable[[int], None] 
         ["name", "events", "users", "images", "days", "generatedAt"],
     )
     return now
+
+
+def location(settings: Settings, name: str, server: str | None = None) -> Settings:
+    """Where a benchmark dataset lives: an embedded engine under ``$DATA_DIR/bench/<name>``, or with ``server``
+    (``http://host:port``) a database of its own on that server. Either keeps the dataset for the next run."""
+    if server is None:
+        url = f"chdb://{settings.data_path / 'bench' / name}"
+    else:
+        url = f"{server.rstrip('/')}/usermetrics_bench_{name.replace('-', '_')}"
+    return settings.model_copy(update={"clickhouse_url": url})

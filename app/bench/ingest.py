@@ -77,7 +77,7 @@ class IngestResult:
         for n in range(1, self.server_workers + 1):
             rows.append(
                 (
-                    f"(b) per-message, server, {n} worker process(es)",
+                    f"(b) per-message, server, {n} worker process(es) x{f['server_concurrency']:.0f}",
                     f"{f[f'server{n}_mix_per_s']:,.0f} msgs/s",
                     f"(b)/(a) = {f[f'server{n}_mix_per_s'] / ceiling:.2f}",
                 )
@@ -125,7 +125,8 @@ def _measure_mix(stack: BenchStack, n: int) -> tuple[float, float]:
 
 
 def _measure_batches(stack: BenchStack, batches: int, size: int) -> float:
-    gen = TrafficGenerator(users=100_000, seed=2)
+    # Entities of their own: (b)'s uploads in the same database name other owners for the same ids.
+    gen = TrafficGenerator(users=100_000, seed=2, next_entity=10_000_000)
     payloads = []
     for _ in range(batches):
         items = [{"type": m.task, **m.kwargs} for m in gen.stream(size)]
@@ -213,16 +214,16 @@ def _measure_embedded(sizes: IngestSizes, f: dict[str, float]) -> None:
         f["peak_rss_mb"] = stack.worker_peak_rss_mb()
 
 
-def _measure_server(sizes: IngestSizes, base_url: str, workers: int, f: dict[str, float]) -> None:
-    """The server shape: ``n`` prefork worker processes (concurrency 2 each) on one ClickHouse server, n = 1..N,
-    each on a fresh database."""
+def _measure_server(sizes: IngestSizes, base_url: str, workers: int, concurrency: int, f: dict[str, float]) -> None:
+    """The server shape: ``n`` prefork worker processes (``concurrency`` pool processes each, the Procfile's 4 by
+    default) on one ClickHouse server, n = 1..N, each on a fresh database."""
     for n in range(1, workers + 1):
         database = f"usermetrics_bench_ingest_{n}"
         admin = clickhouse_connect.get_client(dsn=base_url)
         admin.command(f"DROP DATABASE IF EXISTS {database}")
         try:
             with bench_stack(f"{base_url}/{database}") as stack:
-                stack.start_workers(n, "prefork", 2)
+                stack.start_workers(n, "prefork", concurrency)
                 _warm_up(stack)
                 f[f"server{n}_mix_per_s"], _ = _measure_mix(stack, sizes.events)
                 f[f"server{n}_batch_events_per_s"] = _measure_batches(stack, sizes.batches, sizes.batch_size)
@@ -231,7 +232,7 @@ def _measure_server(sizes: IngestSizes, base_url: str, workers: int, f: dict[str
             admin.close()
 
 
-def run(quick: bool, clickhouse_url: str | None = None, workers: int = 0) -> IngestResult:
+def run(quick: bool, clickhouse_url: str | None = None, workers: int = 0, concurrency: int = 4) -> IngestResult:
     """Embedded figures, and with ``clickhouse_url`` (a server) the server shape with 1..``workers`` processes."""
     sizes = IngestSizes.pick(quick)
     result = IngestResult(server_workers=workers if clickhouse_url else 0)
@@ -239,7 +240,8 @@ def run(quick: bool, clickhouse_url: str | None = None, workers: int = 0) -> Ing
     _measure_ceiling(sizes, f)
     _measure_embedded(sizes, f)
     if clickhouse_url is not None and workers:
-        _measure_server(sizes, _server_base(clickhouse_url), workers, f)
+        f["server_concurrency"] = concurrency
+        _measure_server(sizes, _server_base(clickhouse_url), workers, concurrency, f)
     return result
 
 

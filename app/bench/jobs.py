@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from app import clickhouse, embedded_redis, jobs, metrics_cache
-from app.bench.dataset import _CHUNK_SQL, DatasetSpec
+from app.bench.dataset import _CHUNK_SQL, DatasetSpec, location
 from app.bench.read import prepare, settle
 from app.metrics import compute_user_metrics
 from app.runtime import Runtime
@@ -71,7 +71,8 @@ class JobsResult:
         return out
 
 
-def run(quick: bool, settings: Settings) -> JobsResult:
+def run(quick: bool, settings: Settings, server: str | None = None) -> JobsResult:
+    """On the embedded engine, or with ``server`` (``http://host:port``) on a ClickHouse server."""
     specs = (
         [DatasetSpec(events=100_000, users=2_000), DatasetSpec(events=300_000, users=5_000)]
         if quick
@@ -84,7 +85,7 @@ def run(quick: bool, settings: Settings) -> JobsResult:
             if spec.events == 300_000
             else ("events" if spec.events == 10_000_000 else f"events-{spec.events}")
         )
-        s = settings.model_copy(update={"clickhouse_url": f"chdb://{settings.data_path / 'bench' / name}"})
+        s = location(settings, name, server)
         ch = clickhouse.connect(s)
         prepare(ch, spec)
         settle(ch)

@@ -25,7 +25,7 @@ from typing import Any
 from rich.progress import Progress
 
 from app import clickhouse, embedded_redis, migrations
-from app.bench.dataset import DatasetSpec, existing, generate
+from app.bench.dataset import DatasetSpec, existing, generate, location
 from app.bench.harness import percentile
 from app.metrics import compute_user_metrics
 from app.query import UserMetricsQueryService
@@ -122,11 +122,11 @@ def settle(ch: clickhouse.ClickHouse, timeout_s: float = 300.0) -> float:
     return time.perf_counter() - started
 
 
-def run(quick: bool, settings: Settings) -> ReadResult:
+def run(quick: bool, settings: Settings, server: str | None = None) -> ReadResult:
+    """On the embedded engine, or with ``server`` (``http://host:port``) on a ClickHouse server."""
     sizes = ReadSizes.pick(quick)
     spec = sizes.spec
-    data_path = settings.data_path / "bench" / ("events-quick" if quick else "events")
-    bench_settings = settings.model_copy(update={"clickhouse_url": f"chdb://{data_path}"})
+    bench_settings = location(settings, "events-quick" if quick else "events", server)
     ch = clickhouse.connect(bench_settings)
     result = ReadResult()
     f = result.figures
