@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install run test lint bench clean clickhouse-server
+.PHONY: install run test test-unit test-fast lint bench clean clickhouse-server
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -26,6 +26,13 @@ run: install
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The fast levels alone: no services (seconds), then with Redis and ClickHouse in this process (no e2e).
+test-unit: install
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check app tasks tests

@@ -1,4 +1,4 @@
--- The event log: the source of truth (DESIGN.md section 3).
+-- The event log: the source of truth (docs/architecture.md, "The event model").
 -- Column names follow the seeds so existing queries carry over; eventId (idempotency key) and ownerId (owner of
 -- the entity at write time) are ours.
 --

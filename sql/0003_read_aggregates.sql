@@ -9,9 +9,9 @@
 -- - additive buckets keep the row count next to the exact number of distinct eventIds; a bucket where the two
 --   differ has seen a redelivery and is re-read from the raw log (grouped by eventId) instead of trusted.
 -- Rows whose owner is not known yet (ownerId 0) stay out of the owner-side tables; they are written again with
--- the owner once it is known (see app/owners.py).
+-- the owner once it is known (see app/write/owners.py).
 --
--- State metric types (DESIGN.md section 3) are listed here and in app/events.py (STATE_TYPES); a test keeps the
+-- State metric types are listed here and in app/core/events.py (STATE_TYPES); a test keeps the
 -- lists equal. Every other type except the Engagement gauge is additive.
 
 -- The version of a state event: (createdAt, eventId) as one number whose order is that of the pair, with the

@@ -1,4 +1,4 @@
--- The engagement job's incremental run (app/jobs.py) works key by key instead of owner by owner.
+-- The engagement job's incremental run (app/jobs/engagement.py) works key by key instead of owner by owner.
 --
 -- engagementContrib holds, for every state key with an event inside the window as of the job's last run (and every
 -- additive event that counts), what it adds to its owner's score and its latest event (at, isOn, and ver: time and

@@ -3,7 +3,7 @@
 -- reuse an id with a different payload ("first wins"), so that no table ever holds two meanings of one id.
 --
 -- The fingerprint is halfMD5 of the event's identity (everything but ownerId, which the flusher may fill in later
--- for an orphan event) and is computed the same way in Python (app/event_ids.py). Redeliveries with the
+-- for an orphan event) and is computed the same way in Python (app/write/event_ids.py). Redeliveries with the
 -- same fingerprint are written again as before (every table is idempotent in eventId); ReplacingMergeTree keeps
 -- the highest version, which is the earliest insert.
 CREATE TABLE IF NOT EXISTS eventIds

@@ -10,10 +10,10 @@ from typing import Any, ParamSpec, TypeVar
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 
-from app import deadletters, runtime
-from app.errors import TRANSIENT_EXCEPTIONS, PermanentError
-from app.settings import load_settings
-from tasks.celery_app import celery_app
+from app.core.errors import TRANSIENT_EXCEPTIONS, PermanentError
+from app.stores import runtime
+from app.write import deadletters
+from tasks.celery_app import celery_app, settings
 
 log = logging.getLogger(__name__)
 # Pause before a message goes back to its queue because a store is down (no busy loop on it meanwhile).
@@ -21,8 +21,6 @@ REQUEUE_PAUSE_S = 1.0
 _DEAD_LETTERED = "dead_lettered"
 P = ParamSpec("P")
 R = TypeVar("R")
-
-_settings = load_settings()
 
 
 class ProjectTask(Task[Any, Any]):
@@ -108,9 +106,9 @@ def project_task(
             autoretry_for=TRANSIENT_EXCEPTIONS,
             dont_autoretry_for=(PermanentError,),
             retry_backoff=True,
-            retry_backoff_max=_settings.retry_backoff_max_s,
+            retry_backoff_max=settings.retry_backoff_max_s,
             retry_jitter=True,
-            max_retries=_settings.task_max_retries if max_retries is None else max_retries,
+            max_retries=settings.task_max_retries if max_retries is None else max_retries,
             send_events=send_events,
         )
 

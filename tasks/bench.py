@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from app import constants as c
-from app.settings import load_settings
+from app.core import constants as c
 from tasks.base import project_task
+from tasks.celery_app import settings
 
 
-@project_task(c.BENCH_NOOP, send_events=load_settings().event_task_events)
+@project_task(c.BENCH_NOOP, send_events=settings.event_task_events)
 def bench_noop(self: Any, **kwargs: Any) -> None:
     return None

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from app import constants as c
-from app import ingest, runtime
-from app.errors import ValidationError
-from app.settings import load_settings
+from app.core import constants as c
+from app.core.errors import ValidationError
+from app.stores import runtime
+from app.write import ingest
 from tasks.base import project_task
+from tasks.celery_app import settings
 
 # Task events (Flower's per-task view) for the high-volume event tasks only when asked for: three broker
 # publishes per message cost about a third of a worker's throughput. Reads and jobs always send theirs.
-_EVENTS = load_settings().event_task_events
+_EVENTS = settings.event_task_events
 
 
 def _receive(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:

@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from app import constants as c
-from app import migrations, runtime
-from app.excluded import list_excluded, set_excluded
-from app.history import metric_history
-from app.ids import check_id, check_ids
-from app.locks import redis_lock
-from app.metrics import compute_user_metrics
-from app.reactions import latest_reactions
+from app.core import constants as c
+from app.core.ids import check_id, check_ids
+from app.read.excluded import list_excluded, set_excluded
+from app.read.history import metric_history
+from app.read.metrics_query import compute_user_metrics
+from app.read.reactions import latest_reactions
+from app.stores import migrations, runtime
+from app.stores.locks import redis_lock
 from tasks.base import project_task
 
 

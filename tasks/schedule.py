@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from app import constants as c
-from app.settings import Settings
+from app.core import constants as c
+from app.core.settings import Settings
 
 
 def intervals(settings: Settings) -> dict[str, float]:

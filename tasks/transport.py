@@ -20,7 +20,8 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
-from app import deadletters, runtime
+from app.stores import runtime
+from app.write import deadletters
 
 log = logging.getLogger(__name__)
 

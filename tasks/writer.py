@@ -17,10 +17,10 @@ import threading
 
 from billiard.process import current_process
 
-from app import migrations, runtime
-from app.flusher import Flusher
-from app.locks import redis_lock
-from app.refresher import Refresher
+from app.caches.refresher import Refresher
+from app.stores import migrations, runtime
+from app.stores.locks import redis_lock
+from app.write.flusher import Flusher
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 from kombu import Connection, Exchange, Queue
 
 from app.bench.harness import task_body, task_headers
-from tests.conftest import BROKER_URL
+from tests.stack import BROKER_URL
 
 
 def publish_raw(

@@ -17,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from app.clickhouse import ClickHouse
-from app.settings import Settings
+from app.core.events import as_utc
+from app.core.settings import Settings
+from app.stores.clickhouse import ClickHouse
 
 CHUNK_ROWS = 1_000_000
 
@@ -29,7 +30,7 @@ ENGINE = ReplacingMergeTree(generatedAt) ORDER BY name
 """
 
 # One chunk of rows [start, start + count). Every value is a bound parameter; ``n`` is the global row number.
-_CHUNK_SQL = """
+CHUNK_SQL = """
 INSERT INTO entityMetricEvents (eventId, entityType, entityId, userId, ownerId, metricType, metricValue, createdAt)
 SELECT
     if(dup, generateUUIDv4(n - 1), generateUUIDv4(n)) AS eventId,
@@ -89,7 +90,7 @@ def existing(ch: ClickHouse, spec: DatasetSpec) -> datetime | None:
     if not rows or not rows[0][1]:
         return None
     at: datetime = rows[0][0]
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
+    return as_utc(at)
 
 
 def generate(ch: ClickHouse, spec: DatasetSpec, progress: Callable[[int], None] | None = None) -> datetime:
@@ -106,7 +107,7 @@ def generate(ch: ClickHouse, spec: DatasetSpec, progress: Callable[[int], None] 
     done = 0
     while done < spec.events:
         count = min(CHUNK_ROWS, spec.events - done)
-        ch.command(_CHUNK_SQL, {**base, "start": done, "count": count})
+        ch.command(CHUNK_SQL, {**base, "start": done, "count": count})
         done += count
         if progress:
             progress(count)

@@ -19,11 +19,10 @@ from typing import Any
 
 import redis
 
-from app import constants as c
-from app import embedded_redis
-from app.settings import Settings
-
-REPO = Path(__file__).resolve().parent.parent.parent
+from app.core import constants as c
+from app.core.paths import REPO
+from app.core.settings import Settings
+from app.stores import embedded_redis
 
 
 def worker_argv(

@@ -16,11 +16,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import clickhouse_connect
 
-from app import constants as c
-from app import metrics_cache
 from app.bench.harness import BenchStack, bench_stack, percentile
-from app.metrics import UserMetrics
-from app.simulate import TrafficGenerator
+from app.caches import metrics_cache
+from app.core import constants as c
+from app.core.metrics import UserMetrics
+from app.ops.simulate import TrafficGenerator
 
 PLAIN_APP = "app.bench.plain:plain"
 

@@ -12,12 +12,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from app import clickhouse, embedded_redis, jobs, metrics_cache
-from app.bench.dataset import _CHUNK_SQL, DatasetSpec, location
+from app import jobs
+from app.bench.dataset import CHUNK_SQL, DatasetSpec, location
 from app.bench.read import prepare, settle
-from app.metrics import compute_user_metrics
-from app.runtime import Runtime
-from app.settings import Settings
+from app.caches import metrics_cache
+from app.core.settings import Settings
+from app.jobs.report import now as clock
+from app.read.metrics_query import compute_user_metrics
+from app.stores import clickhouse, embedded_redis
+from app.stores.runtime import Runtime
 
 GOAL_FULL_S = 5.0
 GOAL_INCREMENTAL_S = 0.5
@@ -111,11 +114,11 @@ def _measure(rt: Runtime, spec: DatasetSpec, f: dict[str, float]) -> None:
     f[f"{k}_ranks_s"] = jobs.recompute_ranks(rt).seconds
     # 10,000 new events (beyond the generated ones), then an incremental run.
     rt.clickhouse.command(
-        _CHUNK_SQL,
+        CHUNK_SQL,
         {
             "users": spec.users,
             "images": spec.images,
-            "start_at": jobs._now(rt).replace(microsecond=0),
+            "start_at": clock(rt).replace(microsecond=0),
             "span_ms": 1000,
             "start": spec.events + int(time.time()) % 1_000_000 * NEW_EVENTS,
             "count": NEW_EVENTS,
@@ -138,5 +141,5 @@ def _measure(rt: Runtime, spec: DatasetSpec, f: dict[str, float]) -> None:
     started = time.perf_counter()
     for i in range(1, spec.users + 1, 2000):
         batch = list(range(i, min(i + 2000, spec.users + 1)))
-        compute_user_metrics(rt.clickhouse, batch, weights=rt.weights, window=rt.window, as_of=jobs._now(rt))
+        compute_user_metrics(rt.clickhouse, batch, weights=rt.weights, window=rt.window, as_of=clock(rt))
     f[f"{k}_naive_s"] = time.perf_counter() - started

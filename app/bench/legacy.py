@@ -26,18 +26,19 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, select
 
-from app import clickhouse, embedded_redis, jobs, migrations
+from app import jobs
 from app.bench.harness import percentile
+from app.core.settings import Settings
 from app.legacy import db
-from app.legacy.backfill import backfill
 from app.legacy.baseline import legacy_reactions, legacy_user_metrics, run_legacy_job
 from app.legacy.models import Collection, Image, ImageReaction, Model, Post, User, UserEngagement
-from app.legacy.seed import LegacySpec, seed
-from app.query import UserMetricsQueryService
-from app.reactions import UserReactionQueryService
-from app.runtime import Runtime
-from app.settings import Settings
-from app.sources import clickhouse_reaction_source
+from app.migration.backfill import backfill
+from app.migration.seed import LegacySpec, seed
+from app.read.clickhouse_sources import clickhouse_reaction_source
+from app.read.query import UserMetricsQueryService
+from app.read.reactions import UserReactionQueryService
+from app.stores import clickhouse, embedded_redis, migrations
+from app.stores.runtime import Runtime
 
 READS_PER_MINUTE = 60
 
@@ -188,10 +189,10 @@ def _measure(rt: Runtime, eng: Engine, spec: LegacySpec, f: dict[str, float]) ->
     # last rows age out of that margin, as they would on a live site, so that it sees the 10,000 new events only.
     time.sleep(max(0.0, jobs.INFLIGHT_MARGIN.total_seconds() + 0.5 - f["legacy_job_s"]))
     f["full_s"] = jobs.recompute_engagement(rt, full=True).seconds + jobs.recompute_ranks(rt).seconds
-    from app.bench.dataset import _CHUNK_SQL
+    from app.bench.dataset import CHUNK_SQL
 
     rt.clickhouse.command(
-        _CHUNK_SQL,
+        CHUNK_SQL,
         {
             "users": spec.users,
             "images": spec.users * 2,

@@ -24,15 +24,15 @@ from typing import Any
 
 from rich.progress import Progress
 
-from app import clickhouse, embedded_redis, migrations
 from app.bench.dataset import DatasetSpec, existing, generate, location
 from app.bench.harness import percentile
-from app.metrics import compute_user_metrics
-from app.query import UserMetricsQueryService
-from app.reactions import UserReactionQueryService, latest_reactions
-from app.runtime import Runtime
-from app.settings import Settings
-from app.simulate import Zipf
+from app.core.settings import Settings
+from app.ops.simulate import Zipf
+from app.read.metrics_query import compute_user_metrics
+from app.read.query import UserMetricsQueryService
+from app.read.reactions import UserReactionQueryService, latest_reactions
+from app.stores import clickhouse, embedded_redis, migrations
+from app.stores.runtime import Runtime
 
 GOALS_MS = {"metrics_hit": 5.0, "metrics_miss": 50.0, "reactions_hit": 2.0, "reactions_miss": 20.0, "history": 100.0}
 GOAL_HIT_RATE = 0.95

@@ -2,8 +2,9 @@
 that ran every minute and wrote ``UserMetric``), and the indexed reactions lookup. The comparison tool, the
 ``postgres``/``dual`` read sources and the benchmark all use this code.
 
-Definitions match DESIGN.md section 3 on the legacy data: deleted or banned users' actions count for nobody (they
-are the excluded users of the new system), self-actions do not count, Dislike has no flag and no count.
+Definitions match docs/architecture.md ("The metrics") on the legacy data: deleted or banned users' actions count
+for nobody (they are the excluded users of the new system), self-actions do not count, Dislike has no flag and no
+count.
 """
 
 from __future__ import annotations

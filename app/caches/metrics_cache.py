@@ -1,0 +1,123 @@
+"""``user:metrics:{userId}`` hashes: whole-hash writes that never go back in time.
+
+A writer takes a snapshot version (Redis server time) *before* it queries ClickHouse, and the write lands only
+if no newer snapshot has been written for that user. Since a query started later sees every event an earlier one
+saw, the newest snapshot always wins, however the writers interleave. Each write replaces the whole hash (never a
+partial one), keeps the ``rank`` the rank job set, and sets the TTL on both keys. It also refreshes a longer-lived
+copy (``user:metrics:last:{userId}``) that readers serve, marked stale, while ClickHouse is unreachable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from app.core import constants as c
+from app.core.metrics import UserMetrics
+from app.stores.redis_store import RedisClient
+
+_WRITE_SCRIPT = """
+local current = redis.call('GET', KEYS[2])
+if current and tonumber(current) >= tonumber(ARGV[1]) then
+  return 0
+end
+local rank = redis.call('HGET', KEYS[1], 'rank')
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+if rank and redis.call('HEXISTS', KEYS[1], 'rank') == 0 then
+  redis.call('HSET', KEYS[1], 'rank', rank)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+if tonumber(ARGV[3]) > 0 then
+  redis.call('COPY', KEYS[1], KEYS[3], 'REPLACE')
+  redis.call('EXPIRE', KEYS[3], ARGV[3])
+end
+return 1
+"""
+
+
+def metrics_key(user_id: int) -> str:
+    return c.USER_METRICS_KEY.format(user_id=user_id)
+
+
+def version_key(user_id: int) -> str:
+    return c.USER_METRICS_VERSION_KEY.format(user_id=user_id)
+
+
+def stale_key(user_id: int) -> str:
+    return c.USER_METRICS_STALE_KEY.format(user_id=user_id)
+
+
+def write(
+    r: RedisClient, version_us: int, metrics: Mapping[int, UserMetrics], stale_copy_ttl_s: int = 7 * 86_400
+) -> int:
+    """Write whole hashes for many users in one round trip; returns how many landed."""
+    if not metrics:
+        return 0
+    script = r.register_script(_WRITE_SCRIPT)
+    pipe = r.pipeline(transaction=False)
+    for user_id, m in metrics.items():
+        flat: list[str | int] = [version_us, c.USER_METRICS_TTL_S, stale_copy_ttl_s]
+        for name, value in m.to_hash().items():
+            flat.extend((name, value))
+        keys = [metrics_key(user_id), version_key(user_id), stale_key(user_id)]
+        script(keys=keys, args=flat, client=pipe)
+    return sum(int(x) for x in pipe.execute())
+
+
+def read(r: RedisClient, user_ids: Iterable[int]) -> dict[int, UserMetrics | None]:
+    """Cached metrics per user, None on a miss. One round trip."""
+    ids = list(dict.fromkeys(user_ids))
+    pipe = r.pipeline(transaction=False)
+    for user_id in ids:
+        pipe.hgetall(metrics_key(user_id))
+    out: dict[int, UserMetrics | None] = {}
+    for user_id, data in zip(ids, pipe.execute(), strict=True):
+        out[user_id] = UserMetrics.from_hash(data) if data else None
+    return out
+
+
+def read_stale(r: RedisClient, user_ids: Iterable[int]) -> dict[int, UserMetrics]:
+    """The last metrics written for each user that has a copy (served, marked stale, when ClickHouse is down)."""
+    ids = list(dict.fromkeys(user_ids))
+    pipe = r.pipeline(transaction=False)
+    for user_id in ids:
+        pipe.hgetall(stale_key(user_id))
+    return {uid: UserMetrics.from_hash(data) for uid, data in zip(ids, pipe.execute(), strict=True) if data}
+
+
+# Read many hashes, remember who was read (for the refresh job) and count hits and misses, in one round trip. Each
+# hash comes back as one string (fields and values joined by newlines, none contains one): one reply element per
+# user instead of two per field keeps the client's reply parsing out of the hit path.
+_READ_SCRIPT = f"""
+local hits = 0
+local out = {{}}
+for i = 3, #KEYS do
+  local h = redis.call('HGETALL', KEYS[i])
+  out[#out + 1] = table.concat(h, '\\n')
+  if #h > 0 then hits = hits + 1 end
+  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i - 1])
+end
+redis.call('EXPIRE', KEYS[1], {c.RECENT_READS_TTL_S})
+redis.call('HINCRBY', KEYS[2], 'cache_hits_total', hits)
+redis.call('HINCRBY', KEYS[2], 'cache_misses_total', #KEYS - 2 - hits)
+redis.call('EXPIRE', KEYS[2], {c.COUNTER_TTL_S})
+return out
+"""
+
+
+def read_noting(r: RedisClient, user_ids: Iterable[int], now_s: float) -> dict[int, UserMetrics | None]:
+    """Like ``read``, and also records the read (``metrics:recent-reads``) and the hit/miss counters."""
+    ids = list(dict.fromkeys(user_ids))
+    if not ids:
+        return {}
+    keys = [c.RECENT_READS_KEY, c.COUNTER_KEY, *(metrics_key(u) for u in ids)]
+    joined: list[str] = r.register_script(_READ_SCRIPT)(keys=keys, args=[now_s, *ids])
+    out: dict[int, UserMetrics | None] = {}
+    for user_id, text in zip(ids, joined, strict=True):
+        if text:
+            pairs = text.split("\n")
+            out[user_id] = UserMetrics.from_hash(dict(zip(pairs[::2], pairs[1::2], strict=True)))
+        else:
+            out[user_id] = None
+    return out

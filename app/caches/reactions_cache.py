@@ -1,0 +1,137 @@
+"""``reactions:{userId}``: a user's reactions per image as bit flags, never overwritten by an older event.
+
+Layout (docs/architecture.md, "Redis keys"):
+hash field ``{imageId}`` → flags (Like=1, Heart=2, Laugh=4, Cry=8; 0 = known: no
+reaction). Beside it, ``reactions:v:{userId}`` keeps for each ``{imageId}:{bit}`` the version of the event that
+set that bit: ``<createdAt ms, 15 digits>:<eventId>``, which sorts exactly like ClickHouse's
+``(createdAt, toString(eventId))``. A Lua script merges updates bit by bit, keeping the newer version, so events
+applied in any order, twice, or racing a fill from ClickHouse, converge on the latest state. An image that is not
+cached is only written when all four bits are known (a full ``set_reaction`` state or a fill), never guessed.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from app.core import constants as c
+from app.core.events import REACTION_TYPES, Event, MetricType, epoch_ms
+from app.stores.redis_store import RedisClient
+
+BIT_OF: dict[MetricType, int] = {metric: int(flag) for flag, metric in REACTION_TYPES.items()}
+ALL_BITS = tuple(BIT_OF.values())
+NO_VERSION = "0"
+
+_MERGE_SCRIPT = """
+local ttl = ARGV[1]
+local i = 2
+local changed = 0
+while i <= #ARGV do
+  local image = ARGV[i]
+  local n = tonumber(ARGV[i + 1])
+  i = i + 2
+  local current = redis.call('HGET', KEYS[1], image)
+  local flags = tonumber(current or '0')
+  local newer = 0
+  local versions = {}
+  for _ = 1, n do
+    local b = tonumber(ARGV[i])
+    local on = ARGV[i + 1] == '1'
+    local version = ARGV[i + 2]
+    i = i + 3
+    local field = image .. ':' .. b
+    local old = redis.call('HGET', KEYS[2], field)
+    if (not old) or version > old then
+      newer = newer + 1
+      if on then flags = bit.bor(flags, b) else flags = bit.band(flags, bit.bnot(b)) end
+      versions[#versions + 1] = field
+      versions[#versions + 1] = version
+    end
+  end
+  -- An uncached image is written only from a complete state (all four bits newer than anything known).
+  if #versions > 0 and (current or newer == 4) then
+    redis.call('HSET', KEYS[1], image, flags)
+    redis.call('HSET', KEYS[2], unpack(versions))
+    changed = changed + 1
+  end
+end
+if changed > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
+return changed
+"""
+
+
+def flags_key(user_id: int) -> str:
+    return c.REACTIONS_KEY.format(user_id=user_id)
+
+
+def versions_key(user_id: int) -> str:
+    return c.REACTIONS_VERSION_KEY.format(user_id=user_id)
+
+
+def version_of(created_at_ms: int, event_id: str) -> str:
+    return f"{created_at_ms:015d}:{event_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class BitUpdate:
+    image_id: int
+    bit: int
+    on: bool
+    version: str
+
+
+def updates_from_events(events: Iterable[Event]) -> dict[int, list[BitUpdate]]:
+    """Reaction events grouped by user, as bit updates."""
+    out: dict[int, list[BitUpdate]] = defaultdict(list)
+    for e in events:
+        b = BIT_OF.get(e.metric_type)
+        if b is None or e.entity_type != "Image":
+            continue
+        out[e.user_id].append(BitUpdate(e.entity_id, b, e.is_on, version_of(epoch_ms(e.created_at), str(e.event_id))))
+    return out
+
+
+def merge(r: RedisClient, updates_by_user: Mapping[int, Sequence[BitUpdate]]) -> int:
+    """Apply bit updates for many users in one round trip; returns how many image fields changed."""
+    if not updates_by_user:
+        return 0
+    script = r.register_script(_MERGE_SCRIPT)
+    pipe = r.pipeline(transaction=False)
+    for user_id, updates in updates_by_user.items():
+        by_image: dict[int, list[BitUpdate]] = defaultdict(list)
+        for u in updates:
+            by_image[u.image_id].append(u)
+        args: list[str | int] = [c.REACTIONS_TTL_S]
+        for image_id, bits in by_image.items():
+            # Within one call, keep only the newest update per bit.
+            newest: dict[int, BitUpdate] = {}
+            for u in bits:
+                if u.bit not in newest or u.version > newest[u.bit].version:
+                    newest[u.bit] = u
+            args.extend((image_id, len(newest)))
+            for u in newest.values():
+                args.extend((u.bit, 1 if u.on else 0, u.version))
+        script(keys=[flags_key(user_id), versions_key(user_id)], args=args, client=pipe)
+    return sum(int(x) for x in pipe.execute())
+
+
+def read(r: RedisClient, user_id: int, image_ids: Sequence[int]) -> dict[int, int | None]:
+    """Cached flags per image (None = not cached), renewing the TTL of a user's reactions on every read."""
+    pipe = r.pipeline(transaction=False)
+    pipe.hmget(flags_key(user_id), [str(i) for i in image_ids])
+    pipe.expire(flags_key(user_id), c.REACTIONS_TTL_S)
+    pipe.expire(versions_key(user_id), c.REACTIONS_TTL_S)
+    values, *_ = pipe.execute()
+    return {image: (int(v) if v is not None else None) for image, v in zip(image_ids, values, strict=True)}
+
+
+def forget(r: RedisClient, user_id: int, image_id: int) -> None:
+    """Drop one image from the cache (flags and versions); the next read refills it from ClickHouse."""
+    pipe = r.pipeline(transaction=True)
+    pipe.hdel(flags_key(user_id), str(image_id))
+    pipe.hdel(versions_key(user_id), *(f"{image_id}:{b}" for b in ALL_BITS))
+    pipe.execute()

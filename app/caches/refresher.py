@@ -1,0 +1,126 @@
+"""Keeps ``user:metrics`` hashes current: recomputes users whose numbers changed, off the flusher's path.
+
+The flusher marks the actor and owner of every written event in the ``metrics:dirty`` sorted set (score: when),
+if that user has a cached hash; users without one are computed from ClickHouse (which already holds the events)
+on their next read. This thread takes the oldest dirty users in bulk, recomputes them from ClickHouse (one set of
+queries for all), writes the hashes (versioned, never back in time), and removes each user from the set unless
+it was marked again meanwhile. Under load many events of one user coalesce into one
+recompute, so the cost follows the number of hot users, not the number of events.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from app.caches import metrics_cache
+from app.core import constants as c
+from app.read.metrics_query import compute_user_metrics
+from app.stores.redis_store import RedisClient, server_time_us
+from app.stores.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MAX_S = 30.0
+
+# Remove members whose score is still the one we read (not re-marked while we worked).
+_CLEAR_SCRIPT = """
+local removed = 0
+for i = 1, #ARGV, 2 do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) <= tonumber(ARGV[i + 1]) then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
+
+# Mark only users that have a cached hash: the others are computed from ClickHouse on their next read anyway.
+_USER_METRICS_PREFIX = c.USER_METRICS_KEY.removesuffix("{user_id}")
+_MARK_SCRIPT = f"""
+local marked = 0
+for i = 1, #ARGV - 1 do
+  if redis.call('EXISTS', '{_USER_METRICS_PREFIX}' .. ARGV[i]) == 1 then
+    redis.call('ZADD', KEYS[1], ARGV[#ARGV], ARGV[i])
+    marked = marked + 1
+  end
+end
+if marked > 0 then
+  redis.call('EXPIRE', KEYS[1], {c.METRICS_DIRTY_TTL_S})
+end
+return marked
+"""
+
+
+def mark_dirty(r: RedisClient, user_ids: Iterable[int], now_ms: int | None = None) -> int:
+    """Queue the cached ones of ``user_ids`` for a recompute; returns how many were cached."""
+    ids = [str(u) for u in set(user_ids)]
+    if not ids:
+        return 0
+    score = now_ms if now_ms is not None else int(time.time() * 1000)
+    return int(r.eval(_MARK_SCRIPT, 1, c.METRICS_DIRTY_KEY, *ids, score))
+
+
+def refresh_users(rt: Runtime, user_ids: Iterable[int]) -> int:
+    """Recompute and write the hashes of ``user_ids`` (a hash that expired meanwhile is simply rewritten)."""
+    r = rt.redis
+    cached = list(user_ids)
+    if not cached:
+        return 0
+    version = server_time_us(r)  # before the query: see app/caches/metrics_cache.py
+    computed = compute_user_metrics(rt.clickhouse, cached, weights=rt.weights, window=rt.window)
+    return metrics_cache.write(r, version, computed, rt.settings.stale_copy_ttl_s)
+
+
+class Refresher:
+    def __init__(self, rt: Runtime, batch: int = 5000, idle_wait_s: float = 0.05) -> None:
+        self.rt = rt
+        self.batch = batch
+        self.idle_wait_s = idle_wait_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh_once(self) -> int:
+        """One cycle over the oldest dirty users; returns how many were taken off the set."""
+        r = self.rt.redis
+        taken: Any = r.zrange(c.METRICS_DIRTY_KEY, 0, self.batch - 1, withscores=True)
+        if not taken:
+            return 0
+        refresh_users(self.rt, [int(member) for member, _ in taken])
+        args: list[str | float] = []
+        for member, score in taken:
+            args.extend((member, score))
+        r.eval(_CLEAR_SCRIPT, 1, c.METRICS_DIRTY_KEY, *args)
+        return len(taken)
+
+    def run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                done = self.refresh_once()
+                failures = 0
+                if not done:
+                    self._stop.wait(self.idle_wait_s)
+            except Exception:
+                failures += 1
+                delay = min(BACKOFF_MAX_S, 0.2 * 2**failures) * random.uniform(0.5, 1.0)  # noqa: S311
+                log.exception("metrics refresh failed (%d in a row); retrying in %.1f s", failures, delay)
+                self._stop.wait(delay)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="metrics-refresher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def terminate(self) -> None:
+        self.stop()

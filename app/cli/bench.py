@@ -1,0 +1,131 @@
+"""``bench``: the benchmarks, each printing figures and ratios against a baseline measured in the same run."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from app.cli.common import console, to_json
+from app.cli.root import bench_cli
+from app.core.settings import load_settings
+
+
+def _print_bench(title: str, rows: list[tuple[str, str, str]], figures: dict[str, float], as_json: bool) -> None:
+    if as_json:
+        print(to_json(figures))
+        return
+    table = Table("measure", "result", "against", title=title)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def _print_shapes(title: str, embedded: Any, server: Any | None, as_json: bool, server_label: str = "server") -> None:
+    """One table with the embedded figures and, when measured, the server shape's beside them."""
+    if server is None:
+        _print_bench(title, embedded.rows(), embedded.figures, as_json)
+        return
+    if as_json:
+        print(to_json({"embedded": embedded.figures, "server": server.figures}))
+        return
+    table = Table("measure", "embedded", server_label, "against", title=title)
+    for (measure, here, against), (_, there, _) in zip(embedded.rows(), server.rows(), strict=True):
+        table.add_row(measure, here, there, against)
+    console.print(table)
+
+
+_SERVER_URL_HELP = "also measure on this ClickHouse server (http://host:port)"
+_SERVER_HELP = "also measure on a local ClickHouse server (kept under $DATA_DIR/bench/server)"
+
+
+@contextlib.contextmanager
+def _bench_server(url: str | None, start: bool) -> Iterator[str | None]:
+    """The server a benchmark's server shape runs on: the one given, a local one started for it, or none. The local
+    one keeps its data (the read and job datasets) for the next run."""
+    if url is not None or not start:
+        yield url
+        return
+    from app.stores import clickhouse_server
+
+    paths = clickhouse_server.ServerPaths(load_settings().data_path / "bench" / "server")
+    try:
+        yield clickhouse_server.start(paths)
+    finally:
+        clickhouse_server.stop(paths)
+
+
+@bench_cli.command("ingest")
+def bench_ingest(
+    quick: Annotated[bool, typer.Option("--quick", help="Small sizes, a few minutes")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON")] = False,
+    clickhouse_url: Annotated[str | None, typer.Option(help=_SERVER_URL_HELP)] = None,
+    server: Annotated[bool, typer.Option("--server", help=_SERVER_HELP)] = False,
+    workers: Annotated[int, typer.Option(help="server shape: measure 1..N worker processes")] = 2,
+    concurrency: Annotated[int, typer.Option(help="server shape: pool processes per worker")] = 4,
+) -> None:
+    """Write path: plain-Celery ceiling, per-message mix, 500-event batches, latency, worker memory; embedded and,
+    with --server or --clickhouse-url, the server shape side by side."""
+    from app.bench import ingest
+
+    with _bench_server(clickhouse_url, server) as url:
+        result = ingest.run(quick, url, workers, concurrency)
+    _print_bench("ingest" + (" (quick)" if quick else ""), result.rows(), result.figures, as_json)
+
+
+@bench_cli.command("read")
+def bench_read(
+    quick: Annotated[bool, typer.Option("--quick", help="Small dataset, under a minute")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON")] = False,
+    clickhouse_url: Annotated[str | None, typer.Option(help=_SERVER_URL_HELP)] = None,
+    server: Annotated[bool, typer.Option("--server", help=_SERVER_HELP)] = False,
+) -> None:
+    """Read path on a generated event log (reused between runs): metrics and reactions, hits and misses, hit
+    rate under Zipf reads, history; embedded and, with --server or --clickhouse-url, on a server side by side."""
+    from app.bench import read
+
+    settings = load_settings()
+    embedded = read.run(quick, settings)
+    with _bench_server(clickhouse_url, server) as url:
+        on_server = read.run(quick, settings, url) if url is not None else None
+    _print_shapes("read" + (" (quick)" if quick else ""), embedded, on_server, as_json)
+
+
+@bench_cli.command("jobs")
+def bench_jobs(
+    quick: Annotated[bool, typer.Option("--quick", help="Small datasets, about a minute")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON")] = False,
+    clickhouse_url: Annotated[str | None, typer.Option(help=_SERVER_URL_HELP)] = None,
+    server: Annotated[bool, typer.Option("--server", help=_SERVER_HELP)] = False,
+) -> None:
+    """Beat jobs on 1M and 10M events: full and incremental engagement, ranks, reconciliation; embedded and, with
+    --server or --clickhouse-url, on a server side by side."""
+    from app.bench import jobs as jobs_bench
+
+    settings = load_settings()
+    embedded = jobs_bench.run(quick, settings)
+    with _bench_server(clickhouse_url, server) as url:
+        on_server = jobs_bench.run(quick, settings, url) if url is not None else None
+    _print_shapes("jobs" + (" (quick)" if quick else ""), embedded, on_server, as_json)
+
+
+@bench_cli.command("legacy")
+def bench_legacy(
+    quick: Annotated[bool, typer.Option("--quick", help="2,000 users, under a minute")] = False,
+    database_url: Annotated[
+        str | None, typer.Option("--database-url", help="A scratch database (its legacy tables are recreated)")
+    ] = None,
+    users: Annotated[int | None, typer.Option("--users", help="Dataset size in users (default 100,000)")] = None,
+    reuse: Annotated[
+        bool, typer.Option("--reuse", help="Keep a legacy dataset already seeded there for as many users")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON")] = False,
+) -> None:
+    """Legacy PostgreSQL aggregation vs this project on the same generated data."""
+    from app.bench import legacy as legacy_bench
+
+    result = legacy_bench.run(quick, load_settings(), database_url, users, reuse)
+    _print_bench("legacy" + (" (quick)" if quick else ""), result.rows(), result.figures, as_json)

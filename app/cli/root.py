@@ -1,0 +1,20 @@
+"""The root command (``python -m app``) and its groups; the commands are in the modules beside this one."""
+
+from __future__ import annotations
+
+import typer
+
+cli = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="User metrics and image reactions service.",
+)
+bench_cli = typer.Typer(no_args_is_help=True, help="Benchmarks: figures and ratios against a same-run baseline.")
+cli.add_typer(bench_cli, name="bench")
+excluded_cli = typer.Typer(no_args_is_help=True, help="Manage excluded users (their actions count for nobody).")
+cli.add_typer(excluded_cli, name="excluded-users")
+dead_cli = typer.Typer(no_args_is_help=True, help="Inspect, replay or purge dead letters.")
+cli.add_typer(dead_cli, name="dead-letters")
+server_cli = typer.Typer(no_args_is_help=True, help="A local ClickHouse server (real ClickHouse 26.7) for server mode.")
+cli.add_typer(server_cli, name="clickhouse-server")

@@ -1,0 +1,91 @@
+"""Running the stack: ``run``, ``migrate``, ``schemas``, ``clickhouse-server``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from app.cli.common import command_runtime, console, err
+from app.cli.root import cli, server_cli
+from app.core.settings import load_settings
+from app.stores import migrations
+
+
+@cli.command()
+def run() -> None:
+    """Start worker, beat and Flower (embedded defaults unless service URLs are set). Ctrl-C stops all."""
+    from app.ops.runner import run_stack
+
+    logging.basicConfig(level=logging.INFO)
+    raise typer.Exit(run_stack(load_settings()))
+
+
+def _server_paths() -> Any:
+    from app.stores.clickhouse_server import ServerPaths
+
+    return ServerPaths(load_settings().data_path / "clickhouse-server")
+
+
+@server_cli.command("start")
+def server_start(
+    http_port: Annotated[int, typer.Option(help="HTTP port (0: the last one used, else a free one)")] = 0,
+    tcp_port: Annotated[int, typer.Option(help="native protocol port (0: as for --http-port)")] = 0,
+) -> None:
+    """Start (or find running) a ClickHouse server on loopback; prints the CLICKHOUSE_URL to use."""
+    from app.stores import clickhouse_server
+
+    try:
+        url = clickhouse_server.start(_server_paths(), http_port, tcp_port)
+    except clickhouse_server.ServerError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(1) from exc
+    print(f"{url}/{load_settings().clickhouse_database}")
+
+
+@server_cli.command("stop")
+def server_stop() -> None:
+    """Stop the local ClickHouse server (its data stays under DATA_DIR/clickhouse-server)."""
+    from app.stores import clickhouse_server
+
+    print("stopped" if clickhouse_server.stop(_server_paths()) else "not running")
+
+
+@server_cli.command("status")
+def server_status() -> None:
+    """Print the local server's URL, or exit 1 when it is not running."""
+    from app.stores import clickhouse_server
+
+    url = clickhouse_server.status(_server_paths())
+    if url is None:
+        print("not running")
+        raise typer.Exit(1)
+    print(url)
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply pending ClickHouse migrations (idempotent; safe to run concurrently)."""
+    with command_runtime() as rt:
+        applied = migrations.migrate_anywhere(rt)
+    console.print(f"applied: {applied or 'nothing (up to date)'}")
+
+
+@cli.command()
+def schemas(
+    write: Annotated[bool, typer.Option("--write", help="Regenerate schemas/*.json")] = False,
+) -> None:
+    """Check (or --write) the published JSON Schemas of the task payloads."""
+    from app.ops import schemas as s
+
+    if write:
+        for path in s.write_all():
+            console.print(f"wrote {path}")
+        return
+    stale = s.drifted()
+    if stale:
+        err.print(f"schemas out of date for: {', '.join(stale)}; run `python -m app schemas --write`")
+        raise typer.Exit(1)
+    console.print("schemas up to date")

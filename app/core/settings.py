@@ -1,0 +1,154 @@
+"""The one typed settings object.
+
+Every process reads its configuration here, once, and passes the object down; no other module reads
+``os.environ``. Variable names are a contract: deployment files and the README use them.
+Unset service URLs mean *embedded mode*: an in-process ClickHouse (chdb) and a private ``redis-server`` under
+``DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path(".data")
+ReadSource = Literal["clickhouse", "postgres", "dual"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(default=DEFAULT_DATA_DIR, alias="DATA_DIR")
+    clickhouse_url: str | None = Field(default=None, alias="CLICKHOUSE_URL")
+    clickhouse_database: str = Field(default="usermetrics", alias="CLICKHOUSE_DATABASE")
+    redis_url: str | None = Field(default=None, alias="REDIS_URL")
+    celery_broker_url: str | None = Field(default=None, alias="CELERY_BROKER_URL")
+    database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    flower_basic_auth: SecretStr | None = Field(default=None, alias="FLOWER_BASIC_AUTH")
+    flower_port: int = Field(default=5555, alias="FLOWER_PORT")
+    env: Literal["dev", "prod"] = Field(default="dev", alias="APP_ENV")
+    log_level: str = Field(default="INFO", alias="LOG_LEVEL")
+
+    # Worker and write path.
+    worker_concurrency: int = Field(default=4, ge=1, alias="WORKER_CONCURRENCY")
+    flush_max_wait_ms: int = Field(default=250, ge=1, le=5000, alias="FLUSH_MAX_WAIT_MS")
+    flush_linger_ms: int = Field(default=100, ge=0, le=1000, alias="FLUSH_LINGER_MS")
+    flush_max_events: int = Field(default=5000, ge=1, alias="FLUSH_MAX_EVENTS")
+    flush_max_deliveries: int = Field(default=30, ge=1, alias="FLUSH_MAX_DELIVERIES")
+    task_events: bool = Field(default=True, alias="TASK_EVENTS")
+    # The per-message event tasks: three task events each would cost a third of a worker's throughput.
+    event_task_events: bool = Field(default=False, alias="EVENT_TASK_EVENTS")
+    worker_prefetch: int = Field(default=8, ge=1, alias="WORKER_PREFETCH")
+    broker_visibility_timeout_s: int = Field(default=3600, ge=1, alias="BROKER_VISIBILITY_TIMEOUT_S")
+    task_max_retries: int = Field(default=8, ge=0, alias="TASK_MAX_RETRIES")
+    retry_backoff_max_s: int = Field(default=120, ge=1, alias="RETRY_BACKOFF_MAX_S")
+    read_timeout_s: float = Field(default=10.0, gt=0, alias="READ_TIMEOUT_S")
+    clickhouse_timeout_s: float = Field(default=10.0, gt=0, alias="CLICKHOUSE_TIMEOUT_S")
+    redis_timeout_s: float = Field(default=2.0, gt=0, alias="REDIS_TIMEOUT_S")
+
+    # Read path. Where each feature reads from: ClickHouse (with the caches in front), the
+    # legacy PostgreSQL, or both (serve PostgreSQL, compare with ClickHouse in the background).
+    user_metrics_read_source: ReadSource = Field(default="clickhouse", alias="USER_METRICS_READ_SOURCE")
+    reactions_read_source: ReadSource = Field(default="clickhouse", alias="REACTIONS_READ_SOURCE")
+    # A reader that finds another one already filling a user's cache waits this long for it before querying.
+    cache_fill_wait_s: float = Field(default=2.0, ge=0, alias="CACHE_FILL_WAIT_S")
+    # How long the last known metrics of a user are kept to be served (marked stale) while ClickHouse is down.
+    stale_copy_ttl_s: int = Field(default=7 * 86_400, ge=0, alias="STALE_COPY_TTL_S")
+
+    # Engagement (docs/architecture.md, "The metrics"): weights per metric type, "*" for any other; window in days.
+    engagement_weights: dict[str, Decimal] = Field(
+        default_factory=lambda: {
+            "Download": Decimal(1),
+            "Generation": Decimal(2),
+            "ReactionHeart": Decimal("0.5"),
+            "Comment": Decimal("1.5"),
+            "*": Decimal("0.1"),
+        },
+        alias="ENGAGEMENT_WEIGHTS",
+    )
+    engagement_window_days: int = Field(default=30, ge=1, le=3650, alias="ENGAGEMENT_WINDOW_DAYS")
+
+    # Beat jobs: intervals in seconds, bounds per run.
+    engagement_interval_s: float = Field(default=60.0, gt=0, alias="ENGAGEMENT_INTERVAL_S")
+    engagement_full_every: int = Field(default=30, ge=1, alias="ENGAGEMENT_FULL_EVERY")
+    ranks_interval_s: float = Field(default=60.0, gt=0, alias="RANKS_INTERVAL_S")
+    refresh_interval_s: float = Field(default=60.0, gt=0, alias="REFRESH_INTERVAL_S")
+    refresh_ahead_s: float = Field(default=300.0, gt=0, alias="REFRESH_AHEAD_S")
+    refresh_max_users: int = Field(default=5000, ge=1, alias="REFRESH_MAX_USERS")
+    reconcile_interval_s: float = Field(default=300.0, gt=0, alias="RECONCILE_INTERVAL_S")
+    reconcile_sample: int = Field(default=1000, ge=0, alias="RECONCILE_SAMPLE")
+    job_time_limit_s: int = Field(default=600, ge=5, alias="JOB_TIME_LIMIT_S")
+    metrics_port: int = Field(default=9808, ge=0, alias="METRICS_PORT")
+    # Where the worker's Prometheus endpoint listens: loopback unless opened on purpose (e.g. 0.0.0.0 in a
+    # container scraped from outside).
+    metrics_address: str = Field(default="127.0.0.1", min_length=1, alias="METRICS_ADDRESS")
+
+    # Beat intervals (seconds).
+    buffer_check_interval_s: float = Field(default=30.0, gt=0, alias="BUFFER_CHECK_INTERVAL_S")
+    buffer_lag_warn_s: float = Field(default=5.0, gt=0, alias="BUFFER_LAG_WARN_S")
+    reclaim_idle_ms: int = Field(default=60_000, ge=1000, alias="RECLAIM_IDLE_MS")
+
+    @field_validator("clickhouse_url", "redis_url", "celery_broker_url", "database_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @cached_property
+    def data_path(self) -> Path:
+        return self.data_dir.resolve()
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        return self.clickhouse_url or f"chdb://{self.data_path / 'clickhouse'}"
+
+    @property
+    def clickhouse_db(self) -> str:
+        """The database this deployment uses: the one named in a server URL's path, else ``CLICKHOUSE_DATABASE``
+        (two deployments pointed at two databases of one server never share data)."""
+        if self.clickhouse_embedded:
+            return self.clickhouse_database
+        path = urlsplit(self.clickhouse_dsn).path.strip("/")
+        return path or self.clickhouse_database
+
+    @property
+    def clickhouse_server_dsn(self) -> str:
+        """The server URL without its database path: the client connects before the database exists."""
+        parts = urlsplit(self.clickhouse_dsn)
+        return urlunsplit((parts.scheme, parts.netloc, "", parts.query, ""))
+
+    @property
+    def clickhouse_embedded(self) -> bool:
+        return self.clickhouse_dsn.startswith("chdb:")
+
+    @property
+    def chdb_path(self) -> Path | None:
+        """Directory of the in-process engine, or None in server mode."""
+        if not self.clickhouse_embedded:
+            return None
+        return Path(self.clickhouse_dsn.removeprefix("chdb://")).resolve()
+
+    @property
+    def redis_embedded(self) -> bool:
+        return self.redis_url is None
+
+    @property
+    def legacy_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_path / 'legacy.sqlite3'}"
+
+    def require_flower_auth(self) -> str | None:
+        """Flower's ``user:password``; refuses to run without one outside dev mode."""
+        if self.flower_basic_auth is not None:
+            return self.flower_basic_auth.get_secret_value()
+        if self.env != "dev":
+            raise ValueError("FLOWER_BASIC_AUTH (user:password) is required when APP_ENV is not dev")
+        return None
+
+
+def load_settings() -> Settings:
+    return Settings()

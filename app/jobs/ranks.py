@@ -1,0 +1,49 @@
+"""``recompute_ranks``: the leaderboard built under a temporary key and swapped in with ``RENAME`` (readers see the old
+board or the new one, never a part), then ``rank`` in cached hashes."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+
+from app.core import constants as c
+from app.core.metrics import SCORE_SCALE
+from app.jobs.report import CHUNK, JobReport, set_field_if_cached
+from app.stores.runtime import Runtime
+
+
+def ranked(scores: Mapping[int, int]) -> list[tuple[int, int, int]]:
+    """(user, score, rank) for positive scores: higher score first, ties to the lower user id."""
+    order = sorted(((u, s) for u, s in scores.items() if s > 0), key=lambda us: (-us[1], us[0]))
+    return [(u, s, i + 1) for i, (u, s) in enumerate(order)]
+
+
+def recompute_ranks(rt: Runtime) -> JobReport:
+    started = time.perf_counter()
+    r = rt.redis
+    rows = rt.clickhouse.rows("SELECT userId, score FROM engagementCurrent FINAL")
+    scores = {int(u): int(s) for u, s in rows if int(s) > 0}
+    unranked = {int(u) for u, s in rows if int(s) <= 0}
+    board = ranked(scores)
+    before = {int(str(m)) for m in r.zrange(c.LEADERBOARD_KEY, 0, -1)}
+    tmp = f"{c.LEADERBOARD_KEY}:building:{uuid.uuid4().hex}"
+    try:
+        for i in range(0, len(board), CHUNK):
+            pipe = r.pipeline(transaction=False)
+            pipe.zadd(tmp, {str(u): s / SCORE_SCALE for u, s, _ in board[i : i + CHUNK]})
+            pipe.expire(tmp, 600)
+            pipe.execute()
+        if board:
+            pipe = r.pipeline(transaction=True)
+            pipe.rename(tmp, c.LEADERBOARD_KEY)
+            pipe.expire(c.LEADERBOARD_KEY, c.LEADERBOARD_TTL_S)
+            pipe.execute()
+        else:
+            r.delete(c.LEADERBOARD_KEY)
+    finally:
+        r.delete(tmp)
+    ranks: dict[int, str] = {u: str(rank) for u, _, rank in board}
+    ranks.update({u: "" for u in (before | unranked) - set(ranks)})  # no positive score: no rank
+    cached = set_field_if_cached(r, "rank", ranks)
+    return JobReport("recompute_ranks", users=len(board), cached_updated=cached, seconds=time.perf_counter() - started)

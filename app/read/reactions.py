@@ -1,0 +1,137 @@
+"""A user's reactions on a page of images: the cache and query services
+(docs/architecture.md, "The path of one read")."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+from app.caches import reactions_cache
+from app.caches.reactions_cache import ALL_BITS, BIT_OF, NO_VERSION, BitUpdate
+from app.core.errors import REDIS_DOWN, TRANSIENT_EXCEPTIONS, ValidationError
+from app.core.events import as_utc, epoch_ms
+from app.core.ids import check_id, check_ids
+from app.stores.clickhouse import ClickHouse
+from app.stores.redis_store import RedisClient
+
+log = logging.getLogger(__name__)
+
+MAX_IMAGES_PER_READ = 1000
+
+# From the latest-state table (sql/0003_read_aggregates.sql): the latest event of each reaction key.
+_REACTIONS_SQL = """
+SELECT entityId, metricType, isOn, (at, toString(eventId))
+FROM stateByActor FINAL
+WHERE userId = {user:Int64} AND metricType IN {reactions:Array(String)} AND entityType = 'Image'
+  AND entityId IN {images:Array(Int64)}
+"""
+
+
+def latest_reactions(ch: ClickHouse, user_id: int, image_ids: Sequence[int]) -> dict[int, list[BitUpdate]]:
+    """The latest state of all four reactions of ``user_id`` on each image, with versions (latest event wins)."""
+    found: dict[int, dict[int, BitUpdate]] = {int(i): {} for i in image_ids}
+    params = {"user": user_id, "images": sorted(found), "reactions": sorted(m.value for m in BIT_OF)}
+    for image, metric, value, (created, event_id) in ch.rows(_REACTIONS_SQL, params):
+        bit = BIT_OF[metric]
+        when = as_utc(created)
+        version = reactions_cache.version_of(epoch_ms(when), str(event_id))
+        found[int(image)][bit] = BitUpdate(int(image), bit, int(value) > 0, version)
+    return {
+        image: [bits.get(b) or BitUpdate(image, b, False, NO_VERSION) for b in ALL_BITS]
+        for image, bits in found.items()
+    }
+
+
+class ReactionSource(Protocol):
+    def __call__(self, user_id: int, image_ids: Sequence[int]) -> dict[int, list[BitUpdate]]: ...
+
+
+def flags_of(bits: Sequence[BitUpdate]) -> int:
+    return sum(u.bit for u in bits if u.on)
+
+
+class UserReactionCacheService:
+    """``reactions:{userId}`` operations. Writes are version-merged: an older state never overwrites a newer one."""
+
+    def __init__(self, redis: RedisClient) -> None:
+        self.redis = redis
+
+    def get_user_reactions(self, user_id: int, image_ids: Sequence[int]) -> dict[int, int | None]:
+        """Cached flags per image; None where the cache does not know. Renews the TTL."""
+        user_id = check_id(user_id, "user id")
+        return reactions_cache.read(self.redis, user_id, check_ids(image_ids, "image id"))
+
+    def set_reaction(
+        self, user_id: int, image_id: int, reactions: int, *, at: datetime | None = None, event_id: str | None = None
+    ) -> None:
+        """Cache a full reaction state (e.g. read-your-writes right after enqueuing ``set_reaction``)."""
+        user_id, image_id = check_id(user_id, "user id"), check_id(image_id, "image id")
+        if not 0 <= reactions <= 15:
+            raise ValidationError(f"reactions must be flags 0..15, got {reactions}")
+        version = reactions_cache.version_of(epoch_ms(at or datetime.now(UTC)), event_id or str(uuid.uuid4()))
+        updates = [BitUpdate(image_id, b, bool(reactions & b), version) for b in ALL_BITS]
+        reactions_cache.merge(self.redis, {user_id: updates})
+
+    def clear_reaction(self, user_id: int, image_id: int) -> None:
+        """Forget one image; the next read resolves it from ClickHouse again."""
+        user_id, image_id = check_id(user_id, "user id"), check_id(image_id, "image id")
+        reactions_cache.forget(self.redis, user_id, image_id)
+
+    def populate_from_clickhouse(self, user_id: int, image_ids: Sequence[int], source: ReactionSource) -> None:
+        user_id = check_id(user_id, "user id")
+        states = source(user_id, check_ids(image_ids, "image id"))
+        reactions_cache.merge(self.redis, {user_id: [u for bits in states.values() for u in bits]})
+
+
+class ReactionsResult(dict[int, int]):
+    """``{imageId: flags}``; ``unavailable`` images were not cached and ClickHouse could not be reached (their 0 is
+    not real)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unavailable: set[int] = set()
+
+
+class UserReactionQueryService:
+    """Cache first; misses resolved from ClickHouse (latest event wins), cached (absences as 0), returned.
+
+    Redis unreachable: everything is read from ClickHouse. ClickHouse unreachable: cached images are served, the
+    others are reported in ``unavailable``. Neither raises.
+    """
+
+    def __init__(self, redis: RedisClient, source: ReactionSource) -> None:
+        self.cache = UserReactionCacheService(redis)
+        self.source = source
+
+    def get_user_reactions(self, user_id: int, image_ids: Sequence[int]) -> ReactionsResult:
+        ids = list(dict.fromkeys(image_ids))
+        if len(ids) > MAX_IMAGES_PER_READ:
+            raise ValidationError(f"at most {MAX_IMAGES_PER_READ} images per read, got {len(ids)}")
+        user_id, ids = check_id(user_id, "user id"), check_ids(ids, "image id")
+        out = ReactionsResult()
+        try:
+            cached: dict[int, int | None] = self.cache.get_user_reactions(user_id, ids)
+            redis_up = True
+        except REDIS_DOWN as exc:
+            log.warning("Redis unreachable (%s): reading reactions of user %s from ClickHouse", exc, user_id)
+            cached, redis_up = dict.fromkeys(ids), False
+        misses = [i for i, flags in cached.items() if flags is None]
+        found = {i: flags for i, flags in cached.items() if flags is not None}
+        if misses:
+            try:
+                states = self.source(user_id, misses)
+            except TRANSIENT_EXCEPTIONS as exc:
+                log.warning("ClickHouse unreachable (%s): %d images of user %s unknown", exc, len(misses), user_id)
+                out.unavailable.update(misses)
+                states = {}
+            if states and redis_up:
+                with contextlib.suppress(*REDIS_DOWN):
+                    reactions_cache.merge(self.cache.redis, {user_id: [u for bits in states.values() for u in bits]})
+            found.update({image: flags_of(bits) for image, bits in states.items()})
+        for i in ids:
+            out[i] = found.get(i, 0)
+        return out

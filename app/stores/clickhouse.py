@@ -1,0 +1,215 @@
+"""ClickHouse adapter: one client factory for server (HTTP) and embedded (chdb) mode, and the event insert.
+
+Embedded mode has one hard limit: only one process at a time may open a chdb data path. The process that
+opens it first takes an exclusive ``flock`` on ``<path>.owner`` for its lifetime; any other process sees the lock
+and reaches ClickHouse through the owner (a read task on the ``reads`` queue) instead of failing to open the
+engine. ``owner_is_elsewhere`` is that check.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, TypeVar, cast
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+from app.core.errors import StoreBusyError, TransientError, UserMetricsError, translate_clickhouse
+from app.core.events import Event
+from app.core.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+EVENT_TABLE = "entityMetricEvents"
+EVENT_COLUMNS = (
+    "eventId",
+    "entityType",
+    "entityId",
+    "userId",
+    "ownerId",
+    "metricType",
+    "metricValue",
+    "createdAt",
+)
+
+_EVENT_INSERT_SETTINGS = {"max_partitions_per_insert_block": 0}
+# Most values bound into one query parameter: a server receives parameters as HTTP form fields, and a field
+# longer than ``http_max_field_value_size`` (128 KiB) is refused; 1,000 UUIDs or key tuples stay far below.
+PARAM_CHUNK = 1000
+
+
+def chunked(values: Sequence[T], size: int = PARAM_CHUNK) -> Iterator[Sequence[T]]:
+    """``values`` in slices of at most ``size``, for queries that bind them as one array parameter."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+_owner_handles: dict[Path, IO[str]] = {}
+_owner_guard = threading.Lock()
+
+
+def _owner_file(path: Path) -> Path:
+    return path.with_name(path.name + ".owner")
+
+
+def owner_is_elsewhere(settings: Settings) -> bool:
+    """True when another process owns the embedded ClickHouse path (server mode: always False)."""
+    path = settings.chdb_path
+    if path is None or path in _owner_handles:
+        return False
+    owner = _owner_file(path)
+    if not owner.exists():
+        return False
+    with open(owner, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def _claim_ownership(path: Path) -> None:
+    with _owner_guard:
+        if path in _owner_handles:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(_owner_file(path), "a+")  # noqa: SIM115 - held open for the process lifetime
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            handle.close()
+            raise StoreBusyError(
+                f"the embedded ClickHouse at {path} is owned by another process (the running worker); "
+                "reach it through the worker, or stop the stack first"
+            ) from exc
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        _owner_handles[path] = handle
+
+
+@contextmanager
+def translated_errors() -> Iterator[None]:
+    """Raise the client's errors as this project's typed ones (transient or permanent, see ``app.core.errors``)."""
+    try:
+        yield
+    except UserMetricsError:
+        raise
+    except Exception as exc:
+        raise translate_clickhouse(exc) from exc
+
+
+class ClickHouse:
+    """A thread-safe handle on one ClickHouse database; every error it raises is typed (``app.core.errors``).
+
+    The HTTP client is used by one thread at a time per session, and the chdb engine is one per process; a lock
+    serialises calls on both, which is what either would do internally anyway.
+    """
+
+    def __init__(self, client: Client, database: str) -> None:
+        self.client = client
+        self.database = database
+        self._lock = threading.RLock()
+
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        with self._lock, translated_errors():
+            return self.client.command(sql, parameters=parameters)
+
+    def rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        with self._lock, translated_errors():
+            result: Any = self.client.query(sql, parameters=parameters)
+            return [tuple(row) for row in result.result_rows]
+
+    def insert(
+        self,
+        table: str,
+        rows: Sequence[Sequence[Any]],
+        columns: Sequence[str],
+        column_oriented: bool = False,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
+        """Insert ``rows`` (or, with ``column_oriented``, one sequence per column) in one block."""
+        with self._lock, translated_errors():
+            self.client.insert(
+                table,
+                cast(Any, rows),
+                column_names=list(columns),
+                column_oriented=column_oriented,
+                settings=settings,
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self.client.close()
+
+
+def connect(settings: Settings) -> ClickHouse:
+    """Open the configured ClickHouse and make sure the deployment's database exists (``Settings.clickhouse_db``)."""
+    db = settings.clickhouse_db
+    try:
+        if settings.chdb_path is not None:
+            _claim_ownership(settings.chdb_path)
+            client = clickhouse_connect.get_client(dsn=settings.clickhouse_dsn)
+        else:
+            client = clickhouse_connect.get_client(
+                dsn=settings.clickhouse_server_dsn,
+                database="default",
+                connect_timeout=settings.clickhouse_timeout_s,
+                send_receive_timeout=settings.clickhouse_timeout_s,
+                autogenerate_session_id=False,
+            )
+    except StoreBusyError:
+        raise
+    except Exception as exc:
+        reason = str(exc).split(" executing HTTP request", 1)[0]
+        raise TransientError(f"cannot reach ClickHouse at {_redact(settings.clickhouse_dsn)}: {reason}") from exc
+    with translated_errors():
+        client.command(f"CREATE DATABASE IF NOT EXISTS `{_identifier(db)}`")
+    client.database = db
+    return ClickHouse(client, db)
+
+
+def _identifier(name: str) -> str:
+    """A database name safe to quote with backticks (it comes from configuration, never from a request)."""
+    if not name or "`" in name or "\\" in name or len(name) > 200:
+        raise ValueError(f"invalid ClickHouse database name {name!r}")
+    return name
+
+
+def _redact(dsn: str) -> str:
+    if "@" in dsn and "://" in dsn:
+        scheme, rest = dsn.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return dsn
+
+
+def insert_events(ch: ClickHouse, events: Sequence[Event]) -> int:
+    """Write a batch of events with one insert. Returns the number of rows written."""
+    if not events:
+        return 0
+    columns: list[list[Any]] = [
+        [e.event_id for e in events],
+        [e.entity_type for e in events],
+        [e.entity_id for e in events],
+        [e.user_id for e in events],
+        [e.owner_id for e in events],
+        [e.metric_type.value for e in events],
+        [e.metric_value for e in events],
+        [e.created_at for e in events],
+    ]
+    started = time.perf_counter()
+    # A batch may carry history that spans many monthly partitions (a producer catching up); that is data, not
+    # the "too many parts" overload the default limit of 100 partitions per block guards against.
+    ch.insert(EVENT_TABLE, columns, EVENT_COLUMNS, column_oriented=True, settings=_EVENT_INSERT_SETTINGS)
+    log.debug("inserted %d events in %.1f ms", len(events), (time.perf_counter() - started) * 1000)
+    return len(events)

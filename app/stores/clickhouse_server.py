@@ -1,0 +1,231 @@
+"""A real ClickHouse server on loopback, for development and the server-mode test pass, without Docker.
+
+The npm package ``@chdb/lib-linux-x64-gnu`` at version 26.7.3-stable.1 ships ``libchdb.so`` (ClickHouse 26.7).
+Its C entry point ``chdb_query_cmdline(argc, argv)`` runs clickhouse-local with real command-line arguments, and
+this build accepts ``--http_port``, ``--tcp_port`` and ``--listen_host``: the query
+``SYSTEM START LISTEN QUERIES ALL`` starts ClickHouse's own HTTP and native listeners. The server process then
+blocks on a query reading a named pipe, and stops when a line is written to it (or on SIGTERM). Data under
+``--path`` survives restarts. Limits of this build: one server per OS process, the ``default`` user without a
+password, no built-in Keeper.
+
+``python -m app clickhouse-server start|stop|status`` manages one such server under ``DATA_DIR/clickhouse-server``;
+``make clickhouse-server`` starts it. The library (~180 MB download, ~570 MB on disk) is fetched once with
+``npm pack`` into ``.tools/chdb-server``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.core.errors import UserMetricsError
+from app.core.paths import REPO
+
+PACKAGE = "@chdb/lib-linux-x64-gnu@26.7.3-stable.1"
+LIB_DIR = REPO / ".tools" / "chdb-server"
+START_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 30.0
+
+
+class ServerError(UserMetricsError):
+    """The local ClickHouse server could not be installed, started or stopped."""
+
+
+def library(lib_dir: Path = LIB_DIR) -> Path:
+    """Path of ``libchdb.so``, fetched with ``npm pack`` on first use."""
+    lib = lib_dir / "libchdb.so"
+    if lib.exists():
+        return lib
+    npm = shutil.which("npm")
+    if npm is None:
+        raise ServerError(
+            f"npm is needed once to fetch {PACKAGE} (apt-get install npm), or put libchdb.so in {lib_dir}"
+        )
+    lib_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=lib_dir) as tmp:
+        done = subprocess.run(  # noqa: S603 - fixed argv, no shell
+            [npm, "pack", PACKAGE, "--pack-destination", tmp, "--silent"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise ServerError(f"npm pack {PACKAGE} failed: {done.stderr.strip()[-500:]}")
+        (tgz,) = Path(tmp).glob("*.tgz")
+        with tarfile.open(tgz) as archive:
+            member = archive.getmember("package/libchdb.so")
+            source = archive.extractfile(member)
+            assert source is not None
+            partial = lib.with_suffix(".so.partial")
+            with open(partial, "wb") as out:
+                shutil.copyfileobj(source, out)
+            partial.replace(lib)
+    return lib
+
+
+@dataclass(frozen=True)
+class ServerPaths:
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def fifo(self) -> Path:
+        return self.root / "stop.fifo"
+
+    @property
+    def pid(self) -> Path:
+        return self.root / "server.pid"
+
+    @property
+    def ports(self) -> Path:
+        return self.root / "ports"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "server.log"
+
+
+def serve(lib: Path, paths: ServerPaths, http_port: int, tcp_port: int, extra: list[str]) -> int:
+    """Run the server in this process until a line is written to the stop pipe (blocks)."""
+    if "'" in str(paths.fifo) or "\\" in str(paths.fifo):
+        raise ServerError(f"unsupported characters in the server path {paths.root}")
+    fifo = str(paths.fifo)
+    query = f"SYSTEM START LISTEN QUERIES ALL; SELECT count() FROM file('{fifo}', 'LineAsString')"  # noqa: S608
+    args = [
+        "clickhouse",
+        f"--path={paths.data}",
+        f"--http_port={http_port}",
+        f"--tcp_port={tcp_port}",
+        "--listen_host=127.0.0.1",
+        *extra,
+        "--multiquery",
+        f"--query={query}",
+    ]
+    engine = ctypes.CDLL(str(lib))
+    engine.chdb_query_cmdline.restype = ctypes.c_void_p
+    argv = (ctypes.c_char_p * len(args))(*[a.encode() for a in args])
+    engine.chdb_query_cmdline(len(args), argv)
+    return 0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(http_port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/ping", timeout=1) as reply:  # noqa: S310
+            return bool(reply.read().strip() == b"Ok.")
+    except OSError:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def status(paths: ServerPaths) -> str | None:
+    """URL of the server under ``paths`` if it is running and answering, else None."""
+    if not paths.pid.exists() or not paths.ports.exists():
+        return None
+    pid = int(paths.pid.read_text())
+    http_port = int(paths.ports.read_text().split()[0])
+    if _pid_alive(pid) and _answers(http_port):
+        return f"http://127.0.0.1:{http_port}"
+    return None
+
+
+def start(paths: ServerPaths, http_port: int = 0, tcp_port: int = 0, extra: list[str] | None = None) -> str:
+    """Start a server (detached) and wait until it answers; returns its base URL. Reuses one already running."""
+    running = status(paths)
+    if running is not None:
+        return running
+    lib = library()
+    paths.data.mkdir(parents=True, exist_ok=True)
+    if not paths.fifo.exists():
+        os.mkfifo(paths.fifo)
+    if paths.ports.exists() and not http_port:
+        http_port, tcp_port = (int(p) for p in paths.ports.read_text().split())
+    http_port = http_port or _free_port()
+    tcp_port = tcp_port or _free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "app.stores.clickhouse_server",
+        str(lib),
+        str(paths.root),
+        str(http_port),
+        str(tcp_port),
+    ]
+    with open(paths.log, "ab") as log:
+        proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            [*argv, *(extra or [])], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    paths.pid.write_text(str(proc.pid))
+    paths.ports.write_text(f"{http_port} {tcp_port}")
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not _answers(http_port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise ServerError(f"the ClickHouse server did not start; see {paths.log}")
+        time.sleep(0.2)
+    return f"http://127.0.0.1:{http_port}"
+
+
+def stop(paths: ServerPaths) -> bool:
+    """Stop the server cleanly (a line to its stop pipe), then by signal; False if none was running."""
+    if not paths.pid.exists():
+        return False
+    pid = int(paths.pid.read_text())
+    if not _pid_alive(pid):
+        paths.pid.unlink(missing_ok=True)
+        return False
+    with contextlib.suppress(OSError):
+        fd = os.open(paths.fifo, os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            os.write(fd, b"stop\n")
+        finally:
+            os.close(fd)
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        if sig is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + STOP_TIMEOUT_S / 3
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not _pid_alive(pid):
+            break
+    paths.pid.unlink(missing_ok=True)
+    return True
+
+
+def main(argv: list[str]) -> int:
+    """``python -m app.stores.clickhouse_server LIB ROOT HTTP_PORT TCP_PORT [ARGS...]``: the server process itself."""
+    lib, root, http_port, tcp_port, *extra = argv
+    return serve(Path(lib), ServerPaths(Path(root)), int(http_port), int(tcp_port), extra)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,110 @@
+"""Per-process runtime: the settings and the clients built from them, created once and shared.
+
+Workers build it in ``worker_process_init`` (see ``tasks/celery_app.py``); the CLI builds it on demand. The
+ClickHouse handle is opened lazily because in embedded mode only the worker process may open it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+
+from app.core.errors import TransientError
+from app.core.metrics import EngagementWeights
+from app.core.settings import Settings, load_settings
+from app.stores import clickhouse, embedded_redis, redis_store
+from app.stores.clickhouse import ClickHouse
+from app.stores.redis_store import RedisClient
+
+log = logging.getLogger(__name__)
+
+
+def resolve_redis_url(settings: Settings) -> str:
+    """The configured Redis, else the embedded server of the running stack."""
+    if settings.redis_url is not None:
+        return settings.redis_url
+    url = embedded_redis.running_url(settings)
+    if url is None:
+        raise TransientError(
+            "no Redis: set REDIS_URL, or start the stack on embedded defaults with `python -m app run`"
+        )
+    return url
+
+
+class Runtime:
+    def __init__(self, settings: Settings, clickhouse: ClickHouse | None = None) -> None:
+        """``clickhouse``: share an already open handle (the embedded engine is one per process)."""
+        self.settings = settings
+        self.pid = os.getpid()
+        self._redis: RedisClient | None = None
+        self._ch: ClickHouse | None = clickhouse
+        self._lock = threading.Lock()
+        self.weights = EngagementWeights.from_settings(settings.engagement_weights)
+        self.window = timedelta(days=settings.engagement_window_days)
+
+    @property
+    def redis(self) -> RedisClient:
+        if self._redis is None:
+            with self._lock:
+                if self._redis is None:
+                    self._redis = redis_store.connect(resolve_redis_url(self.settings), self.settings)
+        return self._redis
+
+    @property
+    def clickhouse(self) -> ClickHouse:
+        if self._ch is None:
+            with self._lock:
+                if self._ch is None:
+                    self._ch = clickhouse.connect(self.settings)
+        return self._ch
+
+    def close(self) -> None:
+        with self._lock:
+            if self._ch is not None:
+                self._ch.close()
+                self._ch = None
+            if self._redis is not None:
+                # Idle connections only: a thread still holding one (a task that picked this runtime up while it
+                # was current) finishes its command instead of reading from a socket closed under it.
+                self._redis.connection_pool.disconnect(inuse_connections=False)
+                self._redis = None
+
+
+_current: Runtime | None = None
+_current_lock = threading.Lock()
+
+
+def get() -> Runtime:
+    """This process's runtime; a forked child gets a fresh one (clients must not cross a fork)."""
+    global _current
+    with _current_lock:
+        if _current is None or _current.pid != os.getpid():
+            _current = Runtime(load_settings())
+        return _current
+
+
+@contextlib.contextmanager
+def use(rt: Runtime) -> Iterator[Runtime]:
+    """Make ``rt`` this process's runtime for a block, then close it and restore the previous one untouched."""
+    global _current
+    with _current_lock:
+        previous, _current = _current, rt
+    try:
+        yield rt
+    finally:
+        with _current_lock:
+            _current = previous
+        rt.close()
+
+
+def install(runtime: Runtime | None) -> None:
+    """Replace this process's runtime (tests, and the CLI with explicit settings)."""
+    global _current
+    with _current_lock:
+        if _current is not None and _current is not runtime:
+            _current.close()
+        _current = runtime

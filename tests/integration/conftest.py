@@ -1,0 +1,3 @@
+"""Fixtures of the integration tests: the real services of ``tests.stack`` (imported here, so started here)."""
+
+from tests.stack import celery_app, clean, producer, rt, run_cli, settings, worker  # noqa: F401 - fixtures

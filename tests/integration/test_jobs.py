@@ -1,0 +1,250 @@
+"""Beat jobs against real Redis, the real ClickHouse engine, a real worker and real ``celery beat`` processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
+
+from app import jobs
+from app.caches import metrics_cache
+from app.core import constants as c
+from app.core.metrics import SCORE_SCALE, UserMetrics
+from app.core.paths import REPO
+from app.ops.exporter import StatsCollector
+from app.read.query import UserMetricsQueryService
+from app.stores.clickhouse import insert_events
+from app.stores.runtime import Runtime
+from tests.integration.test_read_properties import USERS, an_event, to_event
+from tests.oracle import Oracle
+from tests.stack import BROKER_URL, CACHE_REDIS_URL, process_env, wait_drained, wipe_clickhouse
+
+
+def current_scores(rt: Runtime) -> dict[int, int]:
+    return {int(u): int(s) for u, s in rt.clickhouse.rows("SELECT userId, score FROM engagementCurrent FINAL")}
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+@given(history=st.lists(an_event(), min_size=1, max_size=30, unique_by=lambda e: e.event_id), data=st.data())
+def test_engagement_full_and_incremental_match_the_oracle(clean, history, data):  # type: ignore[no-untyped-def]
+    clean.redis.flushdb()
+    wipe_clickhouse(clean)
+    cut = data.draw(st.integers(0, len(history)))
+    cut2 = data.draw(st.integers(cut, len(history)))
+    first, steps = history[:cut], [history[cut:cut2], history[cut2:]]
+    insert_events(clean.clickhouse, [to_event(e) for e in first + first[:2]])  # with redeliveries
+    UserMetricsQueryService(clean).get_user_metrics(USERS)  # cached hashes get the new scores
+    report = jobs.recompute_engagement(clean)
+    assert report.mode == "full"
+    seen = list(first)
+    for step in [*steps, None]:
+        oracle = Oracle(now=datetime.now(UTC))
+        oracle.apply_all(seen)
+        got = current_scores(clean)
+        for uid in USERS:
+            expected = int(Decimal(oracle.metrics(uid).get("engagementScore", 0)) * SCORE_SCALE)  # type: ignore[arg-type]
+            assert got.get(uid, 0) == expected, (uid, got, seen)
+            cached = metrics_cache.read(clean.redis, [uid])[uid]
+            assert cached is not None and cached.engagement_score * SCORE_SCALE == expected
+        if step is not None:
+            # New events, and redeliveries of earlier ones (any order), then an incremental run.
+            again = data.draw(st.lists(st.sampled_from(seen), max_size=3)) if seen else []
+            insert_events(clean.clickhouse, [to_event(e) for e in step + again])
+            seen += step
+            assert jobs.recompute_engagement(clean).mode == "incremental"
+
+
+def test_engagement_trend_is_recorded_and_unchanged_scores_are_not(clean: Runtime) -> None:
+    from tests.oracle import E
+
+    now = datetime.now(UTC)
+    insert_events(clean.clickhouse, [to_event(E(str(uuid.uuid4()), "Image", 1, 2, 1, "Download", 3, now))])
+    jobs.recompute_engagement(clean)
+    jobs.recompute_engagement(clean)  # nothing changed: nothing recorded
+    rows = clean.clickhouse.rows("SELECT userId, score FROM engagementTrend ORDER BY computedAt")
+    assert rows == [(1, 3 * SCORE_SCALE)]
+    points = UserMetricsQueryService(clean).get_user_metric_history(1, "engagementScore", now - timedelta(days=1))
+    assert points[-1].value == Decimal(3)
+
+
+def test_incremental_engagement_drops_keys_leaving_the_window_and_an_interrupted_run_is_repaired(
+    clean: Runtime,
+) -> None:
+    from tests.oracle import E
+
+    def follow(actor: int, at: datetime) -> Any:
+        return to_event(E(str(uuid.uuid4()), "User", 7, actor, 7, "Follow", 1, at))
+
+    weight = clean.weights.by_type.get("Follow", clean.weights.default)
+    now = datetime.now(UTC)
+    # One follow leaves the 30-day window three seconds from now, the other stays.
+    insert_events(clean.clickhouse, [follow(2, now - clean.window + timedelta(seconds=3)), follow(3, now)])
+    assert jobs.recompute_engagement(clean).mode == "full"
+    assert current_scores(clean)[7] == 2 * weight
+    time.sleep(3.5)
+    assert jobs.recompute_engagement(clean).mode == "incremental"
+    assert current_scores(clean)[7] == weight
+    # A run that died between its two writes leaves contributions and scores apart: the next run is full.
+    jobs._mark(clean, "writing")
+    insert_events(clean.clickhouse, [follow(4, datetime.now(UTC))])
+    assert jobs.recompute_engagement(clean, full=False).mode == "full"
+    assert current_scores(clean)[7] == 2 * weight
+    insert_events(clean.clickhouse, [follow(5, datetime.now(UTC))])
+    assert jobs.recompute_engagement(clean).mode == "incremental"
+    assert current_scores(clean)[7] == 3 * weight
+
+
+def test_ranks_follow_the_definition_with_ties_and_zeros(clean: Runtime) -> None:
+    scores = {1: 5, 2: 5, 3: 0, 4: 7, 10: 5}
+    clean.clickhouse.insert(
+        "engagementCurrent",
+        [(u, s * SCORE_SCALE, datetime.now(UTC)) for u, s in scores.items()],
+        ["userId", "score", "computedAt"],
+    )
+    service = UserMetricsQueryService(clean)
+    service.get_user_metrics([1, 3, 4])  # cached hashes
+    clean.redis.hset("user:metrics:3", "rank", "9")  # a stale rank: the user's score is now 0
+    report = jobs.recompute_ranks(clean)
+    assert report.users == 4
+    expected = {4: 1, 1: 2, 2: 3, 10: 4, 3: None}
+    assert {u: service.get_user_rank(u) for u in expected} == expected
+    assert clean.redis.hget("user:metrics:1", "rank") == "2" and clean.redis.hget("user:metrics:4", "rank") == "1"
+    assert clean.redis.hget("user:metrics:3", "rank") is None and not clean.redis.exists("user:metrics:2")
+    assert 0 < clean.redis.ttl(c.LEADERBOARD_KEY) <= c.LEADERBOARD_TTL_S
+
+
+def test_rank_swap_is_atomic_under_concurrent_readers(clean: Runtime) -> None:
+    sizes = (12_000, 17_000)
+    seen: set[int] = set()
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            seen.add(int(clean.redis.zcard(c.LEADERBOARD_KEY)))
+
+    def load(n: int) -> None:
+        clean.clickhouse.command("TRUNCATE TABLE engagementCurrent")
+        rows = [(u, 1 + u % 97, datetime.now(UTC)) for u in range(1, n + 1)]
+        clean.clickhouse.insert("engagementCurrent", rows, ["userId", "score", "computedAt"])
+
+    load(sizes[0])
+    jobs.recompute_ranks(clean)
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(4):
+            load(sizes[(i + 1) % 2])
+            jobs.recompute_ranks(clean)
+    finally:
+        stop.set()
+        reader.join()
+    assert seen == set(sizes)  # never an empty or half-built board
+
+
+def test_reconcile_repairs_corruption_and_a_flushed_redis(clean: Runtime) -> None:
+    from tests.integration.test_read_service import follow
+
+    insert_events(clean.clickhouse, [follow(1, 2), follow(3, 2), follow(2, 1)])
+    service = UserMetricsQueryService(clean)
+    service.get_user_metrics([1, 2])
+    clean.redis.hset("user:metrics:2", "followerCount", "999")  # a lost or doubled increment
+    report = jobs.reconcile_caches(clean, sample=10)
+    assert report.changed == 1 and report.users == 2 and report.drift_ratio == 0.5
+    assert clean.redis.hget("user:metrics:2", "followerCount") == "2"
+    assert float(clean.redis.hget(c.COUNTER_KEY, "reconcile_drift_ratio") or 0) == 0.5
+    # After FLUSHALL: one cycle of the jobs and reads give correct values and a board again
+    clean.redis.flushdb()
+    jobs.recompute_engagement(clean)
+    jobs.recompute_ranks(clean)
+    jobs.reconcile_caches(clean)
+    assert service.get_user_metrics([2])[2].follower_count == 2
+    assert clean.redis.zcard(c.LEADERBOARD_KEY) == 2
+
+
+def test_refresh_rewarms_hot_users_before_expiry_and_leaves_cold_ones(clean: Runtime) -> None:
+    from tests.integration.test_read_service import follow
+
+    insert_events(clean.clickhouse, [follow(1, 2), follow(3, 5)])
+    UserMetricsQueryService(clean).get_user_metrics([2])  # read recently: hot
+    metrics_cache.write(clean.redis, 1, {5: UserMetrics(follower_count=1)})  # cached but never read: cold
+    clean.redis.hset("reactions:2", "100", "0")
+    clean.redis.expire("reactions:2", 10)
+    for key in ("user:metrics:2", "user:metrics:5"):
+        clean.redis.pexpire(key, 2000)
+    report = jobs.refresh_expiring_caches(clean)
+    assert report.users == 1
+    assert clean.redis.ttl("user:metrics:2") > 3500 and clean.redis.ttl("reactions:2") > 600_000
+    assert clean.redis.pttl("user:metrics:5") <= 2000
+
+
+def test_exporter_serves_counters_prometheus_can_scrape(clean: Runtime) -> None:
+    service = UserMetricsQueryService(clean)
+    service.get_user_metrics([1, 2])
+    service.get_user_metrics([1, 2])
+    registry = CollectorRegistry()
+    registry.register(StatsCollector(clean))
+    text = generate_latest(registry).decode()
+    assert "usermetrics_cache_hits_total 2.0" in text and "usermetrics_cache_misses_total 2.0" in text
+    assert "usermetrics_cache_hit_ratio 0.5" in text and "usermetrics_dead_letters 0.0" in text
+
+
+def _beat(tmp: Path, name: str, interval: str) -> subprocess.Popen[bytes]:
+    env = process_env(f"beat-{name}")
+    env.update(
+        REDIS_URL=CACHE_REDIS_URL,
+        CELERY_BROKER_URL=BROKER_URL,
+        ENGAGEMENT_INTERVAL_S=interval,
+        RANKS_INTERVAL_S=interval,
+        REFRESH_INTERVAL_S=interval,
+        RECONCILE_INTERVAL_S=interval,
+        BUFFER_CHECK_INTERVAL_S=interval,
+        DATA_DIR=str(tmp / name),
+    )
+    argv = [sys.executable, "-m", "celery", "-A", "tasks.celery_app:celery_app", "beat"]
+    argv += ["-s", str(tmp / f"{name}-schedule"), "--pidfile=", "--loglevel", "WARNING"]
+    return subprocess.Popen(argv, env=env, cwd=REPO, start_new_session=True)  # noqa: S603
+
+
+def _runs(rt: Runtime) -> dict[str, int]:
+    stats: Any = rt.redis.hgetall(c.COUNTER_KEY)
+    return {job: int(stats.get(f"job_{job}_runs_total", 0)) for job in c.JOBS if job != c.CHECK_EVENT_BUFFER}
+
+
+@pytest.mark.usefixtures("worker")
+def test_two_real_beats_drive_every_job_once_per_interval(clean: Runtime, tmp_path: Path) -> None:
+    wait_drained(clean)
+    beats = [_beat(tmp_path, f"beat{i}", "2") for i in range(2)]
+    started = time.monotonic()
+    try:
+        deadline = started + 40
+        while time.monotonic() < deadline and (min(_runs(clean).values()) < 1 or time.monotonic() - started < 8):
+            time.sleep(0.2)
+    finally:
+        for b in beats:
+            b.terminate()
+        for b in beats:
+            b.wait(timeout=10)
+    elapsed = time.monotonic() - started
+    runs = _runs(clean)
+    assert min(runs.values()) >= 1, runs  # every job ran, driven by beat
+    # Two beats publish every tick twice; a job runs at most once per 2-second tick.
+    assert max(runs.values()) <= elapsed / 2 + 2, (runs, elapsed)
+    assert int(clean.redis.hget(c.COUNTER_KEY, f"job_{c.RECOMPUTE_RANKS}_skipped_total") or 0) >= 1
+
+
+def test_a_freshly_filled_hash_carries_the_rank_from_the_board(clean: Runtime) -> None:
+    clean.redis.zadd(c.LEADERBOARD_KEY, {"7": 3.0, "8": 3.0, "9": 1.0})
+    got = UserMetricsQueryService(clean).get_user_metrics([8, 9, 10])
+    assert (got[8].rank, got[9].rank, got[10].rank) == (2, 3, None)
+    assert clean.redis.hget("user:metrics:8", "rank") == "2" and clean.redis.hget("user:metrics:10", "rank") is None

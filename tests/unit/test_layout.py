@@ -1,0 +1,121 @@
+"""The layout keeps the architecture readable: no import cycles, ``app`` never imports ``tasks``, no private name
+used outside its module, no module over 400 lines, and the README's module map names every module."""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.core.paths import REPO
+
+MAX_LINES = 400
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for package in ("app", "tasks"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            name = ".".join(path.relative_to(REPO).with_suffix("").parts)
+            out[name.removesuffix(".__init__")] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(name: str, path: Path) -> Iterator[tuple[str, str]]:
+    """(imported module, imported name or '') for every import in the module, lazy ones included."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, ""
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for alias in node.names:
+                yield node.module, alias.name
+
+
+def _graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {name: set() for name in MODULES}
+    for name, path in MODULES.items():
+        for module, imported in _imports(name, path):
+            target = f"{module}.{imported}" if f"{module}.{imported}" in MODULES else module
+            if target in MODULES and target != name:
+                graph[name].add(target)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles() -> None:
+    assert _cycles(_graph()) == []
+
+
+def test_app_never_imports_tasks() -> None:
+    offenders = [
+        f"{name} -> {target}"
+        for name, targets in _graph().items()
+        if name.startswith("app")
+        for target in targets
+        if target.startswith("tasks")
+    ]
+    assert offenders == []
+
+
+def test_no_private_name_is_imported_from_another_module() -> None:
+    offenders = [
+        f"{name} imports {module}.{imported}"
+        for name, path in MODULES.items()
+        for module, imported in _imports(name, path)
+        if module.split(".")[0] in ("app", "tasks") and imported.startswith("_") and not imported.startswith("__")
+    ]
+    assert offenders == []
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_modules_stay_small(name: str) -> None:
+    assert len(MODULES[name].read_text().splitlines()) <= MAX_LINES
+
+
+def test_the_readme_module_map_names_every_module() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Module map", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`((?:app|tasks)/[\w/]+\.py)`", section))
+    files = {str(p.relative_to(REPO)) for p in MODULES.values() if p.name != "__init__.py"}
+    assert sorted(files - named) == [] and sorted(named - files) == []
