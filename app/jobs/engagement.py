@@ -68,12 +68,13 @@ def _incremental_engagement(rt: Runtime, now: datetime, until: datetime, state: 
     delta = {int(o): int(d) for o, d, _ in rows}
     previous = {int(o): int(p) for o, _, p in rows}
     touched = sorted(delta)
-    _mark(rt, "writing")  # a crash from here on leaves scores and contributions apart: the next run is full
+    mark_phase(rt, "writing")  # a crash from here on leaves scores and contributions apart: the next run is full
     ch.command(q.WRITE_SQL, params)
     return {o: previous.get(o, 0) + delta[o] for o in touched}, set(touched), previous
 
 
-def _mark(rt: Runtime, phase: str) -> None:
+def mark_phase(rt: Runtime, phase: str) -> None:
+    """Record the phase of the contributions (``writing`` until a run has written scores and contributions)."""
     save_state(rt.redis, "engagement", {"contrib": phase})
 
 
@@ -103,7 +104,7 @@ def recompute_engagement(rt: Runtime, full: bool | None = None) -> JobReport:
     result = None if full else _incremental_engagement(rt, now, until, state)
     if result is None:
         full = True
-        _mark(rt, "writing")
+        mark_phase(rt, "writing")
         scores, considered, previous = _full_engagement(rt, now)
     else:
         scores, considered, previous = result

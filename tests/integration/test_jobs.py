@@ -22,6 +22,7 @@ from app.caches import metrics_cache
 from app.core import constants as c
 from app.core.metrics import SCORE_SCALE, UserMetrics
 from app.core.paths import REPO
+from app.jobs.engagement import mark_phase
 from app.ops.exporter import StatsCollector
 from app.read.query import UserMetricsQueryService
 from app.stores.clickhouse import insert_events
@@ -96,7 +97,7 @@ def test_incremental_engagement_drops_keys_leaving_the_window_and_an_interrupted
     assert jobs.recompute_engagement(clean).mode == "incremental"
     assert current_scores(clean)[7] == weight
     # A run that died between its two writes leaves contributions and scores apart: the next run is full.
-    jobs._mark(clean, "writing")
+    mark_phase(clean, "writing")
     insert_events(clean.clickhouse, [follow(4, datetime.now(UTC))])
     assert jobs.recompute_engagement(clean, full=False).mode == "full"
     assert current_scores(clean)[7] == 2 * weight
