@@ -29,6 +29,10 @@ class MetricType(StrEnum):
     ENGAGEMENT = "Engagement"
 
 
+# Metric types by name (a dict lookup: the flusher converts every buffered event).
+METRIC_TYPES: dict[str, MetricType] = {m.value: m for m in MetricType}
+
+
 STATE_TYPES: frozenset[MetricType] = frozenset(
     {
         MetricType.FOLLOW,
@@ -165,7 +169,7 @@ class Event:
             self.entity_id,
             self.user_id,
             self.owner_id,
-            self.metric_type.value,
+            self.metric_type,  # a str: JSON writes its value
             self.metric_value,
             epoch_ms(self.created_at),
         ]

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from app.core.events import Event
-from app.stores.clickhouse import ClickHouse, chunked
+from app.stores.clickhouse import ClickHouse
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
@@ -26,7 +26,7 @@ _MS = timedelta(milliseconds=1)
 _LOOKUP_SQL = """
 SELECT eventId, argMax(fingerprint, version)
 FROM eventIds
-WHERE eventId IN {ids:Array(UUID)}
+WHERE eventId IN {values}
 GROUP BY eventId
 """
 
@@ -43,9 +43,7 @@ def conflicts(ch: ClickHouse, events: Sequence[Event]) -> dict[int, str]:
     if not events:
         return {}
     ids = list({e.event_id for e in events})
-    taken: dict[str, int] = {}
-    for part in chunked(ids):
-        taken.update({str(eid): int(fp) for eid, fp in ch.rows(_LOOKUP_SQL, {"ids": part})})
+    taken = {str(eid): int(fp) for eid, fp in ch.rows_for(_LOOKUP_SQL, ids, "UUID")}
     out: dict[int, str] = {}
     for pos, e in enumerate(events):
         key, fp = str(e.event_id), fingerprint(e)
