@@ -11,7 +11,6 @@ recompute, so the cost follows the number of hot users, not the number of events
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Iterable
@@ -19,6 +18,7 @@ from typing import Any
 
 from app.caches import metrics_cache
 from app.core import constants as c
+from app.core.backoff import jittered_delay
 from app.read.metrics_query import compute_user_metrics
 from app.stores.redis_store import RedisClient, server_time_us
 from app.stores.runtime import Runtime
@@ -109,7 +109,7 @@ class Refresher:
                     self._stop.wait(self.idle_wait_s)
             except Exception:
                 failures += 1
-                delay = min(BACKOFF_MAX_S, 0.2 * 2**failures) * random.uniform(0.5, 1.0)  # noqa: S311
+                delay = jittered_delay(failures, max_s=BACKOFF_MAX_S)
                 log.exception("metrics refresh failed (%d in a row); retrying in %.1f s", failures, delay)
                 self._stop.wait(delay)
 

@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from decimal import Decimal
 
-from app.core.events import ADDITIVE_TYPES, REACTION_TYPES
+from app.core.events import ADDITIVE_TYPES, ENGAGEMENT_SCALE, REACTION_TYPES
 
-# Scores are summed as integers in units of 1/10,000 so that they are exact, whatever the weights.
-SCORE_SCALE = 10_000
+# Scores are summed as integers in units of 1/10,000 so that they are exact, whatever the weights: the same scale as
+# the ``Engagement`` values stored in the event log.
+SCORE_SCALE = ENGAGEMENT_SCALE
 
 REACTION_METRICS = [m.value for m in REACTION_TYPES.values()]
 ADDITIVE = sorted(m.value for m in ADDITIVE_TYPES)

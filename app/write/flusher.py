@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import redis
 from app.caches import reactions_cache
 from app.caches.refresher import mark_dirty
 from app.core import constants as c
+from app.core.backoff import jittered_delay
 from app.core.errors import REDIS_DOWN, PermanentError, classify
 from app.core.events import Event
 from app.stores import counters as service_counters
@@ -234,7 +234,7 @@ class Flusher:
                     self._stop.wait(0.1)
                     continue
                 failures += 1
-                delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**failures) * random.uniform(0.5, 1.0)  # noqa: S311
+                delay = jittered_delay(failures, BACKOFF_BASE_S, BACKOFF_MAX_S)
                 log.exception("flush failed (%d in a row); retrying in %.1f s", failures, delay)
                 self._stop.wait(delay)
 
