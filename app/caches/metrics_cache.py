@@ -121,3 +121,37 @@ def read_noting(r: RedisClient, user_ids: Iterable[int], now_s: float) -> dict[i
         else:
             out[user_id] = None
     return out
+
+
+# -- Fills in progress -------------------------------------------------------------------------------------------
+# Whoever computes hashes to write (a reader filling a miss, the refresher, the re-warming job) holds the user's
+# fill lock from before it takes its snapshot version until after its write. Readers that miss the same user wait
+# for that result instead of querying too, and the flusher marks a user dirty while its lock is held even though no
+# hash exists yet: an event that lands after the snapshot's query began is then recomputed once the stale snapshot
+# is written (``app.caches.refresher``).
+_RELEASE_SCRIPT = """
+local n = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then n = n + redis.call('DEL', key) end
+end
+return n
+"""
+
+
+def fill_lock_key(user_id: int | str) -> str:
+    return c.USER_METRICS_FILL_LOCK_KEY.format(user_id=user_id)
+
+
+def take_fill_locks(r: RedisClient, user_ids: list[int], token: str, ttl_ms: int) -> list[int]:
+    """The users among ``user_ids`` whose fill lock this caller now holds (``SET NX``, expiring by itself)."""
+    pipe = r.pipeline(transaction=False)
+    for uid in user_ids:
+        pipe.set(fill_lock_key(uid), token, nx=True, px=ttl_ms)
+    return [uid for uid, ok in zip(user_ids, pipe.execute(), strict=True) if ok]
+
+
+def release_fill_locks(r: RedisClient, user_ids: list[int], token: str) -> None:
+    """Release the locks ``token`` holds among ``user_ids`` (another holder's lock is left alone)."""
+    if user_ids:
+        keys = [fill_lock_key(uid) for uid in user_ids]
+        r.eval(_RELEASE_SCRIPT, len(keys), *keys, token)

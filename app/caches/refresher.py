@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -41,12 +42,14 @@ return removed
 """
 
 
-# Mark only users that have a cached hash: the others are computed from ClickHouse on their next read anyway.
+# Mark users that have a cached hash, or one being computed (its fill lock is held: the snapshot may predate this
+# event); the others are computed from ClickHouse, which already holds the event, on their next read.
 _USER_METRICS_PREFIX = c.USER_METRICS_KEY.removesuffix("{user_id}")
+_FILL_LOCK_PREFIX = c.USER_METRICS_FILL_LOCK_KEY.removesuffix("{user_id}")
 _MARK_SCRIPT = f"""
 local marked = 0
 for i = 1, #ARGV - 1 do
-  if redis.call('EXISTS', '{_USER_METRICS_PREFIX}' .. ARGV[i]) == 1 then
+  if redis.call('EXISTS', '{_USER_METRICS_PREFIX}' .. ARGV[i], '{_FILL_LOCK_PREFIX}' .. ARGV[i]) > 0 then
     redis.call('ZADD', KEYS[1], ARGV[#ARGV], ARGV[i])
     marked = marked + 1
   end
@@ -68,14 +71,24 @@ def mark_dirty(r: RedisClient, user_ids: Iterable[int], now_ms: int | None = Non
 
 
 def refresh_users(rt: Runtime, user_ids: Iterable[int]) -> int:
-    """Recompute and write the hashes of ``user_ids`` (a hash that expired meanwhile is simply rewritten)."""
+    """Recompute and write the hashes of ``user_ids`` (a hash that expired meanwhile is simply rewritten).
+
+    The users' fill locks are held meanwhile (those a reader does not already hold), so that an event landing
+    during the computation marks the user again even where the hash had expired (``app.caches.metrics_cache``).
+    """
     r = rt.redis
-    cached = list(user_ids)
-    if not cached:
+    users = list(user_ids)
+    if not users:
         return 0
-    version = server_time_us(r)  # before the query: see app/caches/metrics_cache.py
-    computed = compute_user_metrics(rt.clickhouse, cached, weights=rt.weights, window=rt.window)
-    return metrics_cache.write(r, version, computed, rt.settings.stale_copy_ttl_s)
+    token = uuid.uuid4().hex
+    ttl_ms = int(max(rt.settings.read_timeout_s, rt.settings.clickhouse_timeout_s) * 2000)
+    held = metrics_cache.take_fill_locks(r, users, token, ttl_ms)
+    try:
+        version = server_time_us(r)  # before the query: see app/caches/metrics_cache.py
+        computed = compute_user_metrics(rt.clickhouse, users, weights=rt.weights, window=rt.window)
+        return metrics_cache.write(r, version, computed, rt.settings.stale_copy_ttl_s)
+    finally:
+        metrics_cache.release_fill_locks(r, held, token)
 
 
 class Refresher:

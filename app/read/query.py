@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -22,6 +23,7 @@ from decimal import Decimal
 
 from app.caches import metrics_cache
 from app.core import constants as c
+from app.core import failpoints
 from app.core.errors import REDIS_DOWN, TRANSIENT_EXCEPTIONS
 from app.core.ids import check_id, check_ids
 from app.core.metrics import UserMetrics
@@ -33,14 +35,6 @@ from app.stores.runtime import Runtime
 log = logging.getLogger(__name__)
 
 FILL_POLL_S = 0.01
-
-_RELEASE_SCRIPT = """
-local n = 0
-for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then n = n + redis.call('DEL', key) end
-end
-return n
-"""
 
 
 def _rank(higher: int, tied: list[str], user_id: int) -> int:
@@ -167,6 +161,7 @@ class UserMetricsQueryService:
                 found.update(computed)
                 if not out.stale.intersection(mine):
                     self._add_ranks(computed)
+                    failpoints.hit(failpoints.METRICS_FILL_BEFORE_WRITE)
                     self._write(version, computed)
         finally:
             if mine:
@@ -198,17 +193,11 @@ class UserMetricsQueryService:
             computed[uid].rank = _rank(int(replies[2 * i]), replies[2 * i + 1], uid)
 
     def _take_fill_locks(self, r: RedisClient, ids: list[int], token: str, ttl_ms: int) -> list[int]:
-        pipe = r.pipeline(transaction=False)
-        for uid in ids:
-            pipe.set(c.USER_METRICS_FILL_LOCK_KEY.format(user_id=uid), token, nx=True, px=ttl_ms)
-        return [uid for uid, ok in zip(ids, pipe.execute(), strict=True) if ok]
+        return metrics_cache.take_fill_locks(r, ids, token, ttl_ms)
 
     def _release(self, r: RedisClient, ids: list[int], token: str) -> None:
-        try:
-            keys = [c.USER_METRICS_FILL_LOCK_KEY.format(user_id=uid) for uid in ids]
-            r.eval(_RELEASE_SCRIPT, len(keys), *keys, token)
-        except REDIS_DOWN:
-            pass  # the locks expire by themselves
+        with contextlib.suppress(*REDIS_DOWN):  # the locks expire by themselves
+            metrics_cache.release_fill_locks(r, ids, token)
 
     def _write(self, version: int, computed: dict[int, UserMetrics]) -> None:
         try:

@@ -1,0 +1,28 @@
+"""Failpoints: named places where a test can hold a step to force an interleaving (never sleeps that happen to
+line up). Production code calls ``hit(name)``; with nothing armed that is one dictionary lookup."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+_armed: dict[str, Callable[[], None]] = {}
+
+# Between a cache fill's ClickHouse query and its write of ``user:metrics`` hashes.
+METRICS_FILL_BEFORE_WRITE = "metrics.fill.before_write"
+
+
+def hit(name: str) -> None:
+    action = _armed.get(name)
+    if action is not None:
+        action()
+
+
+@contextlib.contextmanager
+def armed(name: str, action: Callable[[], None]) -> Iterator[None]:
+    """Run ``action`` (in the thread that reaches it) each time ``name`` is hit, for the duration of the block."""
+    _armed[name] = action
+    try:
+        yield
+    finally:
+        _armed.pop(name, None)

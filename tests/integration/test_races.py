@@ -1,0 +1,44 @@
+"""Interleavings forced with failpoints (``app.core.failpoints``): each test holds one step of one party while
+another acts, and checks the rule that must hold whatever the interleaving."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from app.caches import metrics_cache
+from app.core import failpoints
+from app.read.query import UserMetricsQueryService
+from app.stores.runtime import Runtime
+from app.write.producer import EventProducer
+from tests.stack import wait_events, wait_until
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+def _cached_followers(rt: Runtime, user: int) -> int | None:
+    cached = metrics_cache.read(rt.redis, [user])[user]
+    return None if cached is None else cached.follower_count
+
+
+def test_an_event_landing_during_a_cache_fill_reaches_the_cache_within_a_second(
+    clean: Runtime, producer: EventProducer
+) -> None:
+    """A reader fills a missing hash; between its ClickHouse query and its write, a follow is written, flushed
+    and acknowledged. The reader's snapshot lacks it; the cache must still show it within a second."""
+    rt, user, follower = clean, 910_001, 910_002
+    landed: list[float] = []
+
+    def a_follow_lands_now() -> None:
+        if not landed:
+            producer.record_follow(follower, user)
+            wait_events(rt, 1)  # in ClickHouse, the buffer acknowledged, the dirty set worked off
+            landed.append(time.monotonic())
+
+    with failpoints.armed(failpoints.METRICS_FILL_BEFORE_WRITE, a_follow_lands_now):
+        served = UserMetricsQueryService(rt).get_user_metrics([user])
+    assert landed, "the failpoint did not run: no fill happened"
+    assert served[user].follower_count == 0  # the reader's snapshot predates the follow: the race happened
+    wait_until(lambda: _cached_followers(rt, user) == 1, "the cached hash to count the follow", timeout_s=1.0)
+    assert UserMetricsQueryService(rt).get_user_metrics([user])[user].follower_count == 1
