@@ -86,14 +86,13 @@ def recompute_engagement(rt: Runtime, full: bool | None = None) -> JobReport:
     now = clock(rt)
     state = load_state(r, "engagement")
     runs = int(state.get("runs", 0))
-    changed_at, engine_now = ch.rows(q.EXCLUDED_CHANGED_SQL)[0]
-    excluded_changed = str(changed_at)
+    excluded_set, engine_now = ch.rows(q.EXCLUDED_SET_SQL)[0]
     until = as_utc(engine_now)  # the changelog's clock
     weights = json.dumps(rt.weights.params(), sort_keys=True, default=str)
     must = (
         not state
         or state.get("contrib") != "ok"
-        or state.get("excluded_changed") != excluded_changed
+        or state.get("excluded_set") != excluded_set
         or state.get("weights") != weights
         or datetime.fromisoformat(state.get("inserted_after", "1970-01-01T00:00:00+00:00"))
         < until - ARRIVALS_KEPT  # arrivals since then are gone
@@ -118,7 +117,7 @@ def recompute_engagement(rt: Runtime, full: bool | None = None) -> JobReport:
             "now": now.isoformat(),
             # Inserts stamped up to a few seconds before now may still be landing; look back a little next time.
             "inserted_after": (until - INFLIGHT_MARGIN).isoformat(),
-            "excluded_changed": excluded_changed,
+            "excluded_set": excluded_set,
             "weights": weights,
             "contrib": "ok",
         },

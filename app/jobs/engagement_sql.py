@@ -150,4 +150,11 @@ SCORES_FROM_CONTRIB_SQL = (
 )
 
 CURRENT_SCORES_SQL = "SELECT userId, score FROM engagementCurrent FINAL WHERE score != 0"
-EXCLUDED_CHANGED_SQL = "SELECT max(changedAt), now64(3, 'UTC') FROM excludedUsers"
+# The effective excluded set, as an order-free fingerprint (and its size): any change to the set changes it, whatever
+# time a writer stamped on the change (``max(changedAt)`` missed a change stamped at or below the current maximum).
+# With the engine's clock, which bounds the changelog slice of this run.
+EXCLUDED_SET_SQL = """
+SELECT toString(groupBitXor(cityHash64(userId))) || '/' || toString(count()), now64(3, 'UTC')
+FROM excludedUsers FINAL
+WHERE excluded = 1
+"""

@@ -4,6 +4,8 @@ another acts, and checks the rule that must hold whatever the interleaving."""
 from __future__ import annotations
 
 import time
+import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -42,3 +44,35 @@ def test_an_event_landing_during_a_cache_fill_reaches_the_cache_within_a_second(
     assert served[user].follower_count == 0  # the reader's snapshot predates the follow: the race happened
     wait_until(lambda: _cached_followers(rt, user) == 1, "the cached hash to count the follow", timeout_s=1.0)
     assert UserMetricsQueryService(rt).get_user_metrics([user])[user].follower_count == 1
+
+
+def test_an_exclusion_stamped_in_the_past_still_reaches_the_engagement_scores(clean: Runtime) -> None:
+    """A writer whose clock is an hour behind excludes a user: its change is stamped below the newest one. The
+    engagement job must still see that the excluded set changed (and run in full), or the user keeps counting."""
+    from app import jobs
+    from app.read.excluded import set_excluded
+    from app.stores.clickhouse import insert_events
+    from tests.integration.test_read_properties import to_event
+    from tests.oracle import E
+
+    rt = clean
+    now = datetime.now(UTC)
+    weight = rt.weights.by_type.get("Follow", rt.weights.default)
+    insert_events(
+        rt.clickhouse, [to_event(E(str(uuid.uuid4()), "User", 7, actor, 7, "Follow", 1, now)) for actor in (2, 3)]
+    )
+    set_excluded(rt, [50], excluded=True, reason="stamped now")
+    assert jobs.recompute_engagement(rt).mode == "full"
+    assert _score(rt, 7) == 2 * weight
+    rt.clickhouse.insert(
+        "excludedUsers",
+        [(3, 1, "stamped by a clock an hour behind", now - timedelta(hours=1))],
+        ["userId", "excluded", "reason", "changedAt"],
+    )
+    assert jobs.recompute_engagement(rt).mode == "full"
+    assert _score(rt, 7) == weight
+
+
+def _score(rt: Runtime, user: int) -> int:
+    rows = rt.clickhouse.rows("SELECT score FROM engagementCurrent FINAL WHERE userId = {u:Int64}", {"u": user})
+    return int(rows[0][0]) if rows else 0
