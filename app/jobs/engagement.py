@@ -20,6 +20,7 @@ from app.core.metrics import ADDITIVE, EXCLUDED_USERS_SQL, OWNER_STATE_TYPES_SQL
 from app.jobs import engagement_sql as q
 from app.jobs.report import JobReport, load_state, save_state, set_field_if_cached
 from app.jobs.report import now as clock
+from app.stores.clickhouse import ClickHouse
 from app.stores.runtime import Runtime
 
 INFLIGHT_MARGIN = timedelta(seconds=10)  # inserts stamped this long before a run may still be landing
@@ -78,6 +79,15 @@ def mark_phase(rt: Runtime, phase: str) -> None:
     save_state(rt.redis, "engagement", {"contrib": phase})
 
 
+def _slice_end(ch: ClickHouse, engine_now: datetime) -> datetime:
+    """Where this run's changelog slice ends, on the engine's clock: now, or just before the start of the oldest
+    insert still running (server mode), whose rows carry its start time but are not all visible yet."""
+    if ch.embedded:
+        return engine_now
+    running_s = float(ch.rows(q.INFLIGHT_INSERT_AGE_SQL)[0][0])
+    return engine_now - timedelta(seconds=running_s, milliseconds=1) if running_s > 0 else engine_now
+
+
 def recompute_engagement(rt: Runtime, full: bool | None = None) -> JobReport:
     """Engagement scores for the window. ``full=None`` decides; ``False`` still runs full when it must (first run,
     excluded users or weights changed, contributions not in step with the scores after an interrupted run)."""
@@ -87,7 +97,7 @@ def recompute_engagement(rt: Runtime, full: bool | None = None) -> JobReport:
     state = load_state(r, "engagement")
     runs = int(state.get("runs", 0))
     excluded_set, engine_now = ch.rows(q.EXCLUDED_SET_SQL)[0]
-    until = as_utc(engine_now)  # the changelog's clock
+    until = _slice_end(ch, as_utc(engine_now))
     weights = json.dumps(rt.weights.params(), sort_keys=True, default=str)
     must = (
         not state

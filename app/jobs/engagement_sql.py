@@ -150,6 +150,11 @@ SCORES_FROM_CONTRIB_SQL = (
 )
 
 CURRENT_SCORES_SQL = "SELECT userId, score FROM engagementCurrent FINAL WHERE score != 0"
+# Server mode: how long the oldest insert still running has been running (0 when none). Its rows are stamped when
+# it started but land as it goes: a run's slice must end before that start, or a later run would look back too
+# little to see them (the embedded engine runs one statement at a time: no insert is ever in flight during a run).
+INFLIGHT_INSERT_AGE_SQL = "SELECT coalesce(maxOrNull(elapsed), 0) FROM system.processes WHERE query_kind = 'Insert'"
+
 # The effective excluded set, as an order-free fingerprint (and its size): any change to the set changes it, whatever
 # time a writer stamped on the change (``max(changedAt)`` missed a change stamped at or below the current maximum).
 # With the engine's clock, which bounds the changelog slice of this run.

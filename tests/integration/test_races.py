@@ -3,6 +3,7 @@ another acts, and checks the rule that must hold whatever the interleaving."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,7 @@ from app.core import failpoints
 from app.read.query import UserMetricsQueryService
 from app.stores.runtime import Runtime
 from app.write.producer import EventProducer
-from tests.stack import wait_events, wait_until
+from tests.stack import SERVER_MODE, wait_events, wait_until
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -76,3 +77,53 @@ def test_an_exclusion_stamped_in_the_past_still_reaches_the_engagement_scores(cl
 def _score(rt: Runtime, user: int) -> int:
     rows = rt.clickhouse.rows("SELECT score FROM engagementCurrent FINAL WHERE userId = {u:Int64}", {"u": user})
     return int(rows[0][0]) if rows else 0
+
+
+_SLOW_INSERT_SQL = """
+INSERT INTO entityMetricEvents
+    (eventId, entityType, entityId, userId, ownerId, metricType, metricValue, createdAt, insertedAt)
+SELECT arrayElement({ids:Array(UUID)}, toInt64(number) + 1), 'User', 7, 30 + toInt64(number), 7, 'Follow', 1,
+       now64(3, 'UTC'), now64(3, 'UTC')
+FROM numbers(2)
+WHERE sleepEachRow(1.5) = 0
+SETTINGS max_block_size = 1, min_insert_block_size_rows = 1, min_insert_block_size_bytes = 1
+"""
+
+
+@pytest.mark.skipif(not SERVER_MODE, reason="the embedded engine runs one statement at a time: no insert in flight")
+def test_rows_of_an_insert_still_landing_during_a_run_are_counted_by_a_later_run(
+    clean: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long insert stamps its rows when it starts and lands them block by block (a backfill chunk, a slow
+    server). An engagement run in the middle of it must end its changelog slice before the insert's start, or the
+    next run's look-back would start after the rows still landing and never count them."""
+    from app import jobs
+    from app.jobs import engagement
+    from app.stores import clickhouse
+    from app.stores.clickhouse import insert_events
+    from tests.integration.test_read_properties import to_event
+    from tests.oracle import E
+
+    monkeypatch.setattr(engagement, "INFLIGHT_MARGIN", timedelta(milliseconds=500))  # shorter than the insert
+    rt = clean
+    weight = rt.weights.by_type.get("Follow", rt.weights.default)
+    insert_events(rt.clickhouse, [to_event(E(str(uuid.uuid4()), "User", 7, 2, 7, "Follow", 1, datetime.now(UTC)))])
+    assert jobs.recompute_engagement(rt).mode == "full"
+    ids = [str(uuid.uuid4()), str(uuid.uuid4())]
+    other = clickhouse.connect(rt.settings)  # the slow insert on a connection of its own
+    slow = threading.Thread(target=other.command, args=(_SLOW_INSERT_SQL, {"ids": ids}))
+    slow.start()
+    try:
+        wait_until(
+            lambda: rt.clickhouse.rows(
+                "SELECT count() FROM entityMetricEvents WHERE eventId = {i:UUID}", {"i": ids[0]}
+            )[0][0],
+            "the slow insert's first row",
+            timeout_s=10,
+        )
+        assert jobs.recompute_engagement(rt).mode == "incremental"  # the second row is still to land
+    finally:
+        slow.join(30)
+        other.close()
+    assert jobs.recompute_engagement(rt).mode == "incremental"
+    assert _score(rt, 7) == 3 * weight
