@@ -10,6 +10,8 @@ _armed: dict[str, Callable[[], None]] = {}
 
 # Between a cache fill's ClickHouse query and its write of ``user:metrics`` hashes.
 METRICS_FILL_BEFORE_WRITE = "metrics.fill.before_write"
+# A backfill's engine path, once it has loaded its image owners and before its first chunk.
+BACKFILL_OWNERS_LOADED = "backfill.owners_loaded"
 
 
 def hit(name: str) -> None:

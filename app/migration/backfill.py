@@ -13,6 +13,7 @@ uploader (Dislike has no flag); deleted and banned users → the excluded list.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,8 +21,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from redis.exceptions import LockError
+from redis.lock import Lock
 from sqlalchemy import Engine, select
 
+from app.core import constants as c
+from app.core import failpoints
 from app.core.errors import ValidationError
 from app.legacy.baseline import excluded_legacy_users
 from app.legacy.models import (
@@ -37,6 +42,8 @@ log = logging.getLogger(__name__)
 ENTITIES = ("follows", "uploads", "reactions")
 CHUNK = 50_000
 ENGINE_CHUNK = 1_000_000
+# One backfill at a time (``lock:backfill``), renewed after every chunk: a dead run frees it within this long.
+LOCK_TTL_S = 300
 
 
 @dataclass
@@ -84,18 +91,40 @@ def backfill(
         raise ValidationError(f"unknown entities {sorted(unknown)}; choose from {', '.join(ENTITIES)}")
     if via not in VIA:
         raise ValidationError(f"unknown --via {via!r}; choose from {', '.join(VIA)}")
-    report = BackfillReport()
-    started = time.perf_counter()
-    report.excluded_users = _exclude_legacy_users(rt, eng)
-    puller = _puller(rt, eng, list(entities), since, via)
-    if puller is not None:
-        report.via = "engine"
-        _run_engine(rt.clickhouse, puller, list(entities), since, chunk or ENGINE_CHUNK, progress, max_chunks, report)
-    else:
-        report.via = "python"
-        _run_python(rt.clickhouse, eng, entities, since, chunk or CHUNK, progress, max_chunks, report)
-    report.seconds = time.perf_counter() - started
-    return report
+    lock = Lock(rt.redis, c.LOCK_KEY.format(name="backfill"), timeout=LOCK_TTL_S)
+    if not lock.acquire(blocking=False):
+        raise ValidationError("another backfill is running (lock:backfill); run this one when it has finished")
+    try:
+        report = BackfillReport()
+        started = time.perf_counter()
+        report.excluded_users = _exclude_legacy_users(rt, eng)
+        puller = _puller(rt, eng, list(entities), since, via)
+
+        def progress_and_keep_lock(name: str, n: int) -> None:
+            lock.reacquire()  # the lock lives as long as chunks keep coming
+            if progress:
+                progress(name, n)
+
+        if puller is not None:
+            report.via = "engine"
+            _run_engine(
+                rt.clickhouse,
+                puller,
+                list(entities),
+                since,
+                chunk or ENGINE_CHUNK,
+                progress_and_keep_lock,
+                max_chunks,
+                report,
+            )
+        else:
+            report.via = "python"
+            _run_python(rt.clickhouse, eng, entities, since, chunk or CHUNK, progress_and_keep_lock, max_chunks, report)
+        report.seconds = time.perf_counter() - started
+        return report
+    finally:
+        with contextlib.suppress(LockError):
+            lock.release()
 
 
 def _exclude_legacy_users(rt: Runtime, eng: Engine) -> int:
@@ -205,6 +234,7 @@ def _run_engine(
 
     if any(p.name == "reactions" for p in plans):
         puller.load_owners()
+    failpoints.hit(failpoints.BACKFILL_OWNERS_LOADED)
     try:
         work = [(p.name, _checkpoint_name(p.name, since, "engine"), chunks_of(p)) for p in plans]
         _run_checkpointed(ch, work, progress, max_chunks, report)

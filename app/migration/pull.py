@@ -17,6 +17,7 @@ path) unless the instants agree.
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -189,11 +190,13 @@ class Puller:
 
     def __init__(self, ch: ClickHouse, eng: Engine, remote: Remote, since: datetime | None) -> None:
         self.ch, self.eng, self.remote, self.since = ch, eng, remote, since
+        # A name per run: a run that died leaves its own table behind, never one another run is reading.
+        self.owners_table = f"{OWNERS_TABLE}_{uuid.uuid4().hex[:12]}"
         self.params: dict[str, Any] = {
             **remote.params,
             "legacy_reactions": [r.value for r in REACTIONS],
             "metric_types": list(REACTIONS.values()),
-            "owners_table": f"{ch.database}.{OWNERS_TABLE}",
+            "owners_table": f"{ch.database}.{self.owners_table}",
         }
 
     def _cond(self, plan: Plan, lo: int, hi: int) -> str:
@@ -228,15 +231,16 @@ class Puller:
             )
 
     def load_owners(self) -> None:
-        self.ch.command(f"DROP TABLE IF EXISTS {OWNERS_TABLE}")
-        self.ch.command(f"CREATE TABLE {OWNERS_TABLE} (id Int64, userId Int64) ENGINE = Join(ANY, LEFT, id)")
+        table = self.owners_table
+        self.ch.command(f"DROP TABLE IF EXISTS {table}")
+        self.ch.command(f"CREATE TABLE {table} (id Int64, userId Int64) ENGINE = Join(ANY, LEFT, id)")
         self.ch.command(
-            f"INSERT INTO {OWNERS_TABLE} SELECT id, userId FROM {self.remote.table('Image')}",  # noqa: S608
+            f"INSERT INTO {table} SELECT id, userId FROM {self.remote.table('Image')}",  # noqa: S608
             self.params,
         )
 
     def drop_owners(self) -> None:
-        self.ch.command(f"DROP TABLE IF EXISTS {OWNERS_TABLE}")
+        self.ch.command(f"DROP TABLE IF EXISTS {self.owners_table}")
 
     def ranges(self, plan: Plan, after: int | None, chunk: int) -> tuple[list[tuple[int, int]], int]:
         """Key ranges of about ``chunk`` rows after ``after``, and the rows they hold."""

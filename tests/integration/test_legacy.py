@@ -237,3 +237,35 @@ def test_archive_refuses_while_a_reaction_is_missing_then_exports(
     with legacy.connect() as conn:
         total = len(conn.execute(select(ImageReaction.id)).all())
     assert pq.read_table(out).num_rows == total  # nothing dropped without --confirm
+
+
+def test_a_second_backfill_is_refused_while_one_runs_and_the_first_stays_exact(clean: Runtime, legacy: Engine) -> None:
+    """Two backfills at once shared one owners table: the second's clean-up dropped it under the first, whose
+    reactions then lost their owners. A failpoint starts the second while the first holds its owners."""
+    from app.core import failpoints
+    from app.core.errors import ValidationError
+
+    refused: list[str] = []
+    started: list[bool] = []
+
+    def a_second_backfill_now() -> None:
+        if started:  # once: the second backfill, if it ran, would reach this point too
+            return
+        started.append(True)
+        try:
+            backfill(clean, legacy, via="engine")
+            refused.append("it ran")
+        except ValidationError as exc:
+            refused.append(str(exc))
+
+    with failpoints.armed(failpoints.BACKFILL_OWNERS_LOADED, a_second_backfill_now):
+        first = backfill(clean, legacy, via="engine")
+    assert first.via == "engine"
+    assert refused and "another backfill is running" in refused[0]
+    report = compare(clean, legacy, seed=1)
+    assert report.unexplained == 0 and report.reaction_pairs > 0
+    assert all(m.mismatches == 0 for m in report.metrics.values())
+    leftovers = clean.clickhouse.rows(
+        "SELECT name FROM system.tables WHERE database = currentDatabase() AND name LIKE 'backfillImageOwners%'"
+    )
+    assert leftovers == []
