@@ -119,3 +119,14 @@ def test_the_readme_module_map_names_every_module() -> None:
     named = set(re.findall(r"`((?:app|tasks)/[\w/]+\.py)`", section))
     files = {str(p.relative_to(REPO)) for p in MODULES.values() if p.name != "__init__.py"}
     assert sorted(files - named) == [] and sorted(named - files) == []
+
+
+def test_the_import_paths_web_apps_use_keep_working() -> None:
+    from app.legacy.dual import after_commit
+    from app.producer import EventProducer
+    from app.services import UserMetricEventService
+    from app.write.dual_write import after_commit as moved_after_commit
+    from app.write.producer import EventProducer as MovedProducer
+    from app.write.services import UserMetricEventService as MovedService
+
+    assert (after_commit, EventProducer, UserMetricEventService) == (moved_after_commit, MovedProducer, MovedService)
