@@ -24,7 +24,7 @@ def _print_bench(title: str, rows: list[tuple[str, str, str]], figures: dict[str
     console.print(table)
 
 
-def _print_shapes(title: str, embedded: Any, server: Any | None, as_json: bool, server_label: str = "server") -> None:
+def _print_shapes(title: str, embedded: Any, server: Any | None, as_json: bool) -> None:
     """One table with the embedded figures and, when measured, the server shape's beside them."""
     if server is None:
         _print_bench(title, embedded.rows(), embedded.figures, as_json)
@@ -32,7 +32,7 @@ def _print_shapes(title: str, embedded: Any, server: Any | None, as_json: bool, 
     if as_json:
         print(to_json({"embedded": embedded.figures, "server": server.figures}))
         return
-    table = Table("measure", "embedded", server_label, "against", title=title)
+    table = Table("measure", "embedded", "server", "against", title=title)
     for (measure, here, against), (_, there, _) in zip(embedded.rows(), server.rows(), strict=True):
         table.add_row(measure, here, there, against)
     console.print(table)

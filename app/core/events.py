@@ -175,17 +175,24 @@ class Event:
         ]
 
     @classmethod
-    def from_row(cls, row: list[str | int]) -> Event:
+    def from_row(cls, row: list[str | int], times: dict[int, datetime] | None = None) -> Event:
+        """The inverse of ``to_row``. ``times``: a cache of converted timestamps, shared by the rows of a batch
+        (the events of one message mostly share their time, and the conversion is most of the cost)."""
         event_id, entity_type, entity_id, user_id, owner_id, metric_type, value, ms = row
+        at = times.get(int(ms)) if times is not None else None
+        if at is None:
+            at = from_epoch_ms(int(ms))
+            if times is not None:
+                times[int(ms)] = at
         return cls(
             uuid.UUID(str(event_id)),
             str(entity_type),
             int(entity_id),
             int(user_id),
             int(owner_id),
-            MetricType(str(metric_type)),
+            METRIC_TYPES[str(metric_type)],
             int(value),
-            from_epoch_ms(int(ms)),
+            at,
         )
 
     @classmethod

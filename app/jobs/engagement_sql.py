@@ -153,7 +153,11 @@ CURRENT_SCORES_SQL = "SELECT userId, score FROM engagementCurrent FINAL WHERE sc
 # Server mode: how long the oldest insert still running has been running (0 when none). Its rows are stamped when
 # it started but land as it goes: a run's slice must end before that start, or a later run would look back too
 # little to see them (the embedded engine runs one statement at a time: no insert is ever in flight during a run).
-INFLIGHT_INSERT_AGE_SQL = "SELECT coalesce(maxOrNull(elapsed), 0) FROM system.processes WHERE query_kind = 'Insert'"
+# Inserts of other databases on the same server (another deployment) do not hold this one back.
+INFLIGHT_INSERT_AGE_SQL = """
+SELECT coalesce(maxOrNull(elapsed), 0) FROM system.processes
+WHERE query_kind = 'Insert' AND current_database = currentDatabase()
+"""
 
 # The effective excluded set, as an order-free fingerprint (and its size): any change to the set changes it, whatever
 # time a writer stamped on the change (``max(changedAt)`` missed a change stamped at or below the current maximum).

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import redis
 
 from app.core import constants as c
-from app.core.events import METRIC_TYPES, Event, from_epoch_ms
+from app.core.events import Event
 from app.stores.redis_store import RedisClient
 
 _PIN_SCRIPT = """
@@ -63,27 +62,11 @@ def ensure_group(r: RedisClient) -> None:
 
 def _decode(raw: list[tuple[str, dict[str, str]]]) -> list[Entry]:
     out = []
-    times: dict[int, datetime] = {}  # the events of one message mostly share their time: convert each once
+    times: dict[int, datetime] = {}
     for entry_id, fields in raw:
         if not fields:  # deleted while pending
             continue
-        events = []
-        for event_id, entity_type, entity_id, user_id, owner_id, metric, value, ms in json.loads(fields["e"]):
-            at = times.get(ms)
-            if at is None:
-                at = times[ms] = from_epoch_ms(int(ms))
-            events.append(
-                Event(
-                    uuid.UUID(event_id),
-                    entity_type,
-                    int(entity_id),
-                    int(user_id),
-                    int(owner_id),
-                    METRIC_TYPES[metric],
-                    int(value),
-                    at,
-                )
-            )
+        events = [Event.from_row(row, times) for row in json.loads(fields["e"])]
         out.append(Entry(entry_id, fields.get("t", ""), events))
     return out
 
