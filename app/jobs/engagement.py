@@ -36,10 +36,10 @@ def _sql(template: str) -> str:
 Scores = tuple[dict[int, int], set[int], dict[int, int]]  # new scores, owners considered, their previous scores
 
 
-def _full_engagement(rt: Runtime, now: datetime) -> Scores:
+def _full_engagement(rt: Runtime, now: datetime, stamp: datetime) -> Scores:
     """Rebuild every key's contribution; returns the new scores and every owner to consider."""
     ch = rt.clickhouse
-    params: dict[str, Any] = {"since": now - rt.window, "now": now, "additive": ADDITIVE, **rt.weights.params()}
+    params: dict[str, Any] = {"since": now - rt.window, "stamp": stamp, "additive": ADDITIVE, **rt.weights.params()}
     ch.command("TRUNCATE TABLE engagementContrib")
     ch.command(_sql(q.FULL_SQL), params)
     scores = {int(o): int(s) for o, s in ch.rows(q.SCORES_FROM_CONTRIB_SQL)}
@@ -47,12 +47,14 @@ def _full_engagement(rt: Runtime, now: datetime) -> Scores:
     return scores, set(scores) | set(previous), previous
 
 
-def _incremental_engagement(rt: Runtime, now: datetime, until: datetime, state: Mapping[str, str]) -> Scores | None:
+def _incremental_engagement(
+    rt: Runtime, now: datetime, stamp: datetime, until: datetime, state: Mapping[str, str]
+) -> Scores | None:
     """Recompute the changed keys only and move their owners' scores by the difference; None: too many changes."""
     ch = rt.clickhouse
     params: dict[str, Any] = {
         "since": now - rt.window,
-        "now": now,
+        "stamp": stamp,
         "additive": ADDITIVE,
         "inserted_after": datetime.fromisoformat(state["inserted_after"]),
         "arrived_until": until,
@@ -88,6 +90,14 @@ def _slice_end(ch: ClickHouse, engine_now: datetime) -> datetime:
     return engine_now - timedelta(seconds=running_s, milliseconds=1) if running_s > 0 else engine_now
 
 
+def take_stamp(ch: ClickHouse, now: datetime) -> datetime:
+    """This run's version for what it writes: ``now``, or just above the newest earlier stamp or stored score when
+    the clock stepped back (one run at a time: the job lock), recorded before anything is written."""
+    stamp = as_utc(ch.rows(q.STAMP_SQL, {"now": now})[0][0])
+    ch.insert("engagementRuns", [(stamp, now)], ["stamp", "clockAt"])
+    return stamp
+
+
 def recompute_engagement(rt: Runtime, full: bool | None = None) -> JobReport:
     """Engagement scores for the window. ``full=None`` decides; ``False`` still runs full when it must (first run,
     excluded users or weights changed, contributions not in step with the scores after an interrupted run)."""
@@ -110,15 +120,16 @@ def recompute_engagement(rt: Runtime, full: bool | None = None) -> JobReport:
     if full is None:
         full = must or runs % rt.settings.engagement_full_every == 0
     full = full or must
-    result = None if full else _incremental_engagement(rt, now, until, state)
+    stamp = take_stamp(ch, now)
+    result = None if full else _incremental_engagement(rt, now, stamp, until, state)
     if result is None:
         full = True
         mark_phase(rt, "writing")
-        scores, considered, previous = _full_engagement(rt, now)
+        scores, considered, previous = _full_engagement(rt, now, stamp)
     else:
         scores, considered, previous = result
     changed = {u: scores.get(u, 0) for u in considered if scores.get(u, 0) != previous.get(u, 0)}
-    cached = _record_scores(rt, changed, now)
+    cached = _record_scores(rt, changed, stamp)
     save_state(
         r,
         "engagement",
@@ -142,11 +153,11 @@ def recompute_engagement(rt: Runtime, full: bool | None = None) -> JobReport:
     )
 
 
-def _record_scores(rt: Runtime, changed: Mapping[int, int], now: datetime) -> int:
+def _record_scores(rt: Runtime, changed: Mapping[int, int], stamp: datetime) -> int:
     """Store changed scores (current table, and through engagementTrendMv the trend; cached hashes)."""
     if not changed:
         return 0
-    rows = [(u, s, now) for u, s in changed.items()]
+    rows = [(u, s, stamp) for u, s in changed.items()]
     rt.clickhouse.insert("engagementCurrent", rows, ["userId", "score", "computedAt"])
     return set_field_if_cached(
         rt.redis, "engagementScore", {u: format_score(Decimal(s) / SCORE_SCALE) for u, s in changed.items()}

@@ -28,7 +28,7 @@ _EVENT_COUNTS = "at >= {{since:DateTime64(3, 'UTC')}} AND owner != 0 AND actor !
 _OUTER = """
 SELECT entityType, entityId, metricType, userId, eventId, ownerId,
        if(userId IN {excluded}, toInt64(0), contribution) AS counted, at, ver, isOn,
-       {{now:DateTime64(3, 'UTC')}}
+       {{stamp:DateTime64(3, 'UTC')}}
 FROM ("""
 
 
@@ -157,6 +157,16 @@ CURRENT_SCORES_SQL = "SELECT userId, score FROM engagementCurrent FINAL WHERE sc
 INFLIGHT_INSERT_AGE_SQL = """
 SELECT coalesce(maxOrNull(elapsed), 0) FROM system.processes
 WHERE query_kind = 'Insert' AND current_database = currentDatabase()
+"""
+
+# This run's stamp (sql/0008): the job's clock, but above every earlier stamp and stored score, so that what this
+# run writes wins in the ReplacingMergeTrees even when the clock stepped back.
+STAMP_SQL = """
+SELECT greatest(
+    {now:DateTime64(3, 'UTC')},
+    (SELECT max(stamp) FROM engagementRuns) + toIntervalMillisecond(1),
+    (SELECT max(computedAt) FROM engagementCurrent) + toIntervalMillisecond(1)
+)
 """
 
 # The effective excluded set, as an order-free fingerprint (and its size): any change to the set changes it, whatever

@@ -46,7 +46,11 @@ class JobReport:
 
 
 def now(rt: Runtime) -> datetime:
-    return datetime.fromtimestamp(server_time_us(rt.redis) / 1e6, UTC)  # one clock for every worker
+    """The jobs' clock: Redis's, one for every worker (or the one a test injected). It may step back; nothing that
+    decides which stored row wins uses it alone (see ``app.jobs.engagement`` stamps)."""
+    if rt.clock is not None:
+        return rt.clock()
+    return datetime.fromtimestamp(server_time_us(rt.redis) / 1e6, UTC)
 
 
 def load_state(r: RedisClient, job: str) -> dict[str, str]:

@@ -10,8 +10,8 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterator
-from datetime import timedelta
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 
 from app.core.errors import TransientError
 from app.core.metrics import EngagementWeights
@@ -45,6 +45,8 @@ class Runtime:
         self._lock = threading.Lock()
         self.weights = EngagementWeights.from_settings(settings.engagement_weights)
         self.window = timedelta(days=settings.engagement_window_days)
+        # The jobs' clock (``app.jobs.report.now``): Redis's, one for every worker; a test injects its own here.
+        self.clock: Callable[[], datetime] | None = None
 
     @property
     def redis(self) -> RedisClient:

@@ -127,3 +127,38 @@ def test_rows_of_an_insert_still_landing_during_a_run_are_counted_by_a_later_run
         other.close()
     assert jobs.recompute_engagement(rt).mode == "incremental"
     assert _score(rt, 7) == 3 * weight
+
+
+def test_a_clock_that_steps_back_cannot_make_an_older_score_win(
+    clean: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The jobs' clock (Redis's) steps back an hour between two engagement runs. The second run's score is the
+    newer one and must win in engagementCurrent (and its contributions in engagementContrib), whatever the clock
+    says; the incremental run after it must build on them."""
+    from app import jobs
+    from app.stores.clickhouse import insert_events
+    from tests.integration.test_read_properties import to_event
+    from tests.oracle import E
+
+    rt = clean
+    weight = rt.weights.by_type.get("Follow", rt.weights.default)
+    now = datetime.now(UTC)
+    readings = iter([now, now - timedelta(hours=1), now - timedelta(hours=1) + timedelta(seconds=1)])
+    monkeypatch.setattr(rt, "clock", lambda: next(readings))
+    follow = E(str(uuid.uuid4()), "User", 7, 2, 7, "Follow", 1, now - timedelta(hours=2))
+    insert_events(rt.clickhouse, [to_event(follow)])
+    assert jobs.recompute_engagement(rt, full=True).mode == "full"
+    assert _score(rt, 7) == weight
+    # The follow is taken back, then another user follows; the clock has stepped back an hour.
+    unfollow = E(str(uuid.uuid4()), "User", 7, 2, 7, "Follow", 0, now - timedelta(hours=2) + timedelta(seconds=1))
+    insert_events(rt.clickhouse, [to_event(unfollow)])
+    assert jobs.recompute_engagement(rt, full=True).mode == "full"
+    assert _score(rt, 7) == 0
+    rt.clickhouse.command("OPTIMIZE TABLE engagementCurrent FINAL")  # a merge keeps the newest version only
+    assert _score(rt, 7) == 0
+    other = E(str(uuid.uuid4()), "User", 7, 3, 7, "Follow", 1, now - timedelta(hours=2))
+    insert_events(rt.clickhouse, [to_event(other)])
+    assert jobs.recompute_engagement(rt, full=False).mode == "incremental"
+    assert _score(rt, 7) == weight
+    stamps = [r[0] for r in rt.clickhouse.rows("SELECT stamp FROM engagementRuns ORDER BY stamp")]
+    assert len(stamps) == 3 and stamps == sorted(set(stamps))
