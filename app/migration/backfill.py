@@ -161,6 +161,7 @@ def _puller(rt: Runtime, eng: Engine, entities: list[str], since: datetime | Non
         if remote is None:
             raise pull.EngineUnavailable(f"ClickHouse cannot read a {eng.url.get_backend_name()} legacy database")
         puller = pull.Puller(rt.clickhouse, eng, remote, since)
+        puller.check_time_zone()
         for plan in pull.plans(entities):
             puller.check_clock(plan)
     except Exception as exc:

@@ -9,9 +9,15 @@ Chunks are key ranges (``lo < key <= hi``), sized from the table's key span and 
 is the checkpoint. A reaction's owner comes from a ``Join``-engine table of image owners loaded once per run
 (``joinGet``), so the image table is read once, not once per chunk.
 
-ClickHouse reads ``timestamptz`` as text in the PostgreSQL session's time zone; before the first chunk the engine
-path reads one row of every table it uses through both drivers and refuses (the caller falls back to the Python
-path) unless the instants agree.
+ClickHouse reads ``timestamptz`` as text in the PostgreSQL session's time zone and drops the offset: outside UTC
+every instant is off by the zone's offset at that instant (Europe/London is right in winter, an hour off in
+summer). Before the first chunk the engine path refuses (the caller falls back to the Python path) unless
+PostgreSQL's ``TimeZone`` setting is UTC, and, as a second guard, unless both drivers read the same instant for one
+row of every table it uses.
+
+With ``--since``, a row is taken when any of its times is at or after ``since``: a model created before it and
+removed after it is taken (its removal is new; its upload event is rewritten with the same id, which changes
+nothing).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, literal, select
+from sqlalchemy import Engine, exists, func, literal, or_, select, text
 
 from app.core.events import as_utc, uuid5_sql
 from app.core.settings import Settings
@@ -99,6 +105,17 @@ def remote_for(eng: Engine, settings: Settings) -> Remote | None:
     return None
 
 
+# PostgreSQL TimeZone values that are UTC at every instant (compared in lower case, without an ``etc/`` prefix).
+UTC_ZONES = frozenset(
+    {"utc", "uct", "gmt", "gmt0", "gmt+0", "gmt-0", "greenwich", "universal", "zulu", "z", "utc0", "+00", "+00:00"}
+)
+
+
+def is_utc_zone(zone: str) -> bool:
+    name = zone.strip().lower()
+    return name.removeprefix("etc/") in UTC_ZONES
+
+
 @dataclass(frozen=True)
 class Plan:
     """One legacy table on the engine path: its range key, the rows it counts and the events it writes."""
@@ -106,8 +123,15 @@ class Plan:
     name: str
     model: Any
     key: Any  # the SQLAlchemy column the chunks range over
-    where: Callable[[Any], list[Any]]  # SQLAlchemy filters (since) for the row counts
+    since_columns: tuple[str, ...]  # with ``--since``, a row is taken when any of these is at or after it
+    filters: tuple[Any, ...]  # SQLAlchemy filters of the rows that make events (the row counts)
     selects: Callable[[Remote, str], list[str]]  # SELECTs producing event rows, given the chunk filter
+
+    def where(self, since: datetime | None) -> list[Any]:
+        out = list(self.filters)
+        if since is not None:
+            out.append(or_(*(getattr(self.model, c) >= since for c in self.since_columns)))
+        return out
 
 
 def _follows(r: Remote, cond: str) -> list[str]:
@@ -150,39 +174,18 @@ def plans(entities: list[str]) -> list[Plan]:
     out: list[Plan] = []
     if "follows" in entities:
         e = UserEngagement
-        out.append(
-            Plan(
-                "follows",
-                e,
-                e.userId,
-                lambda since: _since(e.createdAt, since) + [e.type == EngagementType.FOLLOW],
-                _follows,
-            )
-        )
+        follow = (e.type == EngagementType.FOLLOW,)
+        out.append(Plan("follows", e, e.userId, ("createdAt",), follow, _follows))
     if "uploads" in entities:
-        out.append(
-            Plan("uploads:Model", Model, Model.id, lambda s: _since(Model.createdAt, s), _uploads("Model", True))
-        )
-        out.append(Plan("uploads:Post", Post, Post.id, lambda s: _since(Post.createdAt, s), _uploads("Post", False)))
-        out.append(
-            Plan("uploads:Image", Image, Image.id, lambda s: _since(Image.createdAt, s), _uploads("Image", False))
-        )
+        out.append(Plan("uploads:Model", Model, Model.id, ("createdAt", "deletedAt"), (), _uploads("Model", True)))
+        out.append(Plan("uploads:Post", Post, Post.id, ("createdAt",), (), _uploads("Post", False)))
+        out.append(Plan("uploads:Image", Image, Image.id, ("createdAt",), (), _uploads("Image", False)))
     if "reactions" in entities:
         r = ImageReaction
-        out.append(
-            Plan(
-                "reactions",
-                r,
-                r.id,
-                lambda since: _since(r.updatedAt, since) + [r.reaction.in_(list(REACTIONS))],
-                _reactions,
-            )
-        )
+        # A reaction on an image that no longer exists makes no event (no owner): it is not counted either.
+        counted = (r.reaction.in_(list(REACTIONS)), exists().where(Image.id == r.imageId))
+        out.append(Plan("reactions", r, r.id, ("updatedAt",), counted, _reactions))
     return out
-
-
-def _since(column: Any, since: datetime | None) -> list[Any]:
-    return [column >= since] if since is not None else []
 
 
 class Puller:
@@ -203,9 +206,21 @@ class Puller:
         column = plan.key.key
         cond = f"{column} > {int(lo)} AND {column} <= {int(hi)}"
         if self.since is not None:
-            column_at = "updatedAt" if plan.name == "reactions" else "createdAt"
-            cond += f" AND {self.remote.ts(column_at)} >= {{since:DateTime64(3, 'UTC')}}"
+            taken = " OR ".join(f"{self.remote.ts(c)} >= {{since:DateTime64(3, 'UTC')}}" for c in plan.since_columns)
+            cond += f" AND ({taken})"
         return cond
+
+    def check_time_zone(self) -> None:
+        """Refuse unless PostgreSQL's ``TimeZone`` is UTC (the engine would read other instants off by the offset)."""
+        if self.remote.kind != "postgresql":
+            return
+        with self.eng.connect() as conn:
+            zone = str(conn.execute(text("SELECT current_setting('TimeZone')")).scalar_one())
+        if not is_utc_zone(zone):
+            raise EngineUnavailable(
+                f"PostgreSQL's TimeZone is {zone!r}; ClickHouse reads timestamptz in it and drops the offset "
+                "(set it to UTC: ALTER DATABASE ... SET TimeZone = 'UTC')"
+            )
 
     def check_clock(self, plan: Plan) -> None:
         """Refuse unless the engine and the driver read the same instant for one row of the table."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, select, tuple_
+from sqlalchemy import Engine, or_, select, tuple_
 
 from app.core.events import Event, MetricType, as_utc, derive_event_id
 from app.legacy.models import EngagementType, Image, ImageReaction, Model, Post, ReviewReactions, UserEngagement
@@ -100,8 +100,9 @@ def sources(entities: Sequence[str]) -> list[Source]:
         out.append(
             Source(
                 "uploads:Model",
+                # A model created before ``since`` and removed after it: its removal is new.
                 lambda since: select(Model.id, Model.userId, Model.createdAt, Model.deletedAt).where(
-                    since_filter(Model.createdAt, since)
+                    or_(since_filter(Model.createdAt, since), since_filter(Model.deletedAt, since))
                 ),
                 lambda row: (row[0],),
                 lambda: tuple_(Model.id),

@@ -269,3 +269,77 @@ def test_a_second_backfill_is_refused_while_one_runs_and_the_first_stays_exact(c
         "SELECT name FROM system.tables WHERE database = currentDatabase() AND name LIKE 'backfillImageOwners%'"
     )
     assert leftovers == []
+
+
+def _written(rt: Runtime) -> int:
+    return int(rt.clickhouse.rows("SELECT uniqExact(eventId) FROM entityMetricEvents")[0][0])
+
+
+def _remove_an_image_with_reactions(eng: Engine) -> int:
+    """Delete one reacted image from under its reactions (as a legacy database without the constraint allows)."""
+    from app.legacy.models import Image
+
+    with eng.begin() as conn:
+        image = int(conn.execute(select(ImageReaction.imageId).order_by(ImageReaction.id).limit(1)).scalar_one())
+        if eng.url.get_backend_name() == "postgresql":
+            conn.exec_driver_sql("SET LOCAL session_replication_role = replica")  # no foreign-key triggers
+        conn.execute(delete(Image).where(Image.id == image))
+    return image
+
+
+@pytest.mark.parametrize("via", ["engine", "python"])
+def test_the_events_a_backfill_reports_are_the_events_it_wrote(clean: Runtime, legacy: Engine, via: str) -> None:
+    """A reaction on an image that no longer exists makes no event (no owner); the report must not count one."""
+    _remove_an_image_with_reactions(legacy)
+    report = backfill(clean, legacy, via=via)
+    assert report.via == via
+    assert report.events == _written(clean)
+
+
+@pytest.mark.parametrize("via", ["engine", "python"])
+def test_a_since_backfill_takes_the_removal_of_a_model_created_before_since(
+    clean: Runtime, legacy: Engine, via: str
+) -> None:
+    since = datetime.now(UTC) - timedelta(hours=1)
+    with legacy.begin() as conn:
+        owner = int(conn.execute(select(Model.userId).where(Model.id == 1)).scalar_one())
+        conn.execute(update(Model).where(Model.id == 1).values(createdAt=since - timedelta(days=30)))
+    backfill(clean, legacy, via=via)
+    before = compute_user_metrics(clean.clickhouse, [owner], weights=clean.weights, window=clean.window)[owner]
+    with legacy.begin() as conn:
+        conn.execute(update(Model).where(Model.id == 1).values(deletedAt=since + timedelta(minutes=5)))
+    report = backfill(clean, legacy, since=since, via=via)
+    assert report.via == via and report.rows.get("uploads:Model") == 1
+    after = compute_user_metrics(clean.clickhouse, [owner], weights=clean.weights, window=clean.window)[owner]
+    assert after.upload_count == before.upload_count - 1
+    assert legacy_user_metrics(legacy, [owner])[owner]["uploadCount"] == after.upload_count
+
+
+def test_the_engine_path_refuses_a_postgresql_time_zone_other_than_utc(clean: Runtime, legacy: Engine) -> None:
+    """Europe/London is UTC in winter and an hour ahead in summer: a check of one winter row would pass while the
+    engine read every summer timestamp an hour late. The setting itself is checked; the backfill falls back."""
+    from app.core.errors import ValidationError
+    from app.legacy.models import Image, Post
+
+    if legacy.url.get_backend_name() != "postgresql":
+        pytest.skip("PostgreSQL's TimeZone setting (set DATABASE_URL)")
+    database = legacy.url.database
+    with legacy.begin() as conn:  # the first row of every table (the one-row check) is a winter one
+        for model in (UserEngagement, Model, Post, Image, ImageReaction):
+            conn.execute(update(model).values(createdAt=datetime(2026, 1, 15, 12, tzinfo=UTC)))
+        conn.execute(update(Model).where(Model.id == 2).values(createdAt=datetime(2026, 7, 15, 12, tzinfo=UTC)))
+        conn.exec_driver_sql(f"ALTER DATABASE \"{database}\" SET TimeZone = 'Europe/London'")
+    legacy.dispose()  # new sessions take the database's setting
+    try:
+        with pytest.raises(ValidationError, match="TimeZone is 'Europe/London'"):
+            backfill(clean, legacy, via="engine")
+        report = backfill(clean, legacy)
+        assert report.via == "python"
+        at = clean.clickhouse.rows(
+            "SELECT createdAt FROM entityMetricEvents WHERE entityType = 'Model' AND entityId = 2 AND metricValue = 1"
+        )
+        assert at and at[0][0].replace(tzinfo=UTC) == datetime(2026, 7, 15, 12, tzinfo=UTC)
+    finally:
+        with legacy.begin() as conn:
+            conn.exec_driver_sql(f'ALTER DATABASE "{database}" RESET TimeZone')
+        legacy.dispose()
