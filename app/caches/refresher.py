@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
 from app.caches import metrics_cache
 from app.core import constants as c
+from app.core import failpoints
 from app.core.backoff import jittered_delay
 from app.read.metrics_query import compute_user_metrics
 from app.stores.redis_store import RedisClient, server_time_us
@@ -28,12 +28,12 @@ log = logging.getLogger(__name__)
 
 BACKOFF_MAX_S = 30.0
 
-# Remove members whose score is still the one we read (not re-marked while we worked).
+# Remove members whose score is still the one we read (not marked again while we worked).
 _CLEAR_SCRIPT = """
 local removed = 0
 for i = 1, #ARGV, 2 do
   local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
-  if score and tonumber(score) <= tonumber(ARGV[i + 1]) then
+  if score and tonumber(score) == tonumber(ARGV[i + 1]) then
     redis.call('ZREM', KEYS[1], ARGV[i])
     removed = removed + 1
   end
@@ -43,14 +43,22 @@ return removed
 
 
 # Mark users that have a cached hash, or one being computed (its fill lock is held: the snapshot may predate this
-# event); the others are computed from ClickHouse, which already holds the event, on their next read.
+# event); the others are computed from ClickHouse, which already holds the event, on their next read. A mark's score
+# is Redis's clock in microseconds, and always above the member's previous score: every mark changes the score, so
+# the refresher's clear (score unchanged) can never take a mark it has not seen, whatever the clocks of the
+# processes that mark (a marker whose clock was behind once set a lower score, which the clear took as seen).
 _USER_METRICS_PREFIX = c.USER_METRICS_KEY.removesuffix("{user_id}")
 _FILL_LOCK_PREFIX = c.USER_METRICS_FILL_LOCK_KEY.removesuffix("{user_id}")
 _MARK_SCRIPT = f"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local marked = 0
-for i = 1, #ARGV - 1 do
+for i = 1, #ARGV do
   if redis.call('EXISTS', '{_USER_METRICS_PREFIX}' .. ARGV[i], '{_FILL_LOCK_PREFIX}' .. ARGV[i]) > 0 then
-    redis.call('ZADD', KEYS[1], ARGV[#ARGV], ARGV[i])
+    local score = now
+    local previous = redis.call('ZSCORE', KEYS[1], ARGV[i])
+    if previous and tonumber(previous) >= score then score = tonumber(previous) + 1 end
+    redis.call('ZADD', KEYS[1], score, ARGV[i])
     marked = marked + 1
   end
 end
@@ -61,13 +69,12 @@ return marked
 """
 
 
-def mark_dirty(r: RedisClient, user_ids: Iterable[int], now_ms: int | None = None) -> int:
+def mark_dirty(r: RedisClient, user_ids: Iterable[int]) -> int:
     """Queue the cached ones of ``user_ids`` for a recompute; returns how many were cached."""
     ids = [str(u) for u in set(user_ids)]
     if not ids:
         return 0
-    score = now_ms if now_ms is not None else int(time.time() * 1000)
-    return int(r.eval(_MARK_SCRIPT, 1, c.METRICS_DIRTY_KEY, *ids, score))
+    return int(r.eval(_MARK_SCRIPT, 1, c.METRICS_DIRTY_KEY, *ids))
 
 
 def refresh_users(rt: Runtime, user_ids: Iterable[int]) -> int:
@@ -106,9 +113,10 @@ class Refresher:
         if not taken:
             return 0
         refresh_users(self.rt, [int(member) for member, _ in taken])
-        args: list[str | float] = []
+        failpoints.hit(failpoints.REFRESH_BEFORE_CLEAR)
+        args: list[str | int] = []
         for member, score in taken:
-            args.extend((member, score))
+            args.extend((member, int(score)))
         r.eval(_CLEAR_SCRIPT, 1, c.METRICS_DIRTY_KEY, *args)
         return len(taken)
 

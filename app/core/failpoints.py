@@ -10,6 +10,8 @@ _armed: dict[str, Callable[[], None]] = {}
 
 # Between a cache fill's ClickHouse query and its write of ``user:metrics`` hashes.
 METRICS_FILL_BEFORE_WRITE = "metrics.fill.before_write"
+# The metrics refresher, after writing the hashes of the dirty users it took and before clearing their marks.
+REFRESH_BEFORE_CLEAR = "refresh.before_clear"
 # A backfill's engine path, once it has loaded its image owners and before its first chunk.
 BACKFILL_OWNERS_LOADED = "backfill.owners_loaded"
 

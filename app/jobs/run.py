@@ -2,7 +2,9 @@
 
 Two beats publishing the same tick (or a retry of the same tick) find the tick's slot taken (``job:slot:*``, a
 ``SET NX`` with a TTL of two intervals); a run overlapping a slow previous one finds the job's lock held. Either is
-skipped and counted. What a run did is logged and kept in the service counters.
+skipped and counted. The tick is numbered on Redis's clock, one for every process: workers whose clocks disagree
+would otherwise number the same interval differently and both run it. What a run did is logged and kept in the
+service counters.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from app.core import constants as c
 from app.jobs.report import JobReport
 from app.stores import counters
 from app.stores.locks import redis_lock
+from app.stores.redis_store import server_time_us
 from app.stores.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -27,7 +30,7 @@ def run_job(
     """Run ``job`` once per interval tick (``slot``) and never twice at once (a lock); returns its report."""
     r = rt.redis
     if slot:
-        tick = int(time.time() // interval_s)
+        tick = int(server_time_us(r) / 1e6 // interval_s)
         if not r.set(c.JOB_SLOT_KEY.format(job=name, slot=tick), "1", nx=True, ex=max(1, int(interval_s * 2))):
             log.info("%s: this interval's run already happened or is happening; skipped", name)
             counters.add(r, **{f"job_{name}_skipped_total": 1})

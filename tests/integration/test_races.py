@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app.caches import metrics_cache
+from app.caches import metrics_cache, refresher
 from app.core import failpoints
 from app.read.query import UserMetricsQueryService
 from app.stores.runtime import Runtime
@@ -45,6 +45,38 @@ def test_an_event_landing_during_a_cache_fill_reaches_the_cache_within_a_second(
     assert served[user].follower_count == 0  # the reader's snapshot predates the follow: the race happened
     wait_until(lambda: _cached_followers(rt, user) == 1, "the cached hash to count the follow", timeout_s=1.0)
     assert UserMetricsQueryService(rt).get_user_metrics([user])[user].follower_count == 1
+
+
+def test_a_mark_by_a_process_whose_clock_is_behind_is_not_cleared_unseen(
+    clean: Runtime, producer: EventProducer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refresher takes a dirty user, recomputes it, and clears the marks it read. Between its recompute and its
+    clear, another worker process (whose clock is 5 s behind) writes a follow and marks the user. The mark must
+    survive the clear, or the cache misses the follow until the hash expires."""
+    from app.stores.clickhouse import insert_events
+    from app.write.owners import resolve
+    from tests.integration.test_read_properties import to_event
+    from tests.oracle import E
+
+    rt, user = clean, 920_001
+    UserMetricsQueryService(rt).get_user_metrics([user])  # a cached hash: the flusher marks the user
+    wall = time.time
+    held: list[bool] = []
+
+    def another_process_writes_and_marks() -> None:
+        if held:
+            return
+        held.append(True)
+        late = to_event(E(str(uuid.uuid4()), "User", user, 920_003, user, "Follow", 1, datetime.now(UTC)))
+        insert_events(rt.clickhouse, resolve(rt.clickhouse, [late]).events)
+        with monkeypatch.context() as behind:
+            behind.setattr(time, "time", lambda: wall() - 5.0)
+            refresher.mark_dirty(rt.redis, [user])
+
+    with failpoints.armed(failpoints.REFRESH_BEFORE_CLEAR, another_process_writes_and_marks):
+        producer.record_follow(920_002, user)
+        wait_until(lambda: held, "the refresher to take the user")
+    wait_until(lambda: _cached_followers(rt, user) == 2, "the cached hash to count both follows", timeout_s=1.0)
 
 
 def test_an_exclusion_stamped_in_the_past_still_reaches_the_engagement_scores(clean: Runtime) -> None:
