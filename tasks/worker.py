@@ -25,6 +25,7 @@ from celery.concurrency import prefork
 from celery.worker.consumer import Consumer
 from kombu.message import Message
 
+from app.core import failpoints
 from app.ops import exporter
 from app.stores import broker, runtime
 from app.write import deadletters
@@ -220,7 +221,9 @@ def _restore_unacknowledged(**_: Any) -> None:
 
 @signals.worker_process_init.connect
 def _init_process(**_: Any) -> None:
-    runtime.get()
+    rt = runtime.get()
+    if rt.settings.failpoints:
+        failpoints.enable_remote(rt.settings.failpoints.split(","), lambda: runtime.get().redis)
     PoolChildWriter.child_started()
 
 

@@ -1,10 +1,20 @@
 """Failpoints: named places where a test can hold a step to force an interleaving (never sleeps that happen to
-line up). Production code calls ``hit(name)``; with nothing armed that is one dictionary lookup."""
+line up). Production code calls ``hit(name)``; with nothing armed that is one dictionary lookup.
+
+In the test's own process a failpoint runs an action (``armed``). In another process (a worker started by the test)
+the test-only setting ``FAILPOINTS`` names the failpoints that process lets a test hold through Redis
+(``enable_remote``): while ``failpoint:{name}:armed`` exists, a hit sets ``failpoint:{name}:held`` and waits until
+the test deletes the armed key (at most ``REMOTE_HOLD_MAX_S``).
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+REMOTE_HOLD_MAX_S = 60.0
 
 _armed: dict[str, Callable[[], None]] = {}
 
@@ -12,6 +22,8 @@ _armed: dict[str, Callable[[], None]] = {}
 METRICS_FILL_BEFORE_WRITE = "metrics.fill.before_write"
 # The metrics refresher, after writing the hashes of the dirty users it took and before clearing their marks.
 REFRESH_BEFORE_CLEAR = "refresh.before_clear"
+# A beat job inside its lock, before it starts working.
+JOB_RUNNING = "job.running"
 # A backfill's engine path, once it has loaded its image owners and before its first chunk.
 BACKFILL_OWNERS_LOADED = "backfill.owners_loaded"
 
@@ -30,3 +42,27 @@ def armed(name: str, action: Callable[[], None]) -> Iterator[None]:
         yield
     finally:
         _armed.pop(name, None)
+
+
+def remote_key(name: str, part: str) -> str:
+    """``failpoint:{name}:armed`` (set by the test) or ``failpoint:{name}:held`` (set by the process it holds)."""
+    return f"failpoint:{name}:{part}"
+
+
+def enable_remote(names: Iterable[str], redis: Callable[[], Any]) -> None:
+    """Let a test in another process hold each of ``names`` through Redis (test-only setting ``FAILPOINTS``)."""
+
+    def hold_while_armed(name: str) -> Callable[[], None]:
+        def action() -> None:
+            r = redis()
+            if not r.exists(remote_key(name, "armed")):
+                return
+            r.set(remote_key(name, "held"), str(time.time()), ex=int(REMOTE_HOLD_MAX_S) * 2)
+            deadline = time.monotonic() + REMOTE_HOLD_MAX_S
+            while r.exists(remote_key(name, "armed")) and time.monotonic() < deadline:
+                time.sleep(0.02)
+
+        return action
+
+    for name in names:
+        _armed[name] = hold_while_armed(name)

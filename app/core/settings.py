@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     task_events: bool = Field(default=True, alias="TASK_EVENTS")
     # The per-message event tasks: three task events each would cost a third of a worker's throughput.
     event_task_events: bool = Field(default=False, alias="EVENT_TASK_EVENTS")
+    # Test only: failpoints (app/core/failpoints.py) a test in another process may hold, comma-separated.
+    failpoints: str = Field(default="", alias="FAILPOINTS")
     worker_prefetch: int = Field(default=8, ge=1, alias="WORKER_PREFETCH")
     broker_visibility_timeout_s: int = Field(default=3600, ge=1, alias="BROKER_VISIBILITY_TIMEOUT_S")
     task_max_retries: int = Field(default=8, ge=0, alias="TASK_MAX_RETRIES")

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app.core import constants as c
+from app.core import failpoints
 from app.jobs.report import JobReport
 from app.stores import counters
 from app.stores.locks import redis_lock
@@ -40,6 +41,7 @@ def run_job(
             log.info("%s already running elsewhere; skipped", name)
             counters.add(r, **{f"job_{name}_skipped_total": 1})
             return {"skipped": "lock"}
+        failpoints.hit(failpoints.JOB_RUNNING)
         report = job(rt)
     log.info(
         "%s%s: %d users, %d changed, %d cached hashes updated, drift %.4f, %.2f s",

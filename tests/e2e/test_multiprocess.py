@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from kombu import Connection, Exchange, Queue
 
 from app.caches import metrics_cache
 from app.core import constants as c
+from app.core import failpoints
 from app.core.paths import REPO
 from app.core.settings import Settings
 from app.read.metrics_query import compute_user_metrics
@@ -31,7 +33,7 @@ from app.read.query import UserMetricsQueryService
 from app.stores.runtime import Runtime
 from app.write.producer import EventProducer
 from tasks.config import celery_config
-from tests.integration.test_write_properties import USERS, an_event, oracle_events
+from tests.integration.test_write_properties import IMAGES, OWNER, USERS, an_event, oracle_events
 from tests.oracle import Oracle
 from tests.stack import (
     AMQP_URL,
@@ -126,6 +128,7 @@ def shape() -> Iterator[Shape]:
         REFRESH_INTERVAL_S=str(TICK_S),
         RECONCILE_INTERVAL_S=str(TICK_S),
         BUFFER_CHECK_INTERVAL_S=str(TICK_S),
+        FAILPOINTS=failpoints.JOB_RUNNING,  # held from the test through Redis (app/core/failpoints.py)
     )
     cfg = Settings(
         CLICKHOUSE_URL=env["CLICKHOUSE_URL"], REDIS_URL=CACHE_URL, CELERY_BROKER_URL=broker, DATA_DIR=env["DATA_DIR"]
@@ -233,3 +236,101 @@ def test_two_beats_run_every_job_at_most_once_per_tick_and_the_board_matches(sha
     assert max(runs.values()) <= elapsed / TICK_S + 2, (runs, elapsed)
     service = UserMetricsQueryService(shape.rt)
     assert [service.get_user_rank(u) for u in (11, 12, 13)] == [1, 2, 3]
+
+
+def _job_counts(rt: Runtime, job: str) -> tuple[int, int]:
+    stats: Any = rt.redis.hgetall(c.COUNTER_KEY)
+    return int(stats.get(f"job_{job}_runs_total", 0)), int(stats.get(f"job_{job}_skipped_total", 0))
+
+
+def test_a_job_held_in_one_process_is_skipped_by_another_until_it_ends(shape: Shape) -> None:
+    """The engagement job is held inside its lock in one maintenance process (a failpoint armed through Redis);
+    the next tick's run lands in the other process and must be skipped by the lock, not run beside it."""
+    reset(shape)
+    r, job = shape.rt.redis, c.RECOMPUTE_ENGAGEMENT
+    armed, held = (failpoints.remote_key(failpoints.JOB_RUNNING, part) for part in ("armed", "held"))
+    runs, skipped = _job_counts(shape.rt, job)
+    r.set(armed, "1", ex=120)
+    try:
+        shape.app.send_task(job, queue=c.MAINTENANCE_QUEUE)
+        wait_until(lambda: r.exists(held), "the first run to hold inside the lock", 30)
+        time.sleep(TICK_S)  # the next tick: the slot lets the second run through, the lock must stop it
+        shape.app.send_task(job, queue=c.MAINTENANCE_QUEUE)
+        wait_until(lambda: _job_counts(shape.rt, job)[1] == skipped + 1, "the second run to be skipped", 30)
+        assert _job_counts(shape.rt, job)[0] == runs  # the first is still held
+    finally:
+        r.delete(armed)
+    wait_until(lambda: _job_counts(shape.rt, job)[0] == runs + 1, "the first run to finish", 30)
+    assert _job_counts(shape.rt, job)[1] == skipped + 1
+
+
+def test_hot_keys_written_by_two_worker_processes_stay_exact(shape: Shape) -> None:
+    """Hundreds of messages on a handful of keys, spread over both worker processes: one user's reactions on one
+    image toggled over and over (the reaction CAS), reactions and comments on an image sent before its Upload
+    (orphans resolved by whichever flusher sees them), and one owner's cached hash marked by both flushers (the
+    dirty-set clear). Every cached and computed number equals the oracle's, the reconciler finds no drift, and
+    both processes' flushers took part."""
+    import random
+
+    from app import jobs
+    from app.read.reactions import UserReactionQueryService, latest_reactions
+
+    reset(shape)
+    reactions = UserReactionQueryService(shape.rt.redis, lambda u, imgs: latest_reactions(shape.rt.clickhouse, u, imgs))
+    rnd = random.Random(14)
+    reactor, (image, late_image) = 3, IMAGES  # owned by users 1 and 2
+    UserMetricsQueryService(shape.rt).get_user_metrics(USERS)  # cached hashes the flushers must keep current
+    reactions.get_user_reactions(reactor, [image, late_image])  # and a cached reactions key
+    now = datetime.now(UTC) - timedelta(minutes=5)
+    sent: list[dict[str, Any]] = [
+        {"type": "record_upload", "user_id": OWNER[image], "content_type": "Image", "entity_id": image}
+    ]
+    for i in range(240):
+        at = now + timedelta(milliseconds=rnd.randrange(200_000))
+        who = rnd.choice([reactor, *USERS])
+        if i % 3:
+            target = rnd.choice([image, late_image])
+            sent.append({"type": "set_reaction", "user_id": who, "image_id": target, "reactions": rnd.randrange(16)})
+        else:
+            sent.append(
+                {
+                    "type": "record_entity_metric",
+                    "entity_type": "Image",
+                    "entity_id": late_image,
+                    "metric_type": "Comment",
+                    "metric_value": 1,
+                    "user_id": who,
+                }
+            )
+        sent[-1]["occurred_at"] = at.isoformat()
+    upload = {"type": "record_upload", "user_id": OWNER[late_image], "content_type": "Image", "entity_id": late_image}
+    sent.insert(len(sent) * 2 // 3, upload)
+    for m in sent:
+        if m["type"] == "record_upload":
+            m.update(is_removed=False, occurred_at=now.isoformat())
+        m["event_id"] = str(uuid.uuid4())
+    producer = shape.producer
+    for m in sent + rnd.sample(sent, 40):  # with redeliveries
+        producer.send(m["type"], **{k: v for k, v in m.items() if k != "type"})
+    expected = oracle_events(sent)
+    n = len({e.event_id for e in expected})
+    count = "SELECT uniqExact(eventId) FROM entityMetricEvents"
+    wait_until(lambda: shape.rt.clickhouse.rows(count)[0][0] >= n, f"{n} events", 90)
+    wait_until(shape.settled, "the buffer and the dirty set to drain", 60)
+    oracle = Oracle(now=datetime.now(UTC))
+    oracle.apply_all(expected)
+    cached = metrics_cache.read(shape.rt.redis, USERS)
+    computed = compute_user_metrics(shape.rt.clickhouse, USERS, weights=shape.rt.weights, window=shape.rt.window)
+    for uid in USERS:
+        want = oracle.metrics(uid)
+        for m in (computed[uid], cached[uid]):
+            assert m is not None
+            got = m.to_json()
+            for name, value in want.items():
+                assert got[name] == (float(value) if name == "engagementScore" else value), (uid, name, got, want)
+    assert shape.rt.redis.exists(f"reactions:{reactor}")  # served from the cache the flushers kept
+    flags = reactions.get_user_reactions(reactor, [image, late_image])
+    assert dict(flags) == {i: oracle.reactions(reactor, i) for i in (image, late_image)}
+    assert jobs.reconcile_caches(shape.rt, sample=0).drift_ratio == 0.0
+    consumers: Any = shape.rt.redis.xinfo_consumers(c.EVENT_STREAM_KEY, c.EVENT_STREAM_GROUP)
+    assert len(consumers) >= 2, consumers  # both worker processes' flushers read the buffer

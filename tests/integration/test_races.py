@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from app import jobs
 from app.caches import metrics_cache, refresher
 from app.core import failpoints
 from app.read.query import UserMetricsQueryService
@@ -45,6 +46,30 @@ def test_an_event_landing_during_a_cache_fill_reaches_the_cache_within_a_second(
     assert served[user].follower_count == 0  # the reader's snapshot predates the follow: the race happened
     wait_until(lambda: _cached_followers(rt, user) == 1, "the cached hash to count the follow", timeout_s=1.0)
     assert UserMetricsQueryService(rt).get_user_metrics([user])[user].follower_count == 1
+    assert jobs.reconcile_caches(rt, sample=0).drift_ratio == 0.0  # the safety net finds nothing to repair
+
+
+def test_the_reconciler_catches_the_stale_fill_when_the_fill_lock_is_not_honoured(
+    clean: Runtime, producer: EventProducer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same interleaving with the flusher's mark as it was before the fix (only users with a hash): the fill's
+    stale hash stays, and the reconciler, the safety net, reports drift and repairs it."""
+    unaware = refresher._MARK_SCRIPT.replace(f", '{refresher._FILL_LOCK_PREFIX}' .. ARGV[i]", "")
+    assert unaware != refresher._MARK_SCRIPT
+    monkeypatch.setattr(refresher, "_MARK_SCRIPT", unaware)
+    rt, user, follower = clean, 910_011, 910_012
+
+    def a_follow_lands_now() -> None:
+        producer.record_follow(follower, user)
+        wait_events(rt, 1)
+
+    with failpoints.armed(failpoints.METRICS_FILL_BEFORE_WRITE, a_follow_lands_now):
+        UserMetricsQueryService(rt).get_user_metrics([user])
+    time.sleep(1.0)  # the rule's second: nothing repairs the hash within it
+    assert _cached_followers(rt, user) == 0
+    report = jobs.reconcile_caches(rt, sample=0)
+    assert report.drift_ratio > 0 and report.changed == 1
+    assert _cached_followers(rt, user) == 1
 
 
 def test_a_mark_by_a_process_whose_clock_is_behind_is_not_cleared_unseen(
@@ -77,12 +102,12 @@ def test_a_mark_by_a_process_whose_clock_is_behind_is_not_cleared_unseen(
         producer.record_follow(920_002, user)
         wait_until(lambda: held, "the refresher to take the user")
     wait_until(lambda: _cached_followers(rt, user) == 2, "the cached hash to count both follows", timeout_s=1.0)
+    assert jobs.reconcile_caches(rt, sample=0).drift_ratio == 0.0
 
 
 def test_an_exclusion_stamped_in_the_past_still_reaches_the_engagement_scores(clean: Runtime) -> None:
     """A writer whose clock is an hour behind excludes a user: its change is stamped below the newest one. The
     engagement job must still see that the excluded set changed (and run in full), or the user keeps counting."""
-    from app import jobs
     from app.read.excluded import set_excluded
     from app.stores.clickhouse import insert_events
     from tests.integration.test_read_properties import to_event
@@ -129,7 +154,6 @@ def test_rows_of_an_insert_still_landing_during_a_run_are_counted_by_a_later_run
     """A long insert stamps its rows when it starts and lands them block by block (a backfill chunk, a slow
     server). An engagement run in the middle of it must end its changelog slice before the insert's start, or the
     next run's look-back would start after the rows still landing and never count them."""
-    from app import jobs
     from app.jobs import engagement
     from app.stores import clickhouse
     from app.stores.clickhouse import insert_events
@@ -167,7 +191,6 @@ def test_a_clock_that_steps_back_cannot_make_an_older_score_win(
     """The jobs' clock (Redis's) steps back an hour between two engagement runs. The second run's score is the
     newer one and must win in engagementCurrent (and its contributions in engagementContrib), whatever the clock
     says; the incremental run after it must build on them."""
-    from app import jobs
     from app.stores.clickhouse import insert_events
     from tests.integration.test_read_properties import to_event
     from tests.oracle import E
