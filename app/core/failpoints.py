@@ -22,6 +22,8 @@ _armed: dict[str, Callable[[], None]] = {}
 METRICS_FILL_BEFORE_WRITE = "metrics.fill.before_write"
 # The metrics refresher, after writing the hashes of the dirty users it took and before clearing their marks.
 REFRESH_BEFORE_CLEAR = "refresh.before_clear"
+# An incremental engagement run, after it collected its changed keys and before it reads their rows.
+ENGAGEMENT_MID_RUN = "engagement.mid_run"
 # A beat job inside its lock, before it starts working.
 JOB_RUNNING = "job.running"
 # A backfill's engine path, once it has loaded its image owners and before its first chunk.

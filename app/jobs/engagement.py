@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from app.core import failpoints
 from app.core.events import as_utc
 from app.core.metrics import ADDITIVE, EXCLUDED_USERS_SQL, OWNER_STATE_TYPES_SQL, SCORE_SCALE, WEIGHT_SQL, format_score
 from app.jobs import engagement_sql as q
@@ -63,6 +64,7 @@ def _incremental_engagement(
     for table in ("engagementChanged", "engagementNew", "engagementOld"):
         ch.command(f"TRUNCATE TABLE {table}")
     ch.command(_sql(q.CHANGED_KEYS_SQL), params)
+    failpoints.hit(failpoints.ENGAGEMENT_MID_RUN)
     if int(ch.rows("SELECT count() FROM engagementChanged")[0][0]) > INCREMENTAL_MAX_KEYS:
         return None
     ch.command(q.OLD_SQL)

@@ -7,12 +7,14 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
 from app import jobs
 from app.caches import metrics_cache, refresher
 from app.core import failpoints
+from app.core.metrics import SCORE_SCALE
 from app.read.query import UserMetricsQueryService
 from app.stores.runtime import Runtime
 from app.write.producer import EventProducer
@@ -217,3 +219,44 @@ def test_a_clock_that_steps_back_cannot_make_an_older_score_win(
     assert _score(rt, 7) == weight
     stamps = [r[0] for r in rt.clickhouse.rows("SELECT stamp FROM engagementRuns ORDER BY stamp")]
     assert len(stamps) == 3 and stamps == sorted(set(stamps))
+
+
+def test_rows_landing_in_the_middle_of_an_incremental_run_are_counted_once(clean: Runtime) -> None:
+    """An incremental run has collected its changed keys; before it reads their rows, an unfollow of one of those
+    keys and a download of the same owner land. Whether this run or the next counts them, after the next run the
+    score is the oracle's: nothing half-seen, nothing counted twice."""
+    from app.stores.clickhouse import insert_events
+    from tests.integration.test_read_properties import to_event
+    from tests.oracle import E, Oracle
+
+    rt, owner = clean, 7
+    now = datetime.now(UTC)
+    sent = [E(str(uuid.uuid4()), "User", owner, 2, owner, "Follow", 1, now - timedelta(hours=3))]
+    insert_events(rt.clickhouse, [to_event(e) for e in sent])
+    assert jobs.recompute_engagement(rt, full=True).mode == "full"
+    arriving = [
+        E(str(uuid.uuid4()), "User", owner, 3, owner, "Follow", 1, now - timedelta(hours=2)),
+        E(str(uuid.uuid4()), "Model", 700, 4, owner, "Download", 1, now - timedelta(hours=2)),
+    ]
+    mid_run = [
+        E(str(uuid.uuid4()), "User", owner, 3, owner, "Follow", -1, now - timedelta(hours=1)),  # a changed key
+        E(str(uuid.uuid4()), "Model", 700, 5, owner, "Download", 2, now - timedelta(hours=1)),
+    ]
+    insert_events(rt.clickhouse, [to_event(e) for e in arriving])
+    landed: list[bool] = []
+
+    def rows_land_now() -> None:
+        if not landed:
+            landed.append(True)
+            insert_events(rt.clickhouse, [to_event(e) for e in mid_run])
+
+    with failpoints.armed(failpoints.ENGAGEMENT_MID_RUN, rows_land_now):
+        assert jobs.recompute_engagement(rt, full=False).mode == "incremental"
+    assert landed
+    assert jobs.recompute_engagement(rt, full=False).mode == "incremental"
+    oracle = Oracle(now=datetime.now(UTC))
+    oracle.apply_all(sent + arriving + mid_run)
+    expected = int(Decimal(str(oracle.metrics(owner)["engagementScore"])) * SCORE_SCALE)
+    assert _score(rt, owner) == expected
+    assert jobs.recompute_engagement(rt, full=True).mode == "full"  # and a full run agrees
+    assert _score(rt, owner) == expected
