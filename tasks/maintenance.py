@@ -48,3 +48,9 @@ def reconcile_caches(self: Any) -> dict[str, Any]:
 def check_event_buffer(self: Any) -> dict[str, Any]:
     """Measure the write path's lag (buffer length, pending entries, oldest pending age) and dead letters."""
     return jobs.check_event_buffer(runtime.get())
+
+
+@project_task(c.SNAPSHOT_USER_METRICS, time_limit_s=_limit, max_retries=0)
+def snapshot_user_metrics(self: Any, full: bool | None = None) -> dict[str, Any]:
+    """Recompute the metrics snapshot of users changed since the last run (all users on a full run)."""
+    return _run(c.SNAPSHOT_USER_METRICS, settings.snapshot_interval_s, lambda rt: jobs.snapshot_user_metrics(rt, full))

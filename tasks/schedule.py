@@ -16,6 +16,7 @@ def intervals(settings: Settings) -> dict[str, float]:
         c.RECOMPUTE_RANKS: settings.ranks_interval_s,
         c.REFRESH_EXPIRING_CACHES: settings.refresh_interval_s,
         c.RECONCILE_CACHES: settings.reconcile_interval_s,
+        c.SNAPSHOT_USER_METRICS: settings.snapshot_interval_s,
     }
 
 

@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     refresh_max_users: int = Field(default=5000, ge=1, alias="REFRESH_MAX_USERS")
     reconcile_interval_s: float = Field(default=300.0, gt=0, alias="RECONCILE_INTERVAL_S")
     reconcile_sample: int = Field(default=1000, ge=0, alias="RECONCILE_SAMPLE")
+    snapshot_interval_s: float = Field(default=30.0, gt=0, alias="SNAPSHOT_INTERVAL_S")
     job_time_limit_s: int = Field(default=600, ge=5, alias="JOB_TIME_LIMIT_S")
     metrics_port: int = Field(default=9808, ge=0, alias="METRICS_PORT")
     # Where the worker's Prometheus endpoint listens: loopback unless opened on purpose (e.g. 0.0.0.0 in a

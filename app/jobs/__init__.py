@@ -17,6 +17,8 @@ the same tick run it once).
   at most ``REFRESH_MAX_USERS`` per run; their reaction hashes get their TTL renewed. Cold users expire.
 - ``reconcile_caches``: cached hashes of recently changed users and a random sample of recently read ones are
   compared with ClickHouse and repaired; the drift ratio is logged and counted.
+- ``snapshot_user_metrics``: every user's metrics as the read path computes them (``userMetricsSnapshot``), kept
+  for the users changed since the last run, so that a cache miss reads one row per unchanged user.
 - ``check_event_buffer``: the event buffer's and the broker's backlog, logged and counted.
 """
 
@@ -26,6 +28,7 @@ from app.jobs.ranks import ranked, recompute_ranks
 from app.jobs.reconcile import reconcile_caches
 from app.jobs.report import JobReport
 from app.jobs.rewarm import refresh_expiring_caches
+from app.jobs.snapshot import snapshot_user_metrics
 
 __all__ = [
     "INFLIGHT_MARGIN",
@@ -36,4 +39,5 @@ __all__ = [
     "recompute_ranks",
     "reconcile_caches",
     "refresh_expiring_caches",
+    "snapshot_user_metrics",
 ]

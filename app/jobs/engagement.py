@@ -83,7 +83,7 @@ def mark_phase(rt: Runtime, phase: str) -> None:
     save_state(rt.redis, "engagement", {"contrib": phase})
 
 
-def _slice_end(ch: ClickHouse, engine_now: datetime) -> datetime:
+def slice_end(ch: ClickHouse, engine_now: datetime) -> datetime:
     """Where this run's changelog slice ends, on the engine's clock: now, or just before the start of the oldest
     insert still running (server mode), whose rows carry its start time but are not all visible yet."""
     if ch.embedded:
@@ -109,7 +109,7 @@ def recompute_engagement(rt: Runtime, full: bool | None = None) -> JobReport:
     state = load_state(r, "engagement")
     runs = int(state.get("runs", 0))
     excluded_set, engine_now = ch.rows(q.EXCLUDED_SET_SQL)[0]
-    until = _slice_end(ch, as_utc(engine_now))
+    until = slice_end(ch, as_utc(engine_now))
     weights = json.dumps(rt.weights.params(), sort_keys=True, default=str)
     must = (
         not state

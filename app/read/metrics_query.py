@@ -176,10 +176,12 @@ def compute_user_metrics(
     weights: EngagementWeights,
     window: timedelta,
     as_of: datetime | None = None,
+    now: datetime | None = None,
 ) -> dict[int, UserMetrics]:
     """Every metric of ``user_ids`` (rank excluded; docs/architecture.md, "Metrics"), now or as of ``as_of``.
 
-    Current values come from the aggregate tables; values as of an instant are derived from the raw log.
+    Current values come from the aggregate tables; values as of an instant are derived from the raw log. ``now``:
+    the instant the engagement window ends at (default: this host's clock; the snapshot job passes its own).
     """
     users = sorted(set(user_ids))
     if not users:
@@ -187,11 +189,11 @@ def compute_user_metrics(
     if len(users) > USERS_PER_QUERY:  # keep each bound array well inside a server's form-field limit
         out: dict[int, UserMetrics] = {}
         for part in chunked(users, USERS_PER_QUERY):
-            out.update(compute_user_metrics(ch, part, weights=weights, window=window, as_of=as_of))
+            out.update(compute_user_metrics(ch, part, weights=weights, window=window, as_of=as_of, now=now))
         return out
     if as_of is not None:
         return _compute_as_of(ch, users, weights=weights, window=window, as_of=as_of.astimezone(UTC))
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     params: dict[str, object] = {
         "users": users,
         "since": now - window,

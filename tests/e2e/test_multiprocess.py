@@ -127,6 +127,7 @@ def shape() -> Iterator[Shape]:
         RANKS_INTERVAL_S=str(TICK_S),
         REFRESH_INTERVAL_S=str(TICK_S),
         RECONCILE_INTERVAL_S=str(TICK_S),
+        SNAPSHOT_INTERVAL_S=str(TICK_S),
         BUFFER_CHECK_INTERVAL_S=str(TICK_S),
         FAILPOINTS=failpoints.JOB_RUNNING,  # held from the test through Redis (app/core/failpoints.py)
     )

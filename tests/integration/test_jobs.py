@@ -209,6 +209,7 @@ def _beat(tmp: Path, name: str, interval: str) -> subprocess.Popen[bytes]:
         RANKS_INTERVAL_S=interval,
         REFRESH_INTERVAL_S=interval,
         RECONCILE_INTERVAL_S=interval,
+        SNAPSHOT_INTERVAL_S=interval,
         BUFFER_CHECK_INTERVAL_S=interval,
         DATA_DIR=str(tmp / name),
     )

@@ -1,0 +1,200 @@
+"""``snapshot_user_metrics``: every user's metrics, computed by the read path itself and kept in
+``userMetricsSnapshot`` (sql/0009), so that a cache miss reads one row per user instead of every key the user
+owns (``app.read.snapshot``).
+
+A row is exact when written (it is ``compute_user_metrics`` at the run's ``now``) and stays exact until one of the
+user's rows arrives or one of the user's counting events leaves the engagement window (``validUntil``). Each run
+therefore recomputes the users with rows in the changelog slice since the last run (``eventArrivals``, the same
+slice rules as the engagement job) and the users whose ``validUntil`` is near; readers treat every user with a
+later arrival, or a passed ``validUntil``, as changed and compute it in full.
+
+A full run (first run, the excluded set or the weights or the window changed, arrivals expired, a full run not
+finished) recomputes every user with any event, in user order, and resumes where it stopped if it is interrupted
+or runs out of its time budget. Until it has finished, readers do not use the snapshot (``ready`` is 0).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from app.core.events import as_utc
+from app.core.metrics import ADDITIVE, OWNER_STATE_TYPES_SQL, SCORE_SCALE
+from app.jobs import engagement_sql
+from app.jobs.engagement import ARRIVALS_KEPT, INFLIGHT_MARGIN, slice_end
+from app.jobs.report import JobReport, load_state, save_state
+from app.jobs.report import now as clock
+from app.read.metrics_query import USERS_PER_QUERY, compute_user_metrics
+from app.stores.clickhouse import ClickHouse
+from app.stores.runtime import Runtime
+
+JOB = "snapshot"
+FOREVER = datetime.fromisoformat("2200-01-01T00:00:00+00:00")  # no counting event in the window: never expires
+BUDGET_SHARE = 0.8  # of JOB_TIME_LIMIT_S, after which a full run stops and resumes in the next run
+
+COLUMNS = [
+    "userId",
+    "followerCount",
+    "followingCount",
+    "modelCount",
+    "postCount",
+    "imageCount",
+    "reactionCount",
+    "downloadCount",
+    "generationCount",
+    "engagement",
+    "validUntil",
+    "computedAt",
+]
+
+# Every user with anything to count, in user order (a full run's work list).
+ALL_USERS_SQL = """
+SELECT u FROM (
+    SELECT DISTINCT userId AS u FROM stateByActor WHERE metricType IN ('Follow', 'Upload')
+    UNION DISTINCT
+    SELECT DISTINCT ownerId FROM stateByOwner
+    UNION DISTINCT
+    SELECT DISTINCT ownerId FROM additiveDaily
+)
+WHERE u > {after:Int64}
+ORDER BY u
+"""
+# Actors and owners of every row in the changelog slice.
+ARRIVED_USERS_SQL = """
+SELECT DISTINCT u FROM (
+    SELECT arrayJoin([userId, ownerId]) AS u FROM eventArrivals
+    WHERE insertedAt > {after:DateTime64(3, 'UTC')} AND insertedAt <= {until:DateTime64(3, 'UTC')}
+)
+WHERE u != 0
+"""
+EXPIRING_SQL = "SELECT userId FROM userMetricsSnapshot FINAL WHERE validUntil <= {horizon:DateTime64(3, 'UTC')}"
+# The first instant each owner's engagement can change without a new row: its earliest counting state key or
+# additive event in the window leaves it (a superset of what counts: excluded actors are not filtered out).
+EARLIEST_COUNTING_SQL = f"""
+SELECT ownerId, min(at) FROM stateByOwner FINAL
+WHERE ownerId IN {{users:Array(Int64)}} AND metricType IN {OWNER_STATE_TYPES_SQL} AND isOn
+  AND at >= {{since:DateTime64(3, 'UTC')}} AND userId != ownerId
+GROUP BY ownerId
+UNION ALL
+SELECT ownerId, min(createdAt) FROM entityMetricEvents
+WHERE ownerId IN {{users:Array(Int64)}} AND metricType IN {{additive:Array(String)}}
+  AND createdAt >= {{since:DateTime64(3, 'UTC')}}
+GROUP BY ownerId
+"""  # noqa: S608
+STAMP_SQL = """
+SELECT greatest(
+    {now:DateTime64(3, 'UTC')},
+    (SELECT max(computedAt) FROM userMetricsSnapshot) + toIntervalMillisecond(1)
+)
+"""
+
+
+def basis(rt: Runtime) -> str:
+    """What the rows depend on besides the events and the excluded set: the weights and the window."""
+    return json.dumps({"weights": rt.weights.params(), "window_s": rt.window.total_seconds()}, sort_keys=True)
+
+
+def snapshot_user_metrics(rt: Runtime, full: bool | None = None) -> JobReport:
+    started = time.perf_counter()
+    r, ch = rt.redis, rt.clickhouse
+    now = clock(rt)
+    state = load_state(r, JOB)
+    excluded_set, engine_now = ch.rows(engagement_sql.EXCLUDED_SET_SQL)[0]
+    until = slice_end(ch, as_utc(engine_now))
+    inserted_after = datetime.fromisoformat(state.get("inserted_after", "1970-01-01T00:00:00+00:00"))
+    resuming = (
+        state.get("ready") == "0" and state.get("excluded_set") == excluded_set and state.get("basis") == basis(rt)
+    )
+    must = (
+        state.get("ready") != "1"
+        or state.get("excluded_set") != excluded_set
+        or state.get("basis") != basis(rt)
+        or inserted_after < until - ARRIVALS_KEPT
+    )
+    full = must or bool(full)
+    stamp = as_utc(ch.rows(STAMP_SQL, {"now": now})[0][0])
+    if full:
+        if resuming:  # an interrupted full run: its slice start, and the users after the last one written
+            full_until, after_user = datetime.fromisoformat(state["full_until"]), int(state["full_next"])
+        else:
+            full_until, after_user = until, 0
+        common = {"excluded_set": excluded_set, "basis": basis(rt), "full_until": full_until.isoformat()}
+        save_state(r, JOB, {"ready": 0, "full_next": after_user, **common})
+        users = [int(u) for (u,) in ch.rows(ALL_USERS_SQL, {"after": after_user})]
+        deadline = started + rt.settings.job_time_limit_s * BUDGET_SHARE
+        done = 0
+        for i in range(0, len(users), USERS_PER_QUERY):
+            batch = users[i : i + USERS_PER_QUERY]
+            _write(rt, batch, now, stamp)
+            done += len(batch)
+            save_state(r, JOB, {"full_next": batch[-1]})
+            if time.perf_counter() > deadline and i + USERS_PER_QUERY < len(users):
+                return JobReport(
+                    "snapshot_user_metrics", "full (to be resumed)", users=done, seconds=time.perf_counter() - started
+                )
+        # Users whose rows arrived since the full run began were computed after their arrival, or will be by the
+        # next run: the next slice starts where the full run's did.
+        save_state(
+            r,
+            JOB,
+            {
+                "ready": 1,
+                "inserted_after": (full_until - INFLIGHT_MARGIN).isoformat(),
+                "now": now.isoformat(),
+                **common,
+            },
+        )
+        return JobReport("snapshot_user_metrics", "full", users=done, seconds=time.perf_counter() - started)
+    arrived = {int(u) for (u,) in ch.rows(ARRIVED_USERS_SQL, {"after": inserted_after, "until": until})}
+    horizon = now + timedelta(seconds=2 * rt.settings.snapshot_interval_s)
+    expiring = {int(u) for (u,) in ch.rows(EXPIRING_SQL, {"horizon": horizon})}
+    users = sorted(arrived | expiring)
+    for i in range(0, len(users), USERS_PER_QUERY):
+        _write(rt, users[i : i + USERS_PER_QUERY], now, stamp)
+    save_state(r, JOB, {"inserted_after": (until - INFLIGHT_MARGIN).isoformat(), "now": now.isoformat()})
+    return JobReport(
+        "snapshot_user_metrics",
+        "incremental",
+        users=len(users),
+        changed=len(arrived),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _write(rt: Runtime, users: Sequence[int], now: datetime, stamp: datetime) -> None:
+    ch = rt.clickhouse
+    computed = compute_user_metrics(ch, users, weights=rt.weights, window=rt.window, now=now)
+    expires = valid_until(ch, users, now, rt.window)
+    rows: list[list[Any]] = []
+    for uid in users:
+        m = computed[uid]
+        rows.append(
+            [
+                uid,
+                m.follower_count,
+                m.following_count,
+                m.model_count,
+                m.post_count,
+                m.image_count,
+                m.reaction_count,
+                m.download_count,
+                m.generation_count,
+                int(m.engagement_score * SCORE_SCALE),
+                expires.get(uid, FOREVER),
+                stamp,
+            ]
+        )
+    ch.insert("userMetricsSnapshot", rows, COLUMNS)
+
+
+def valid_until(ch: ClickHouse, users: Sequence[int], now: datetime, window: timedelta) -> dict[int, datetime]:
+    """Per owner, when its earliest counting event in the window leaves it (owners without one: absent)."""
+    params = {"users": list(users), "since": now - window, "additive": ADDITIVE}
+    out: dict[int, datetime] = {}
+    for owner, earliest in ch.rows(EARLIEST_COUNTING_SQL, params):
+        at = as_utc(earliest) + window
+        out[int(owner)] = min(out.get(int(owner), at), at)
+    return out

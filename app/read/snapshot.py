@@ -1,0 +1,103 @@
+"""Current metrics on a cache miss: the snapshot row of every user that has not changed since it was computed,
+the full computation (``compute_user_metrics``) for the others.
+
+One round trip reads the users' snapshot rows, which of them had rows arrive since the snapshot job's last slice,
+and the current excluded set's fingerprint. A user is served from the snapshot when the snapshot is complete
+(``ready``), was computed with this reader's weights and window and with the current excluded set, nothing of the
+user arrived since, and its ``validUntil`` is ahead. A user without a row is a user with nothing to count (a full
+run wrote a row for every user with an event, and any later event is an arrival). See ``app.jobs.snapshot``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from app.core.errors import REDIS_DOWN
+from app.core.metrics import SCORE_SCALE, UserMetrics
+from app.jobs import engagement_sql
+from app.jobs.report import load_state
+from app.jobs.snapshot import JOB, basis
+from app.read.metrics_query import USERS_PER_QUERY, compute_user_metrics
+from app.stores.clickhouse import chunked
+from app.stores.runtime import Runtime
+
+_VALUES = (
+    "followerCount, followingCount, modelCount, postCount, imageCount, reactionCount, downloadCount, "
+    "generationCount, engagement"
+)
+READ_SQL = f"""
+SELECT 'row' AS part, userId AS uid, {_VALUES}, toInt64(toUnixTimestamp64Milli(validUntil)) AS valid, '' AS fp
+FROM userMetricsSnapshot FINAL
+WHERE userId IN {{users:Array(Int64)}}
+UNION ALL
+SELECT 'changed', u, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, ''
+FROM (
+    SELECT DISTINCT arrayJoin([userId, ownerId]) AS u FROM eventArrivals
+    WHERE insertedAt > {{after:DateTime64(3, 'UTC')}}
+      AND (userId IN {{users:Array(Int64)}} OR ownerId IN {{users:Array(Int64)}})
+)
+WHERE u IN {{users:Array(Int64)}}
+UNION ALL
+SELECT 'excluded', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, fp
+FROM ({engagement_sql.EXCLUDED_SET_SQL.replace(", now64(3, 'UTC')", " AS fp")})
+"""  # noqa: S608
+
+
+def current_user_metrics(rt: Runtime, user_ids: Sequence[int]) -> dict[int, UserMetrics]:
+    """Every metric of ``user_ids`` now (rank excluded): from the snapshot where it is exact, else computed."""
+    users = sorted(set(user_ids))
+    served, rest = from_snapshot(rt, users)
+    if rest:
+        served.update(compute_user_metrics(rt.clickhouse, rest, weights=rt.weights, window=rt.window))
+    return served
+
+
+def from_snapshot(rt: Runtime, users: Sequence[int]) -> tuple[dict[int, UserMetrics], list[int]]:
+    """The users the snapshot serves exactly, and the others."""
+    try:
+        state = load_state(rt.redis, JOB)
+    except REDIS_DOWN:  # the job's state is unknown: compute everything, as without the snapshot
+        return {}, list(users)
+    if not users or state.get("ready") != "1" or state.get("basis") != basis(rt):
+        return {}, list(users)
+    served: dict[int, UserMetrics] = {}
+    rest: list[int] = []
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    for part in chunked(users, USERS_PER_QUERY):
+        rows = rt.clickhouse.rows(
+            READ_SQL, {"users": list(part), "after": datetime.fromisoformat(state["inserted_after"])}
+        )
+        if any(kind == "excluded" and fp != state.get("excluded_set") for kind, *_, fp in rows):
+            rest.extend(part)
+            continue
+        changed = {int(r[1]) for r in rows if r[0] == "changed"}
+        found = {int(r[1]): r for r in rows if r[0] == "row"}
+        for uid in part:
+            row = found.get(uid)
+            if uid in changed or (row is not None and int(row[11]) <= now_ms):
+                rest.append(uid)
+            elif row is None:
+                served[uid] = UserMetrics()
+            else:
+                served[uid] = _metrics(row)
+    return served, rest
+
+
+def _metrics(row: Sequence[Any]) -> UserMetrics:
+    values = [int(v) for v in row[2:11]]
+    followers, following, models, posts, images, reactions, downloads, generations, engagement = values
+    return UserMetrics(
+        follower_count=followers,
+        following_count=following,
+        model_count=models,
+        post_count=posts,
+        image_count=images,
+        upload_count=models + posts + images,
+        reaction_count=reactions,
+        download_count=downloads,
+        generation_count=generations,
+        engagement_score=Decimal(engagement) / SCORE_SCALE,
+    )

@@ -1,0 +1,117 @@
+"""The metrics snapshot (``snapshot_user_metrics`` and the miss path that reads it): for any history, split
+around full and incremental runs, with redeliveries, exclusions before and after, every user served on a miss
+equals the oracle; users with rows after the last run, or whose counting events left the window, are computed in
+full; unchanged users come from the snapshot."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app import jobs
+from app.jobs import snapshot as snapshot_job
+from app.read.excluded import set_excluded
+from app.read.snapshot import current_user_metrics, from_snapshot
+from app.stores.clickhouse import insert_events
+from app.stores.runtime import Runtime
+from tests.integration.test_read_properties import USERS, an_event, assert_metrics, oracle_at, to_event, users
+from tests.oracle import E
+from tests.stack import wipe_clickhouse
+
+
+@pytest.fixture()
+def no_margin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No look-back margin: the embedded engine has no insert in flight, and a test's rows all arrive within
+    seconds of a run (with the 10 s margin every user would count as changed and nothing came from the snapshot)."""
+    monkeypatch.setattr(snapshot_job, "INFLIGHT_MARGIN", timedelta(0))
+
+
+def _touched(events: list[E]) -> set[int]:
+    return {u for e in events for u in (e.user_id, e.owner_id)}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(history=st.lists(an_event(), min_size=1, max_size=40, unique_by=lambda e: e.event_id), data=st.data())
+def test_misses_served_from_the_snapshot_match_the_oracle(clean, no_margin, history, data):  # type: ignore[no-untyped-def]
+    clean.redis.flushdb()
+    wipe_clickhouse(clean)
+    dupes = data.draw(st.lists(st.sampled_from(history), max_size=10))
+    delivery = data.draw(st.permutations(history + dupes))
+    a, b = sorted(data.draw(st.lists(st.integers(0, len(delivery)), min_size=2, max_size=2)))
+    first, middle, last = delivery[:a], delivery[a:b], delivery[b:]
+    excluded = set(data.draw(st.lists(users, max_size=1), label="excluded before"))
+    set_excluded(clean, excluded, excluded=True, reason="test")
+    insert_events(clean.clickhouse, [to_event(e) for e in first])
+    assert jobs.snapshot_user_metrics(clean).mode == "full"
+    insert_events(clean.clickhouse, [to_event(e) for e in middle])
+    if data.draw(st.booleans(), label="incremental run"):
+        report = jobs.snapshot_user_metrics(clean)
+        assert report.mode == "incremental" and report.changed >= len(_touched(middle) & set(USERS))
+        pending = last
+    else:
+        pending = middle + last
+    insert_events(clean.clickhouse, [to_event(e) for e in last])
+    later = set(data.draw(st.lists(users, max_size=1), label="excluded after")) - excluded
+    if later:
+        set_excluded(clean, later, excluded=True, reason="after the snapshot")
+        excluded |= later
+
+    served, rest = from_snapshot(clean, list(USERS))
+    assert _touched(pending) & set(USERS) <= set(rest)  # what arrived since the last run is never served stale
+    if later:
+        assert not served  # the excluded set changed: nothing from the snapshot
+    elif not pending:
+        assert not rest  # nothing changed: everything from the snapshot
+    oracle = oracle_at(history, datetime.now(UTC), excluded)
+    got = current_user_metrics(clean, list(USERS))
+    for uid in USERS:
+        assert_metrics(got[uid].to_json(), oracle.metrics(uid), ("snapshot", uid, uid in served))
+
+
+def test_a_user_whose_counting_event_leaves_the_window_is_computed_again(clean: Runtime, no_margin: Any) -> None:
+    """A download counted in the engagement window leaves it two seconds after the run: from then on the row is not
+    served (its validUntil has passed) and the user is computed in full, without the download's weight."""
+    rt, owner = clean, 3
+    edge = datetime.now(UTC) - rt.window + timedelta(seconds=2)
+    inside = E(str(uuid.uuid4()), "Model", 200, 1, owner, "Download", 1, edge)
+    insert_events(rt.clickhouse, [to_event(inside)])
+    assert jobs.snapshot_user_metrics(rt).mode == "full"
+    served, rest = from_snapshot(rt, [owner])
+    assert owner in served and served[owner].engagement_score == 1 and rest == []
+    time.sleep(2.5)  # the download leaves the window
+    served, rest = from_snapshot(rt, [owner])
+    assert rest == [owner]
+    assert current_user_metrics(rt, [owner])[owner].engagement_score == 0
+    report = jobs.snapshot_user_metrics(rt)  # the run recomputes expiring users
+    assert report.mode == "incremental" and report.users == 1
+    served, rest = from_snapshot(rt, [owner])
+    assert served[owner].engagement_score == 0 and served[owner].download_count == 1
+
+
+def test_an_interrupted_full_run_resumes_and_readers_wait_for_it(
+    clean: Runtime, no_margin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full run that runs out of its budget stops after a batch; readers do not use the snapshot until a later
+    run has finished it, from where it stopped."""
+    rt = clean
+    now = datetime.now(UTC) - timedelta(hours=1)
+    insert_events(
+        rt.clickhouse,
+        [to_event(E(str(uuid.uuid4()), "User", u, 1, u, "Follow", 1, now)) for u in range(2, 7)],
+    )
+    monkeypatch.setattr(snapshot_job, "USERS_PER_QUERY", 2)
+    monkeypatch.setattr(snapshot_job, "BUDGET_SHARE", 0.0)  # out of budget after the first batch
+    assert jobs.snapshot_user_metrics(rt).mode == "full (to be resumed)"
+    assert from_snapshot(rt, [2, 3]) == ({}, [2, 3])
+    monkeypatch.setattr(snapshot_job, "BUDGET_SHARE", 0.8)
+    report = jobs.snapshot_user_metrics(rt)
+    assert report.mode == "full" and report.users == 4  # users 1..6 minus the first batch (1, 2)
+    served, rest = from_snapshot(rt, [1, 2, 6, 7])
+    assert rest == [] and served[2].follower_count == 1 and served[1].following_count == 5
+    assert served[7].follower_count == 0
