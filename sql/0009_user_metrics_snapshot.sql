@@ -1,11 +1,14 @@
 -- Every user's metrics as computed by the snapshot job (app/jobs/snapshot.py), so that a cache miss reads one row
 -- per user instead of every key the user owns. A row is the exact result of the read path's own computation at the
--- run's time (`computedAt`); it is served on a miss while it is still exact:
--- - no row of the user's arrived since the last run's slice (eventArrivals; the job keeps `inserted_after`);
--- - `validUntil` (the first instant one of the user's counting events leaves the engagement window) is still ahead;
--- - the excluded set and the weights are those the rows were computed with (the job's state).
--- Otherwise the user is computed in full, as without the snapshot. Counts are Int64 like the read path's.
--- `engagement` is the score in units of 1/10,000.
+-- run's time, and stays exact while no row of the user arrives:
+-- - counts do not change without a new row;
+-- - the engagement score only falls as counting events leave the 30-day window: `dropAt`/`dropWeight` list when
+--   each counting key or event of the next `SNAPSHOT_HORIZON_S` leaves it and what it takes off; the score at an
+--   instant is `engagement` minus the drops at or before it, until `validUntil` (the run's time + the horizon;
+--   far in the future for a user with nothing counting in the window).
+-- A reader serves a row only if nothing of the user arrived since the job's last slice, `validUntil` is ahead, and
+-- the excluded set and the weights are those the rows were computed with; otherwise it computes the user in full.
+-- `engagement` and `dropWeight` are in units of 1/10,000.
 CREATE TABLE IF NOT EXISTS userMetricsSnapshot
 (
     userId          Int64,
@@ -18,6 +21,8 @@ CREATE TABLE IF NOT EXISTS userMetricsSnapshot
     downloadCount   Int64,
     generationCount Int64,
     engagement      Int64,
+    dropAt          Array(DateTime64(3, 'UTC')),
+    dropWeight      Array(Int64),
     validUntil      DateTime64(3, 'UTC'),
     computedAt      DateTime64(3, 'UTC')
 )

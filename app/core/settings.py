@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=300.0, gt=0, alias="RECONCILE_INTERVAL_S")
     reconcile_sample: int = Field(default=1000, ge=0, alias="RECONCILE_SAMPLE")
     snapshot_interval_s: float = Field(default=30.0, gt=0, alias="SNAPSHOT_INTERVAL_S")
+    # How far ahead a snapshot row lists its score's drops (each user with something counting is recomputed once
+    # per horizon).
+    snapshot_horizon_s: float = Field(default=21_600.0, gt=0, alias="SNAPSHOT_HORIZON_S")
     job_time_limit_s: int = Field(default=600, ge=5, alias="JOB_TIME_LIMIT_S")
     metrics_port: int = Field(default=9808, ge=0, alias="METRICS_PORT")
     # Where the worker's Prometheus endpoint listens: loopback unless opened on purpose (e.g. 0.0.0.0 in a

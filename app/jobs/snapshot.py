@@ -3,10 +3,12 @@
 owns (``app.read.snapshot``).
 
 A row is exact when written (it is ``compute_user_metrics`` at the run's ``now``) and stays exact until one of the
-user's rows arrives or one of the user's counting events leaves the engagement window (``validUntil``). Each run
-therefore recomputes the users with rows in the changelog slice since the last run (``eventArrivals``, the same
-slice rules as the engagement job) and the users whose ``validUntil`` is near; readers treat every user with a
-later arrival, or a passed ``validUntil``, as changed and compute it in full.
+user's rows arrives: counts only change with a new row, and the engagement score only falls as counting events
+leave the window, which the row lists for the next ``SNAPSHOT_HORIZON_S`` (``dropAt``/``dropWeight``; the row is
+valid until then). Each run recomputes the users with rows in the changelog slice since the last run
+(``eventArrivals``, the same slice rules as the engagement job) and the users whose horizon ends soon (every user
+with something counting, once per horizon); readers treat every user with a later arrival, or past its horizon,
+as changed and compute it in full.
 
 A full run (first run, the excluded set or the weights or the window changed, arrivals expired, a full run not
 finished) recomputes every user with any event, in user order, and resumes where it stopped if it is interrupted
@@ -22,13 +24,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from app.core.events import as_utc
-from app.core.metrics import ADDITIVE, OWNER_STATE_TYPES_SQL, SCORE_SCALE
+from app.core.metrics import ADDITIVE, EXCLUDED_USERS_SQL, OWNER_STATE_TYPES_SQL, SCORE_SCALE, WEIGHT_SQL
 from app.jobs import engagement_sql
 from app.jobs.engagement import ARRIVALS_KEPT, INFLIGHT_MARGIN, slice_end
 from app.jobs.report import JobReport, load_state, save_state
 from app.jobs.report import now as clock
 from app.read.metrics_query import USERS_PER_QUERY, compute_user_metrics
-from app.stores.clickhouse import ClickHouse
 from app.stores.runtime import Runtime
 
 JOB = "snapshot"
@@ -46,6 +47,8 @@ COLUMNS = [
     "downloadCount",
     "generationCount",
     "engagement",
+    "dropAt",
+    "dropWeight",
     "validUntil",
     "computedAt",
 ]
@@ -71,18 +74,29 @@ SELECT DISTINCT u FROM (
 WHERE u != 0
 """
 EXPIRING_SQL = "SELECT userId FROM userMetricsSnapshot FINAL WHERE validUntil <= {horizon:DateTime64(3, 'UTC')}"
-# The first instant each owner's engagement can change without a new row: its earliest counting state key or
-# additive event in the window leaves it (a superset of what counts: excluded actors are not filtered out).
-EARLIEST_COUNTING_SQL = f"""
-SELECT ownerId, min(at) FROM stateByOwner FINAL
-WHERE ownerId IN {{users:Array(Int64)}} AND metricType IN {OWNER_STATE_TYPES_SQL} AND isOn
-  AND at >= {{since:DateTime64(3, 'UTC')}} AND userId != ownerId
-GROUP BY ownerId
-UNION ALL
-SELECT ownerId, min(createdAt) FROM entityMetricEvents
-WHERE ownerId IN {{users:Array(Int64)}} AND metricType IN {{additive:Array(String)}}
-  AND createdAt >= {{since:DateTime64(3, 'UTC')}}
-GROUP BY ownerId
+# What each owner's engagement loses as time passes without a new row: every counting state key and additive
+# event in the window (the read path's filters: by another, non-excluded user) leaves it at its time + the window.
+# Per owner: how many count, and those leaving before the horizon, with their weight.
+DROPS_SQL = f"""
+SELECT owner, count(), groupArrayIf(at, at < {{horizon_start:DateTime64(3, 'UTC')}}),
+       groupArrayIf(w, at < {{horizon_start:DateTime64(3, 'UTC')}})
+FROM (
+    SELECT ownerId AS owner, at, toInt64({WEIGHT_SQL}) AS w
+    FROM stateByOwner FINAL
+    WHERE ownerId IN {{users:Array(Int64)}} AND metricType IN {OWNER_STATE_TYPES_SQL} AND isOn
+      AND at >= {{since:DateTime64(3, 'UTC')}} AND userId != ownerId AND userId NOT IN {EXCLUDED_USERS_SQL}
+    UNION ALL
+    SELECT owner, at, toInt64(val * w) FROM (
+        SELECT eventId, any(ownerId) AS owner, any(userId) AS actor, any(createdAt) AS at,
+               any(metricValue) AS val, any({WEIGHT_SQL}) AS w
+        FROM entityMetricEvents
+        WHERE ownerId IN {{users:Array(Int64)}} AND metricType IN {{additive:Array(String)}}
+          AND createdAt >= {{since:DateTime64(3, 'UTC')}}
+        GROUP BY eventId
+    )
+    WHERE actor != owner AND actor NOT IN {EXCLUDED_USERS_SQL}
+)
+GROUP BY owner
 """  # noqa: S608
 STAMP_SQL = """
 SELECT greatest(
@@ -149,8 +163,8 @@ def snapshot_user_metrics(rt: Runtime, full: bool | None = None) -> JobReport:
         )
         return JobReport("snapshot_user_metrics", "full", users=done, seconds=time.perf_counter() - started)
     arrived = {int(u) for (u,) in ch.rows(ARRIVED_USERS_SQL, {"after": inserted_after, "until": until})}
-    horizon = now + timedelta(seconds=2 * rt.settings.snapshot_interval_s)
-    expiring = {int(u) for (u,) in ch.rows(EXPIRING_SQL, {"horizon": horizon})}
+    soon = now + timedelta(seconds=2 * rt.settings.snapshot_interval_s)
+    expiring = {int(u) for (u,) in ch.rows(EXPIRING_SQL, {"horizon": soon})}
     users = sorted(arrived | expiring)
     for i in range(0, len(users), USERS_PER_QUERY):
         _write(rt, users[i : i + USERS_PER_QUERY], now, stamp)
@@ -167,7 +181,8 @@ def snapshot_user_metrics(rt: Runtime, full: bool | None = None) -> JobReport:
 def _write(rt: Runtime, users: Sequence[int], now: datetime, stamp: datetime) -> None:
     ch = rt.clickhouse
     computed = compute_user_metrics(ch, users, weights=rt.weights, window=rt.window, now=now)
-    expires = valid_until(ch, users, now, rt.window)
+    horizon = timedelta(seconds=rt.settings.snapshot_horizon_s)
+    drops = scheduled_drops(rt, users, now, horizon)
     rows: list[list[Any]] = []
     for uid in users:
         m = computed[uid]
@@ -183,18 +198,28 @@ def _write(rt: Runtime, users: Sequence[int], now: datetime, stamp: datetime) ->
                 m.download_count,
                 m.generation_count,
                 int(m.engagement_score * SCORE_SCALE),
-                expires.get(uid, FOREVER),
+                *drops.get(uid, ([], [], FOREVER)),
                 stamp,
             ]
         )
     ch.insert("userMetricsSnapshot", rows, COLUMNS)
 
 
-def valid_until(ch: ClickHouse, users: Sequence[int], now: datetime, window: timedelta) -> dict[int, datetime]:
-    """Per owner, when its earliest counting event in the window leaves it (owners without one: absent)."""
-    params = {"users": list(users), "since": now - window, "additive": ADDITIVE}
-    out: dict[int, datetime] = {}
-    for owner, earliest in ch.rows(EARLIEST_COUNTING_SQL, params):
-        at = as_utc(earliest) + window
-        out[int(owner)] = min(out.get(int(owner), at), at)
+def scheduled_drops(
+    rt: Runtime, users: Sequence[int], now: datetime, horizon: timedelta
+) -> dict[int, tuple[list[datetime], list[int], datetime]]:
+    """Per owner with something counting in the window: when each of it leaves the window before ``now + horizon``
+    and what it takes off, and until when that list is complete (``now + horizon``)."""
+    since = now - rt.window
+    params = {
+        "users": list(users),
+        "since": since,
+        "horizon_start": since + horizon,
+        "additive": ADDITIVE,
+        **rt.weights.params(),
+    }
+    out: dict[int, tuple[list[datetime], list[int], datetime]] = {}
+    for owner, counting, ats, weights in rt.clickhouse.rows(DROPS_SQL, params):
+        if int(counting):
+            out[int(owner)] = ([as_utc(a) + rt.window for a in ats], [int(w) for w in weights], now + horizon)
     return out

@@ -29,11 +29,13 @@ _VALUES = (
     "generationCount, engagement"
 )
 READ_SQL = f"""
-SELECT 'row' AS part, userId AS uid, {_VALUES}, toInt64(toUnixTimestamp64Milli(validUntil)) AS valid, '' AS fp
+SELECT 'row' AS part, userId AS uid, {_VALUES},
+       toInt64(arraySum(arrayFilter((w, at) -> at <= {{now:DateTime64(3, 'UTC')}}, dropWeight, dropAt))) AS dropped,
+       toInt64(toUnixTimestamp64Milli(validUntil)) AS valid, '' AS fp
 FROM userMetricsSnapshot FINAL
 WHERE userId IN {{users:Array(Int64)}}
 UNION ALL
-SELECT 'changed', u, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, ''
+SELECT 'changed', u, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, ''
 FROM (
     SELECT DISTINCT arrayJoin([userId, ownerId]) AS u FROM eventArrivals
     WHERE insertedAt > {{after:DateTime64(3, 'UTC')}}
@@ -41,7 +43,7 @@ FROM (
 )
 WHERE u IN {{users:Array(Int64)}}
 UNION ALL
-SELECT 'excluded', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, fp
+SELECT 'excluded', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, fp
 FROM ({engagement_sql.EXCLUDED_SET_SQL.replace(", now64(3, 'UTC')", " AS fp")})
 """  # noqa: S608
 
@@ -65,11 +67,11 @@ def from_snapshot(rt: Runtime, users: Sequence[int]) -> tuple[dict[int, UserMetr
         return {}, list(users)
     served: dict[int, UserMetrics] = {}
     rest: list[int] = []
-    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    now = datetime.now(UTC)  # the instant the engagement window ends at, as in the full computation
+    now_ms = int(now.timestamp() * 1000)
+    after = datetime.fromisoformat(state["inserted_after"])
     for part in chunked(users, USERS_PER_QUERY):
-        rows = rt.clickhouse.rows(
-            READ_SQL, {"users": list(part), "after": datetime.fromisoformat(state["inserted_after"])}
-        )
+        rows = rt.clickhouse.rows(READ_SQL, {"users": list(part), "after": after, "now": now})
         if any(kind == "excluded" and fp != state.get("excluded_set") for kind, *_, fp in rows):
             rest.extend(part)
             continue
@@ -77,7 +79,7 @@ def from_snapshot(rt: Runtime, users: Sequence[int]) -> tuple[dict[int, UserMetr
         found = {int(r[1]): r for r in rows if r[0] == "row"}
         for uid in part:
             row = found.get(uid)
-            if uid in changed or (row is not None and int(row[11]) <= now_ms):
+            if uid in changed or (row is not None and int(row[12]) <= now_ms):
                 rest.append(uid)
             elif row is None:
                 served[uid] = UserMetrics()
@@ -87,8 +89,8 @@ def from_snapshot(rt: Runtime, users: Sequence[int]) -> tuple[dict[int, UserMetr
 
 
 def _metrics(row: Sequence[Any]) -> UserMetrics:
-    values = [int(v) for v in row[2:11]]
-    followers, following, models, posts, images, reactions, downloads, generations, engagement = values
+    values = [int(v) for v in row[2:12]]
+    followers, following, models, posts, images, reactions, downloads, generations, engagement, dropped = values
     return UserMetrics(
         follower_count=followers,
         following_count=following,
@@ -99,5 +101,5 @@ def _metrics(row: Sequence[Any]) -> UserMetrics:
         reaction_count=reactions,
         download_count=downloads,
         generation_count=generations,
-        engagement_score=Decimal(engagement) / SCORE_SCALE,
+        engagement_score=Decimal(engagement - dropped) / SCORE_SCALE,
     )

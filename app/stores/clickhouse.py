@@ -123,6 +123,7 @@ class ClickHouse:
         self.client = client
         self.database = database
         self.embedded = embedded
+        self.read_rows = 0  # rows read by this handle's queries, where the engine reports them (a server does)
         self._lock = threading.RLock()
 
     def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
@@ -132,6 +133,8 @@ class ClickHouse:
     def rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         with self._lock, translated_errors():
             result: Any = self.client.query(sql, parameters=parameters)
+            if not self.embedded:
+                self.read_rows += int((result.summary or {}).get("read_rows", 0))
             return [tuple(row) for row in result.result_rows]
 
     def rows_for(

@@ -74,24 +74,32 @@ def test_misses_served_from_the_snapshot_match_the_oracle(clean, no_margin, hist
         assert_metrics(got[uid].to_json(), oracle.metrics(uid), ("snapshot", uid, uid in served))
 
 
-def test_a_user_whose_counting_event_leaves_the_window_is_computed_again(clean: Runtime, no_margin: Any) -> None:
-    """A download counted in the engagement window leaves it two seconds after the run: from then on the row is not
-    served (its validUntil has passed) and the user is computed in full, without the download's weight."""
+def test_the_score_drops_on_schedule_as_counting_events_leave_the_window(
+    clean: Runtime, no_margin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A download counted in the engagement window leaves it two seconds after the run: the row lists that drop,
+    and from then on the served score is without it, still from the snapshot. Past the row's horizon the user is
+    computed in full, and the next run writes a new row."""
     rt, owner = clean, 3
+    monkeypatch.setattr(rt, "settings", rt.settings.model_copy(update={"snapshot_horizon_s": 4.0}))
     edge = datetime.now(UTC) - rt.window + timedelta(seconds=2)
     inside = E(str(uuid.uuid4()), "Model", 200, 1, owner, "Download", 1, edge)
-    insert_events(rt.clickhouse, [to_event(inside)])
+    later = E(str(uuid.uuid4()), "Model", 200, 2, owner, "Download", 2, edge + timedelta(days=1))
+    insert_events(rt.clickhouse, [to_event(inside), to_event(later)])
     assert jobs.snapshot_user_metrics(rt).mode == "full"
     served, rest = from_snapshot(rt, [owner])
-    assert owner in served and served[owner].engagement_score == 1 and rest == []
-    time.sleep(2.5)  # the download leaves the window
+    assert rest == [] and served[owner].engagement_score == 3  # 1 + 2 (Download weight 1)
+    time.sleep(2.5)  # the first download leaves the window
     served, rest = from_snapshot(rt, [owner])
-    assert rest == [owner]
-    assert current_user_metrics(rt, [owner])[owner].engagement_score == 0
-    report = jobs.snapshot_user_metrics(rt)  # the run recomputes expiring users
+    assert rest == [] and served[owner].engagement_score == 2 and served[owner].download_count == 3
+    assert current_user_metrics(rt, [owner])[owner].engagement_score == 2
+    time.sleep(2.0)  # past the row's horizon: computed in full until the next run
+    assert from_snapshot(rt, [owner]) == ({}, [owner])
+    assert current_user_metrics(rt, [owner])[owner].engagement_score == 2
+    report = jobs.snapshot_user_metrics(rt)
     assert report.mode == "incremental" and report.users == 1
     served, rest = from_snapshot(rt, [owner])
-    assert served[owner].engagement_score == 0 and served[owner].download_count == 1
+    assert rest == [] and served[owner].engagement_score == 2
 
 
 def test_an_interrupted_full_run_resumes_and_readers_wait_for_it(
