@@ -28,6 +28,7 @@ from sqlalchemy import Engine, create_engine, event, select
 
 from app import jobs
 from app.bench.harness import percentile
+from app.core import constants as c
 from app.core.settings import Settings
 from app.legacy import db
 from app.legacy.baseline import legacy_reactions, legacy_user_metrics, run_legacy_job
@@ -73,8 +74,8 @@ class LegacyResult:
                 f"{f['pg_metrics_p50_ms'] / f['hit_p50_ms']:.0f}x faster (goal >= 20x)",
             ),
             (
-                "metrics, 100 users, misses",
-                f"p50 {f['miss_p50_ms']:.1f} ms",
+                "metrics, 100 users, misses (from the snapshot)",
+                f"p50 {f['miss_p50_ms']:.1f} ms, p99 {f['miss_p99_ms']:.1f} ms",
                 f"{f['pg_metrics_p50_ms'] / f['miss_p50_ms']:.1f}x",
             ),
             ("reactions, 100 images, legacy indexed", f"p50 {f['pg_reactions_p50_ms']:.2f} ms", ""),
@@ -207,11 +208,15 @@ def _measure(rt: Runtime, eng: Engine, spec: LegacySpec, f: dict[str, float]) ->
     batches = [[rnd.randint(1, spec.users) for _ in range(100)] for _ in range(30)]
     f["pg_metrics_p50_ms"] = percentile([_ms(legacy_user_metrics, eng, b) for b in batches[:10]], 50)
     service = UserMetricsQueryService(rt)
+    # Misses read the metrics snapshot: its full run, once the new events are past the look-back margin.
+    time.sleep(jobs.INFLIGHT_MARGIN.total_seconds() + 0.5)
+    f["snapshot_full_s"] = jobs.snapshot_user_metrics(rt, full=True).seconds
     misses = []
     for b in batches:
-        rt.redis.flushdb()
+        rt.redis.delete(*{c.USER_METRICS_KEY.format(user_id=u) for u in b})  # a miss; the jobs' state stays
         misses.append(_ms(service.get_user_metrics, b))
     f["miss_p50_ms"] = percentile(misses, 50)
+    f["miss_p99_ms"] = percentile(misses, 99)
     f["hit_p50_ms"] = percentile([_ms(service.get_user_metrics, batches[i % 30]) for i in range(300)], 50)
 
     with eng.connect() as conn:

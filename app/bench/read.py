@@ -208,6 +208,7 @@ def _measure(rt: Runtime, sizes: ReadSizes, f: dict[str, float]) -> None:
     started = time.perf_counter()
     jobs.snapshot_user_metrics(rt)
     f["snapshot_incremental_s"] = time.perf_counter() - started
+    settle(rt.clickhouse)  # the snapshot's parts merged before anything is timed
     full = partial(compute_user_metrics, rt.clickhouse, weights=rt.weights, window=rt.window)
     for name, work in (("metrics", batches), ("top", [most_followed] * sizes.trials)):
         _misses(rt, f, f"{name}_miss", lambda users: service.get_user_metrics(users), work)

@@ -37,6 +37,25 @@ log = logging.getLogger(__name__)
 FILL_POLL_S = 0.01
 
 
+# Per user: its rank on the board (1 + members with a higher score + tied members with a lower id), 0 for none.
+_RANKS_SCRIPT = """
+local out = {}
+for i = 1, #ARGV do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  out[i] = 0
+  if score and tonumber(score) > 0 then
+    local rank = 1 + redis.call('ZCOUNT', KEYS[1], '(' .. score, '+inf')
+    local me = tonumber(ARGV[i])
+    for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], score, score)) do
+      if tonumber(member) < me then rank = rank + 1 end
+    end
+    out[i] = rank
+  end
+end
+return out
+"""
+
+
 def _rank(higher: int, tied: list[str], user_id: int) -> int:
     """1 + users with a higher score + users with the same score and a lower id ("The metrics")."""
     return 1 + higher + len([member for member in tied if int(member) < user_id])
@@ -172,25 +191,15 @@ class UserMetricsQueryService:
         return found
 
     def _add_ranks(self, computed: dict[int, UserMetrics]) -> None:
-        """A freshly filled hash carries the user's rank from the current board (two round trips for all)."""
-        r = self.rt.redis
+        """A freshly filled hash carries the user's rank from the current board (one round trip for all)."""
         ids = list(computed)
         try:
-            pipe = r.pipeline(transaction=False)
-            for uid in ids:
-                pipe.zscore(c.LEADERBOARD_KEY, str(uid))
-            scores = {uid: s for uid, s in zip(ids, pipe.execute(), strict=True) if s is not None and s > 0}
-            if not scores:
-                return
-            pipe = r.pipeline(transaction=False)
-            for s in scores.values():
-                pipe.zcount(c.LEADERBOARD_KEY, f"({s}", "+inf")
-                pipe.zrangebyscore(c.LEADERBOARD_KEY, s, s)
-            replies = pipe.execute()
+            ranks = self.rt.redis.register_script(_RANKS_SCRIPT)(keys=[c.LEADERBOARD_KEY], args=ids)
         except REDIS_DOWN:
             return
-        for i, uid in enumerate(scores):
-            computed[uid].rank = _rank(int(replies[2 * i]), replies[2 * i + 1], uid)
+        for uid, rank in zip(ids, ranks, strict=True):
+            if int(rank):
+                computed[uid].rank = int(rank)
 
     def _take_fill_locks(self, r: RedisClient, ids: list[int], token: str, ttl_ms: int) -> list[int]:
         return metrics_cache.take_fill_locks(r, ids, token, ttl_ms)
