@@ -271,6 +271,10 @@ def _misses(
     rt: Runtime, f: dict[str, float], key: str, call: Callable[[list[int]], Any], work: list[list[int]]
 ) -> None:
     """Latencies of ``call`` on each batch with an empty cache, and the rows the engine read per call."""
+    for users in work[:3]:  # warm-up, untimed: connections, code paths, the engine's caches of marks
+        rt.redis.delete(*{c.USER_METRICS_KEY.format(user_id=u) for u in users})
+        call(users)
+    gc.collect()
     times = []
     before = rt.clickhouse.read_rows
     for users in work:

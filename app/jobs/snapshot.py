@@ -73,7 +73,7 @@ SELECT DISTINCT u FROM (
 )
 WHERE u != 0
 """
-EXPIRING_SQL = "SELECT userId FROM userMetricsSnapshot FINAL WHERE validUntil <= {horizon:DateTime64(3, 'UTC')}"
+EXPIRING_SQL = "SELECT userId FROM userMetricsSnapshot WHERE validUntil <= {horizon:DateTime64(3, 'UTC')}"
 # What each owner's engagement loses as time passes without a new row: every counting state key and additive
 # event in the window (the read path's filters: by another, non-excluded user) leaves it at its time + the window.
 # Per owner: how many count, and those leaving before the horizon, with their weight.

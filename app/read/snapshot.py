@@ -32,7 +32,7 @@ READ_SQL = f"""
 SELECT 'row' AS part, userId AS uid, {_VALUES},
        toInt64(arraySum(arrayFilter((w, at) -> at <= {{now:DateTime64(3, 'UTC')}}, dropWeight, dropAt))) AS dropped,
        toInt64(toUnixTimestamp64Milli(validUntil)) AS valid, '' AS fp
-FROM userMetricsSnapshot FINAL
+FROM userMetricsSnapshot
 WHERE userId IN {{users:Array(Int64)}}
 UNION ALL
 SELECT 'changed', u, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, ''
