@@ -27,11 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from rich.progress import Progress
 
 from app import jobs
+from app.bench import plots
 from app.bench.dataset import DatasetSpec, existing, generate, location
 from app.bench.harness import percentile
 from app.core import constants as c
@@ -63,9 +65,17 @@ class ReadSizes:
         return cls(DatasetSpec(events=10_000_000, users=100_000), trials=60, hit_trials=500, zipf_reads=2_000)
 
 
+class Figures(dict[str, float]):
+    """The printed figures, and the latencies behind each (for the plots)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.samples: dict[str, list[float]] = {}
+
+
 @dataclass
 class ReadResult:
-    figures: dict[str, float] = field(default_factory=dict)
+    figures: Figures = field(default_factory=lambda: Figures())
 
     def rows(self) -> list[tuple[str, str, str]]:
         f = self.figures
@@ -188,7 +198,7 @@ def run(quick: bool, settings: Settings, server: str | None = None) -> ReadResul
     return result
 
 
-def _measure(rt: Runtime, sizes: ReadSizes, f: dict[str, float]) -> None:
+def _measure(rt: Runtime, sizes: ReadSizes, f: Figures) -> None:
     spec = sizes.spec
     rnd = random.Random(42)  # noqa: S311 - workload sampling, not security
     r = rt.redis
@@ -267,9 +277,7 @@ def _measure(rt: Runtime, sizes: ReadSizes, f: dict[str, float]) -> None:
     _put(f, "naive", naive)
 
 
-def _misses(
-    rt: Runtime, f: dict[str, float], key: str, call: Callable[[list[int]], Any], work: list[list[int]]
-) -> None:
+def _misses(rt: Runtime, f: Figures, key: str, call: Callable[[list[int]], Any], work: list[list[int]]) -> None:
     """Latencies of ``call`` on each batch with an empty cache, and the rows the engine read per call."""
     for users in work[:3]:  # warm-up, untimed: connections, code paths, the engine's caches of marks
         rt.redis.delete(*{c.USER_METRICS_KEY.format(user_id=u) for u in users})
@@ -313,9 +321,99 @@ def _raw_log_metrics(rt: Runtime, users: list[int]) -> None:
     compute_user_metrics(rt.clickhouse, users, weights=rt.weights, window=rt.window, as_of=datetime.now(UTC))
 
 
-def _put(f: dict[str, float], key: str, values: list[float]) -> None:
+def _put(f: Figures, key: str, values: list[float]) -> None:
     f[f"{key}_p50_ms"] = percentile(values, 50)
     f[f"{key}_p99_ms"] = percentile(values, 99)
+    f.samples[key] = values
+
+
+# Plotted paths: sample key -> label.
+PLOTTED = {
+    "client_hit": "metrics hits (client process)",
+    "metrics_miss": "metrics misses, 100 random users",
+    "metrics_full": "  the same without the snapshot",
+    "top_miss": "metrics misses, 100 most-followed",
+    "top_full": "  the same without the snapshot",
+    "reactions_hit": "reactions hits, 100 images",
+    "reactions_miss": "reactions misses, 100 images",
+    "naive": "metrics from the raw log (baseline)",
+}
+
+
+def draw(result: ReadResult, directory: Path, shape: str) -> Path | None:
+    """The latency distributions of ``result`` as ``read-latency-{shape}.png`` in ``directory``."""
+    samples = {label: result.figures.samples[key] for key, label in PLOTTED.items() if key in result.figures.samples}
+    title = f"bench read, {result.figures['events']:,.0f} events, {shape}: ms per call"
+    return plots.latencies(samples, directory / f"read-latency-{shape}.png", title)
+
+
+@dataclass
+class GrowthResult:
+    """Misses at several sizes of the event log (100,000 users), with and without the snapshot."""
+
+    points: list[Figures] = field(default_factory=list)
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        out = []
+        for f in self.points:
+
+            def cell(key: str, f: Figures = f) -> str:
+                return f"p50 {f[key + '_p50_ms']:.0f} / p99 {f[key + '_p99_ms']:.0f} ms"
+
+            out.append(
+                (
+                    f"{f['events']:,.0f} events",
+                    f"snapshot {cell('miss')}; full {cell('full')}",
+                    f"most-followed: snapshot {cell('top_miss')}; full {cell('top_full')}",
+                )
+            )
+        return out
+
+
+GROWTH_EVENTS = (1_000_000, 10_000_000, 30_000_000)
+GROWTH_EVENTS_QUICK = (100_000, 300_000, 1_000_000)
+
+
+def growth(quick: bool, settings: Settings, trials: int = 30) -> GrowthResult:
+    """Misses of 100 random and of the 100 most-followed users against the size of the log, users fixed."""
+    users = 5_000 if quick else 100_000
+    out = GrowthResult()
+    for events in GROWTH_EVENTS_QUICK if quick else GROWTH_EVENTS:
+        spec = DatasetSpec(events=events, users=users)
+        name = {(10_000_000, 100_000): "events", (300_000, 5_000): "events-quick"}.get(
+            (events, users), f"events-{events}-{users}"
+        )
+        bench_settings = location(settings, name, None)
+        ch = clickhouse.connect(bench_settings)
+        f = Figures()
+        f["events"] = events
+        generated = prepare(ch, spec)
+        settle(ch)
+        with tempfile.TemporaryDirectory(prefix="usermetrics-bench-growth-") as tmp:
+            url, pid = embedded_redis.start(Settings(DATA_DIR=tmp))
+            try:
+                rt = Runtime(bench_settings.model_copy(update={"redis_url": url}), clickhouse=ch)
+                rt.redis.config_set("appendonly", "no")
+                if generated:
+                    time.sleep(jobs.INFLIGHT_MARGIN.total_seconds())
+                f["snapshot_full_s"] = jobs.snapshot_user_metrics(rt, full=True).seconds
+                rnd = random.Random(7)  # noqa: S311 - workload sampling
+                batches = [[rnd.randint(1, users) for _ in range(100)] for _ in range(trials)]
+                top = [int(u) for (u,) in ch.rows(_MOST_FOLLOWED_SQL)]
+                service = UserMetricsQueryService(rt)
+                full = partial(compute_user_metrics, ch, weights=rt.weights, window=rt.window)
+                for key, work in (("", batches), ("top_", [top] * trials)):
+                    _misses(rt, f, f"{key}miss", service.get_user_metrics, work)
+                    _misses(rt, f, f"{key}full", full, work)
+            finally:
+                embedded_redis.stop(pid)
+        ch.close()
+        out.points.append(f)
+    return out
+
+
+def draw_growth(result: GrowthResult, directory: Path) -> Path | None:
+    return plots.growth(result.points, directory / "read-growth.png", "cache misses against the size of the log")
 
 
 _MOST_FOLLOWED_SQL = """

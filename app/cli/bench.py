@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -82,16 +83,38 @@ def bench_read(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON")] = False,
     clickhouse_url: Annotated[str | None, typer.Option(help=_SERVER_URL_HELP)] = None,
     server: Annotated[bool, typer.Option("--server", help=_SERVER_HELP)] = False,
+    growth: Annotated[
+        bool, typer.Option("--growth", help="Misses at 1M, 10M and 30M events instead (--quick: 100k to 1M)")
+    ] = False,
+    plots: Annotated[
+        Path | None, typer.Option(help="Where to draw the PNG figures (default: $DATA_DIR/bench/plots)")
+    ] = None,
 ) -> None:
     """Read path on a generated event log (reused between runs): metrics and reactions, hits and misses, hit
-    rate under Zipf reads, history; embedded and, with --server or --clickhouse-url, on a server side by side."""
+    rate under Zipf reads, history; embedded and, with --server or --clickhouse-url, on a server side by side.
+    Draws the latency distributions (and, with --growth, the growth curve) as PNG files."""
     from app.bench import read
 
     settings = load_settings()
+    directory = plots or settings.data_path / "bench" / "plots"
+    if growth:
+        result = read.growth(quick, settings)
+        curve = read.draw_growth(result, directory)
+        _print_bench("read: misses against the log's size", result.rows(), {}, as_json)
+        if curve and not as_json:
+            console.print(f"figure: {curve}")
+        return
     embedded = read.run(quick, settings)
     with _bench_server(clickhouse_url, server) as url:
         on_server = read.run(quick, settings, url) if url is not None else None
     _print_shapes("read" + (" (quick)" if quick else ""), embedded, on_server, as_json)
+    drawn = [read.draw(embedded, directory, "embedded")]
+    if on_server is not None:
+        drawn.append(read.draw(on_server, directory, "server"))
+    if not as_json:
+        for path in drawn:
+            if path is not None:
+                console.print(f"figure: {path}")
 
 
 @bench_cli.command("jobs")
