@@ -33,7 +33,9 @@ def latencies(samples: Mapping[str, Sequence[float]], path: Path, title: str) ->
         return None
     names = list(samples)
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(names) + 1.5))
-    ax.boxplot([list(samples[n]) for n in names], vert=False, whis=(1, 99), showfliers=True, labels=names)
+    ax.boxplot(
+        [list(samples[n]) for n in names], orientation="horizontal", whis=(1, 99), showfliers=True, tick_labels=names
+    )
     ax.set_xscale("log")
     ax.set_xlabel("ms per call (log scale)")
     ax.set_title(title)

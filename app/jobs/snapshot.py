@@ -18,6 +18,7 @@ or runs out of its time budget. Until it has finished, readers do not use the sn
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -62,7 +63,7 @@ SELECT u FROM (
     UNION DISTINCT
     SELECT DISTINCT ownerId FROM additiveDaily
 )
-WHERE u > {after:Int64}
+WHERE u > {after:Int64} AND u != 0
 ORDER BY u
 """
 # Actors and owners of every row in the changelog slice.
@@ -73,7 +74,10 @@ SELECT DISTINCT u FROM (
 )
 WHERE u != 0
 """
-EXPIRING_SQL = "SELECT userId FROM userMetricsSnapshot WHERE validUntil <= {horizon:DateTime64(3, 'UTC')}"
+GENERATION_SQL = "SELECT engagement FROM userMetricsSnapshot WHERE userId = 0"
+EXPIRING_SQL = """
+SELECT userId FROM userMetricsSnapshot WHERE validUntil <= {horizon:DateTime64(3, 'UTC')} AND userId != 0
+"""
 # What each owner's engagement loses as time passes without a new row: every counting state key and additive
 # event in the window (the read path's filters: by another, non-excluded user) leaves it at its time + the window.
 # Per owner: how many count, and those leaving before the horizon, with their weight.
@@ -122,8 +126,10 @@ def snapshot_user_metrics(rt: Runtime, full: bool | None = None) -> JobReport:
     resuming = (
         state.get("ready") == "0" and state.get("excluded_set") == excluded_set and state.get("basis") == basis(rt)
     )
+    recorded = [int(g) for (g,) in ch.rows(GENERATION_SQL)]
     must = (
         state.get("ready") != "1"
+        or recorded != [int(state.get("generation", -1))]  # the table is not the one the state describes
         or state.get("excluded_set") != excluded_set
         or state.get("basis") != basis(rt)
         or inserted_after < until - ARRIVALS_KEPT
@@ -135,7 +141,13 @@ def snapshot_user_metrics(rt: Runtime, full: bool | None = None) -> JobReport:
             full_until, after_user = datetime.fromisoformat(state["full_until"]), int(state["full_next"])
         else:
             full_until, after_user = until, 0
-        common = {"excluded_set": excluded_set, "basis": basis(rt), "full_until": full_until.isoformat()}
+        generation = int(state["generation"]) if resuming else secrets.randbits(62) + 1
+        common = {
+            "excluded_set": excluded_set,
+            "basis": basis(rt),
+            "full_until": full_until.isoformat(),
+            "generation": generation,
+        }
         save_state(r, JOB, {"ready": 0, "full_next": after_user, **common})
         users = [int(u) for (u,) in ch.rows(ALL_USERS_SQL, {"after": after_user})]
         deadline = started + rt.settings.job_time_limit_s * BUDGET_SHARE
@@ -149,6 +161,9 @@ def snapshot_user_metrics(rt: Runtime, full: bool | None = None) -> JobReport:
                 return JobReport(
                     "snapshot_user_metrics", "full (to be resumed)", users=done, seconds=time.perf_counter() - started
                 )
+        # The table's own record of the finished run: readers serve rows only from the generation the state names (a
+        # table lost or recreated under a state saying ``ready`` would otherwise read as users with nothing).
+        ch.insert("userMetricsSnapshot", [_sentinel(generation, stamp)], COLUMNS)
         # Users whose rows arrived since the full run began were computed after their arrival, or will be by the
         # next run: the next slice starts where the full run's did.
         save_state(
@@ -176,6 +191,13 @@ def snapshot_user_metrics(rt: Runtime, full: bool | None = None) -> JobReport:
         changed=len(arrived),
         seconds=time.perf_counter() - started,
     )
+
+
+SENTINEL_USER = 0  # user ids are positive; row 0 carries the generation of the last finished full run
+
+
+def _sentinel(generation: int, stamp: datetime) -> list[Any]:
+    return [SENTINEL_USER, 0, 0, 0, 0, 0, 0, 0, 0, generation, [], [], FOREVER, stamp]
 
 
 def _write(rt: Runtime, users: Sequence[int], now: datetime, stamp: datetime) -> None:

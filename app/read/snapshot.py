@@ -19,7 +19,7 @@ from app.core.errors import REDIS_DOWN
 from app.core.metrics import SCORE_SCALE, UserMetrics
 from app.jobs import engagement_sql
 from app.jobs.report import load_state
-from app.jobs.snapshot import JOB, basis
+from app.jobs.snapshot import JOB, SENTINEL_USER, basis
 from app.read.metrics_query import USERS_PER_QUERY, compute_user_metrics
 from app.stores.clickhouse import chunked
 from app.stores.runtime import Runtime
@@ -71,9 +71,12 @@ def from_snapshot(rt: Runtime, users: Sequence[int]) -> tuple[dict[int, UserMetr
     now_ms = int(now.timestamp() * 1000)
     after = datetime.fromisoformat(state["inserted_after"])
     for part in chunked(users, USERS_PER_QUERY):
-        rows = rt.clickhouse.rows(READ_SQL, {"users": list(part), "after": after, "now": now})
-        if any(kind == "excluded" and fp != state.get("excluded_set") for kind, *_, fp in rows):
-            rest.extend(part)
+        rows = rt.clickhouse.rows(READ_SQL, {"users": [SENTINEL_USER, *part], "after": after, "now": now})
+        generation = [int(r[10]) for r in rows if r[0] == "row" and int(r[1]) == SENTINEL_USER]
+        if generation != [int(state.get("generation", -1))] or any(
+            kind == "excluded" and fp != state.get("excluded_set") for kind, *_, fp in rows
+        ):
+            rest.extend(part)  # another table than the state's, or another excluded set: compute
             continue
         changed = {int(r[1]) for r in rows if r[0] == "changed"}
         found = {int(r[1]): r for r in rows if r[0] == "row"}

@@ -123,3 +123,20 @@ def test_an_interrupted_full_run_resumes_and_readers_wait_for_it(
     served, rest = from_snapshot(rt, [1, 2, 6, 7])
     assert rest == [] and served[2].follower_count == 1 and served[1].following_count == 5
     assert served[7].follower_count == 0
+
+
+def test_a_snapshot_table_lost_under_a_ready_state_is_not_read_as_users_with_nothing(
+    clean: Runtime, no_margin: Any
+) -> None:
+    """The table is emptied (a replaced server, a dropped table migrated again) while the job's state still says
+    ready: readers must compute, not serve zeros for the users without a row."""
+    rt = clean
+    at = datetime.now(UTC) - timedelta(hours=1)
+    insert_events(rt.clickhouse, [to_event(E(str(uuid.uuid4()), "User", 2, 1, 2, "Follow", 1, at))])
+    assert jobs.snapshot_user_metrics(rt).mode == "full"
+    assert from_snapshot(rt, [1, 2])[0][2].follower_count == 1
+    rt.clickhouse.command("TRUNCATE TABLE userMetricsSnapshot")
+    assert from_snapshot(rt, [1, 2]) == ({}, [1, 2])
+    assert current_user_metrics(rt, [2])[2].follower_count == 1
+    assert jobs.snapshot_user_metrics(rt).mode == "full"  # the job sees it too, and rebuilds
+    assert from_snapshot(rt, [2])[0][2].follower_count == 1
