@@ -331,9 +331,9 @@ def _put(f: Figures, key: str, values: list[float]) -> None:
 PLOTTED = {
     "client_hit": "metrics hits (client process)",
     "metrics_miss": "metrics misses, 100 random users",
-    "metrics_full": "  the same without the snapshot",
+    "metrics_full": "the same, without the snapshot",
     "top_miss": "metrics misses, 100 most-followed",
-    "top_full": "  the same without the snapshot",
+    "top_full": "most-followed, without the snapshot",
     "reactions_hit": "reactions hits, 100 images",
     "reactions_miss": "reactions misses, 100 images",
     "naive": "metrics from the raw log (baseline)",
