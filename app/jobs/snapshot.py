@@ -36,6 +36,8 @@ from app.stores.runtime import Runtime
 JOB = "snapshot"
 FOREVER = datetime.fromisoformat("2200-01-01T00:00:00+00:00")  # no counting event in the window: never expires
 BUDGET_SHARE = 0.8  # of JOB_TIME_LIMIT_S, after which a full run stops and resumes in the next run
+# Past this many changed users (a backfill, a bulk import) a run goes full: a full run has a time budget and resumes.
+INCREMENTAL_MAX_USERS = 20_000
 
 COLUMNS = [
     "userId",
@@ -135,6 +137,10 @@ def snapshot_user_metrics(rt: Runtime, full: bool | None = None) -> JobReport:
         or inserted_after < until - ARRIVALS_KEPT
     )
     full = must or bool(full)
+    arrived: set[int] = set()
+    if not full:
+        arrived = {int(u) for (u,) in ch.rows(ARRIVED_USERS_SQL, {"after": inserted_after, "until": until})}
+        full = len(arrived) > INCREMENTAL_MAX_USERS
     stamp = as_utc(ch.rows(STAMP_SQL, {"now": now})[0][0])
     if full:
         if resuming:  # an interrupted full run: its slice start, and the users after the last one written
@@ -177,7 +183,6 @@ def snapshot_user_metrics(rt: Runtime, full: bool | None = None) -> JobReport:
             },
         )
         return JobReport("snapshot_user_metrics", "full", users=done, seconds=time.perf_counter() - started)
-    arrived = {int(u) for (u,) in ch.rows(ARRIVED_USERS_SQL, {"after": inserted_after, "until": until})}
     soon = now + timedelta(seconds=2 * rt.settings.snapshot_interval_s)
     expiring = {int(u) for (u,) in ch.rows(EXPIRING_SQL, {"horizon": soon})}
     users = sorted(arrived | expiring)

@@ -140,3 +140,18 @@ def test_a_snapshot_table_lost_under_a_ready_state_is_not_read_as_users_with_not
     assert current_user_metrics(rt, [2])[2].follower_count == 1
     assert jobs.snapshot_user_metrics(rt).mode == "full"  # the job sees it too, and rebuilds
     assert from_snapshot(rt, [2])[0][2].follower_count == 1
+
+
+def test_a_bulk_of_changed_users_makes_the_run_full(
+    clean: Runtime, no_margin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backfill changes most users at once: the run goes full (budgeted and resumable) instead of incremental."""
+    rt = clean
+    at = datetime.now(UTC) - timedelta(hours=1)
+    assert jobs.snapshot_user_metrics(rt).mode == "full"
+    monkeypatch.setattr(snapshot_job, "INCREMENTAL_MAX_USERS", 2)
+    insert_events(rt.clickhouse, [to_event(E(str(uuid.uuid4()), "User", 2, 1, 2, "Follow", 1, at))])
+    assert jobs.snapshot_user_metrics(rt).mode == "incremental"  # two users changed
+    insert_events(rt.clickhouse, [to_event(E(str(uuid.uuid4()), "User", u, 1, u, "Follow", 1, at)) for u in (3, 4)])
+    assert jobs.snapshot_user_metrics(rt).mode == "full"  # three
+    assert from_snapshot(rt, [1, 2, 3, 4])[0][1].following_count == 3
