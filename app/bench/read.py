@@ -207,7 +207,7 @@ def _measure(rt: Runtime, sizes: ReadSizes, f: Figures) -> None:
     service = UserMetricsQueryService(rt)
     batches = [[rnd.randint(1, spec.users) for _ in range(100)] for _ in range(sizes.trials)]
 
-    most_followed = [int(u) for (u,) in rt.clickhouse.rows(_MOST_FOLLOWED_SQL)]
+    most_followed = [int(u) for (u,) in rt.clickhouse.rows(MOST_FOLLOWED_SQL)]
     # The snapshot the misses read: a full run, then an incremental one (nothing changed: its fixed cost). Rows
     # inserted within the look-back margin before a run count as changed: a dataset generated just now waits it out.
     if f["generate_s"]:
@@ -221,8 +221,8 @@ def _measure(rt: Runtime, sizes: ReadSizes, f: Figures) -> None:
     settle(rt.clickhouse)  # the snapshot's parts merged before anything is timed
     full = partial(compute_user_metrics, rt.clickhouse, weights=rt.weights, window=rt.window)
     for name, work in (("metrics", batches), ("top", [most_followed] * sizes.trials)):
-        _misses(rt, f, f"{name}_miss", lambda users: service.get_user_metrics(users), work)
-        _misses(rt, f, f"{name}_full", full, work)
+        misses(rt, f, f"{name}_miss", lambda users: service.get_user_metrics(users), work)
+        misses(rt, f, f"{name}_full", full, work)
     hit = _steady(lambda i: service.get_user_metrics(batches[i % len(batches)]), sizes.hit_trials)
     _put(f, "metrics_hit", hit)
     _put(f, "client_hit", _client_hits(rt, batches, sizes.hit_trials))
@@ -277,7 +277,7 @@ def _measure(rt: Runtime, sizes: ReadSizes, f: Figures) -> None:
     _put(f, "naive", naive)
 
 
-def _misses(rt: Runtime, f: Figures, key: str, call: Callable[[list[int]], Any], work: list[list[int]]) -> None:
+def misses(rt: Runtime, f: Figures, key: str, call: Callable[[list[int]], Any], work: list[list[int]]) -> None:
     """Latencies of ``call`` on each batch with an empty cache, and the rows the engine read per call."""
     for users in work[:3]:  # warm-up, untimed: connections, code paths, the engine's caches of marks
         rt.redis.delete(*{c.USER_METRICS_KEY.format(user_id=u) for u in users})
@@ -347,76 +347,7 @@ def draw(result: ReadResult, directory: Path, shape: str) -> Path | None:
     return plots.latencies(samples, directory / f"read-latency-{shape}.png", title)
 
 
-@dataclass
-class GrowthResult:
-    """Misses at several sizes of the event log (100,000 users), with and without the snapshot."""
-
-    points: list[Figures] = field(default_factory=list)
-
-    def rows(self) -> list[tuple[str, str, str]]:
-        out = []
-        for f in self.points:
-
-            def cell(key: str, f: Figures = f) -> str:
-                return f"p50 {f[key + '_p50_ms']:.0f} / p99 {f[key + '_p99_ms']:.0f} ms"
-
-            out.append(
-                (
-                    f"{f['events']:,.0f} events",
-                    f"snapshot {cell('miss')}; full {cell('full')}",
-                    f"most-followed: snapshot {cell('top_miss')}; full {cell('top_full')}",
-                )
-            )
-        return out
-
-
-GROWTH_EVENTS = (1_000_000, 10_000_000, 30_000_000)
-GROWTH_EVENTS_QUICK = (100_000, 300_000, 1_000_000)
-
-
-def growth(quick: bool, settings: Settings, trials: int = 30) -> GrowthResult:
-    """Misses of 100 random and of the 100 most-followed users against the size of the log, users fixed."""
-    users = 5_000 if quick else 100_000
-    out = GrowthResult()
-    for events in GROWTH_EVENTS_QUICK if quick else GROWTH_EVENTS:
-        spec = DatasetSpec(events=events, users=users)
-        name = {(10_000_000, 100_000): "events", (300_000, 5_000): "events-quick"}.get(
-            (events, users), f"events-{events}-{users}"
-        )
-        bench_settings = location(settings, name, None)
-        ch = clickhouse.connect(bench_settings)
-        f = Figures()
-        f["events"] = events
-        generated = prepare(ch, spec)
-        settle(ch)
-        with tempfile.TemporaryDirectory(prefix="usermetrics-bench-growth-") as tmp:
-            url, pid = embedded_redis.start(Settings(DATA_DIR=tmp))
-            try:
-                rt = Runtime(bench_settings.model_copy(update={"redis_url": url}), clickhouse=ch)
-                rt.redis.config_set("appendonly", "no")
-                if generated:
-                    time.sleep(jobs.INFLIGHT_MARGIN.total_seconds())
-                f["snapshot_full_s"] = jobs.snapshot_user_metrics(rt, full=True).seconds
-                rnd = random.Random(7)  # noqa: S311 - workload sampling
-                batches = [[rnd.randint(1, users) for _ in range(100)] for _ in range(trials)]
-                top = [int(u) for (u,) in ch.rows(_MOST_FOLLOWED_SQL)]
-                service = UserMetricsQueryService(rt)
-                full = partial(compute_user_metrics, ch, weights=rt.weights, window=rt.window)
-                for key, work in (("", batches), ("top_", [top] * trials)):
-                    _misses(rt, f, f"{key}miss", service.get_user_metrics, work)
-                    _misses(rt, f, f"{key}full", full, work)
-            finally:
-                embedded_redis.stop(pid)
-        ch.close()
-        out.points.append(f)
-    return out
-
-
-def draw_growth(result: GrowthResult, directory: Path) -> Path | None:
-    return plots.growth(result.points, directory / "read-growth.png", "cache misses against the size of the log")
-
-
-_MOST_FOLLOWED_SQL = """
+MOST_FOLLOWED_SQL = """
 SELECT ownerId FROM stateByOwner FINAL WHERE metricType = 'Follow' AND isOn
 GROUP BY ownerId ORDER BY count() DESC, ownerId LIMIT 100
 """

@@ -98,8 +98,10 @@ def bench_read(
     settings = load_settings()
     directory = plots or settings.data_path / "bench" / "plots"
     if growth:
-        result = read.growth(quick, settings)
-        curve = read.draw_growth(result, directory)
+        from app.bench import growth as growth_bench
+
+        result = growth_bench.run(quick, settings)
+        curve = growth_bench.draw_growth(result, directory)
         _print_bench("read: misses against the log's size", result.rows(), {}, as_json)
         if curve and not as_json:
             console.print(f"figure: {curve}")

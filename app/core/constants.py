@@ -19,6 +19,8 @@ REACTIONS_TTL_S = 604_800
 # Companion of a reactions hash: per ``{imageId}:{bit}``, the version of the event that set it. Same TTL.
 REACTIONS_VERSION_KEY = "reactions:v:{user_id}"
 LEADERBOARD_KEY = "leaderboard:engagement"
+# userId -> rank on the board, replaced together with it (a fill reads its users' ranks in one HMGET).
+LEADERBOARD_RANKS_KEY = "leaderboard:engagement:ranks"
 # Replaced whole by every rank run; the TTL only bounds a board nobody rebuilds any more.
 LEADERBOARD_TTL_S = 7 * 86_400
 # Users read recently (score: last read, epoch seconds): whose caches the refresh job keeps warm. 1 hour window.

@@ -28,21 +28,26 @@ def recompute_ranks(rt: Runtime) -> JobReport:
     board = ranked(scores)
     before = {int(str(m)) for m in r.zrange(c.LEADERBOARD_KEY, 0, -1)}
     tmp = f"{c.LEADERBOARD_KEY}:building:{uuid.uuid4().hex}"
+    tmp_ranks = f"{tmp}:ranks"
     try:
         for i in range(0, len(board), CHUNK):
             pipe = r.pipeline(transaction=False)
             pipe.zadd(tmp, {str(u): s / SCORE_SCALE for u, s, _ in board[i : i + CHUNK]})
+            pipe.hset(tmp_ranks, mapping={str(u): rank for u, _, rank in board[i : i + CHUNK]})
             pipe.expire(tmp, 600)
+            pipe.expire(tmp_ranks, 600)
             pipe.execute()
         if board:
-            pipe = r.pipeline(transaction=True)
+            pipe = r.pipeline(transaction=True)  # the board and its ranks swap together
             pipe.rename(tmp, c.LEADERBOARD_KEY)
+            pipe.rename(tmp_ranks, c.LEADERBOARD_RANKS_KEY)
             pipe.expire(c.LEADERBOARD_KEY, c.LEADERBOARD_TTL_S)
+            pipe.expire(c.LEADERBOARD_RANKS_KEY, c.LEADERBOARD_TTL_S)
             pipe.execute()
         else:
-            r.delete(c.LEADERBOARD_KEY)
+            r.delete(c.LEADERBOARD_KEY, c.LEADERBOARD_RANKS_KEY)
     finally:
-        r.delete(tmp)
+        r.delete(tmp, tmp_ranks)
     ranks: dict[int, str] = {u: str(rank) for u, _, rank in board}
     ranks.update({u: "" for u in (before | unranked) - set(ranks)})  # no positive score: no rank
     cached = set_field_if_cached(r, "rank", ranks)

@@ -38,8 +38,15 @@ FILL_POLL_S = 0.01
 
 
 # Per user: its rank on the board (1 + members with a higher score + tied members with a lower id), 0 for none.
+# From the ranks the rank job stored with the board; a board without them (set by hand, or by an older version)
+# is ranked here, which costs the tied members of each user's score (thousands where small scores tie).
 _RANKS_SCRIPT = """
 local out = {}
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  local stored = redis.call('HMGET', KEYS[2], unpack(ARGV))
+  for i = 1, #ARGV do out[i] = tonumber(stored[i] or '0') end
+  return out
+end
 for i = 1, #ARGV do
   local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
   out[i] = 0
@@ -54,11 +61,6 @@ for i = 1, #ARGV do
 end
 return out
 """
-
-
-def _rank(higher: int, tied: list[str], user_id: int) -> int:
-    """1 + users with a higher score + users with the same score and a lower id ("The metrics")."""
-    return 1 + higher + len([member for member in tied if int(member) < user_id])
 
 
 class MetricsResult(dict[int, UserMetrics]):
@@ -106,17 +108,17 @@ class UserMetricsQueryService:
         """1 + users with a higher score (ties: lower user id first), from ``leaderboard:engagement``; None when
         the user has no positive score on the board."""
         user_id = check_id(user_id, "user id")
-        r = self.rt.redis
         try:
-            score = r.zscore(c.LEADERBOARD_KEY, str(user_id))
-            if score is None or score <= 0:
-                return None
-            higher = int(r.zcount(c.LEADERBOARD_KEY, f"({score}", "+inf"))
-            tied = [str(m) for m in r.zrangebyscore(c.LEADERBOARD_KEY, score, score)]
+            rank = int(self._ranks([user_id])[0])
         except REDIS_DOWN:
             log.warning("Redis unreachable: rank of user %s unknown", user_id)
             return None
-        return _rank(higher, tied, user_id)
+        return rank or None
+
+    def _ranks(self, user_ids: list[int]) -> list[int]:
+        """Each user's rank on the board, 0 for none (one round trip)."""
+        keys = [c.LEADERBOARD_KEY, c.LEADERBOARD_RANKS_KEY]
+        return [int(x) for x in self.rt.redis.register_script(_RANKS_SCRIPT)(keys=keys, args=user_ids)]
 
     def calculate_engagement_score(self, user_id: int) -> Decimal:
         """The engagement score computed now from ClickHouse (no cache)."""
@@ -194,7 +196,7 @@ class UserMetricsQueryService:
         """A freshly filled hash carries the user's rank from the current board (one round trip for all)."""
         ids = list(computed)
         try:
-            ranks = self.rt.redis.register_script(_RANKS_SCRIPT)(keys=[c.LEADERBOARD_KEY], args=ids)
+            ranks = self._ranks(ids)
         except REDIS_DOWN:
             return
         for uid, rank in zip(ids, ranks, strict=True):

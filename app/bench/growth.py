@@ -1,0 +1,92 @@
+"""``python -m app bench read --growth``: cache misses at 1M, 10M and 30M events (100,000 users; ``--quick``: 100,000
+to 1M events and 5,000 users), with and without the metrics snapshot, for 100 random and the 100 most-followed
+users: the snapshot's cost should stay flat while the full computation grows with the keys the users own.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from app import jobs
+from app.bench import plots
+from app.bench.dataset import DatasetSpec, location
+from app.bench.read import MOST_FOLLOWED_SQL, Figures, misses, prepare, settle
+from app.core.settings import Settings
+from app.read.metrics_query import compute_user_metrics
+from app.read.query import UserMetricsQueryService
+from app.stores import clickhouse, embedded_redis
+from app.stores.runtime import Runtime
+
+
+@dataclass
+class GrowthResult:
+    """Misses at several sizes of the event log (100,000 users), with and without the snapshot."""
+
+    points: list[Figures] = field(default_factory=list)
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        out = []
+        for f in self.points:
+
+            def cell(key: str, f: Figures = f) -> str:
+                return f"p50 {f[key + '_p50_ms']:.0f} / p99 {f[key + '_p99_ms']:.0f} ms"
+
+            out.append(
+                (
+                    f"{f['events']:,.0f} events",
+                    f"snapshot {cell('miss')}; full {cell('full')}",
+                    f"most-followed: snapshot {cell('top_miss')}; full {cell('top_full')}",
+                )
+            )
+        return out
+
+
+GROWTH_EVENTS = (1_000_000, 10_000_000, 30_000_000)
+GROWTH_EVENTS_QUICK = (100_000, 300_000, 1_000_000)
+
+
+def run(quick: bool, settings: Settings, trials: int = 30) -> GrowthResult:
+    """Misses of 100 random and of the 100 most-followed users against the size of the log, users fixed."""
+    users = 5_000 if quick else 100_000
+    out = GrowthResult()
+    for events in GROWTH_EVENTS_QUICK if quick else GROWTH_EVENTS:
+        spec = DatasetSpec(events=events, users=users)
+        name = {(10_000_000, 100_000): "events", (300_000, 5_000): "events-quick"}.get(
+            (events, users), f"events-{events}-{users}"
+        )
+        bench_settings = location(settings, name, None)
+        ch = clickhouse.connect(bench_settings)
+        f = Figures()
+        f["events"] = events
+        generated = prepare(ch, spec)
+        settle(ch)
+        with tempfile.TemporaryDirectory(prefix="usermetrics-bench-growth-") as tmp:
+            url, pid = embedded_redis.start(Settings(DATA_DIR=tmp))
+            try:
+                rt = Runtime(bench_settings.model_copy(update={"redis_url": url}), clickhouse=ch)
+                rt.redis.config_set("appendonly", "no")
+                if generated:
+                    time.sleep(jobs.INFLIGHT_MARGIN.total_seconds())
+                f["snapshot_full_s"] = jobs.snapshot_user_metrics(rt, full=True).seconds
+                rnd = random.Random(7)  # noqa: S311 - workload sampling
+                batches = [[rnd.randint(1, users) for _ in range(100)] for _ in range(trials)]
+                top = [int(u) for (u,) in ch.rows(MOST_FOLLOWED_SQL)]
+                service = UserMetricsQueryService(rt)
+                full = partial(compute_user_metrics, ch, weights=rt.weights, window=rt.window)
+                for key, work in (("", batches), ("top_", [top] * trials)):
+                    misses(rt, f, f"{key}miss", service.get_user_metrics, work)
+                    misses(rt, f, f"{key}full", full, work)
+            finally:
+                embedded_redis.stop(pid)
+        ch.close()
+        out.points.append(f)
+    return out
+
+
+def draw_growth(result: GrowthResult, directory: Path) -> Path | None:
+    return plots.growth(result.points, directory / "read-growth.png", "cache misses against the size of the log")
