@@ -129,9 +129,17 @@ class ReadResult:
                 f"{f['hit_rate'] * 100:.1f}% ({f['zipf_lookups']:,.0f} lookups, {f['warm_users']:,.0f} users warm)",
                 f"goal > {GOAL_HIT_RATE * 100:.0f}%",
             ),
-            ("history 365 days, typical user", f"{f['history_typical_ms']:.1f} ms", "goal < 100 ms"),
-            ("history 365 days, most active user", f"{f['history_top_ms']:.1f} ms", "goal < 100 ms"),
+            ("history 365 days, typical user, slowest metric", _history(f, "typical"), "goal < 100 ms"),
+            ("history 365 days, most active user, slowest metric", _history(f, "top"), "goal < 100 ms"),
         ]
+
+
+HISTORY_METRICS = ("followerCount", "reactionCount", "downloadCount")
+
+
+def _history(f: dict[str, float], who: str) -> str:
+    each = ", ".join(f"{m} {f[f'history_{who}_{m}_ms']:.0f}" for m in HISTORY_METRICS)
+    return f"{f[f'history_{who}_ms']:.1f} ms ({each})"
 
 
 def _rows(f: dict[str, float], key: str) -> str:
@@ -270,12 +278,10 @@ def _measure(rt: Runtime, sizes: ReadSizes, f: Figures) -> None:
     typical, top = (int(u) for u in rt.clickhouse.rows(_TYPICAL_AND_TOP_SQL)[0])
     start = datetime.now(UTC) - timedelta(days=365)
     for name, user in (("typical", typical), ("top", top)):
-        runs = [
-            _timed(service.get_user_metric_history, user, m, start)
-            for m in ("followerCount", "reactionCount", "downloadCount")
-            for _ in range(3)
-        ]
-        f[f"history_{name}_ms"] = percentile(runs, 50)
+        for metric in HISTORY_METRICS:  # each metric's median of three; the figure is the slowest metric's
+            runs = [_timed(service.get_user_metric_history, user, metric, start) for _ in range(3)]
+            f[f"history_{name}_{metric}_ms"] = percentile(runs, 50)
+        f[f"history_{name}_ms"] = max(f[f"history_{name}_{m}_ms"] for m in HISTORY_METRICS)
 
     # Baseline, last (its scans would disturb the other phases): the same users' metrics from the raw log, the
     # seed's argMax queries, which is what every read cost before the aggregate tables.
