@@ -11,7 +11,8 @@
 -- `engagement` and `dropWeight` are in units of 1/10,000.
 -- A key-value table: a miss looks up 100 users by key (a RocksDB multi-get, about 5 ms on the 10M-event benchmark,
 -- against 20 ms for the same rows in a MergeTree, where every user is a separate granule to read). A write replaces
--- the user's row; one job run writes at a time (its lock), so the last write is the newest.
+-- the user's row; one job run writes at a time (its lock), so the last write is the newest. `computedAt` is the
+-- run's time, for operators.
 CREATE TABLE IF NOT EXISTS userMetricsSnapshot
 (
     userId          Int64,

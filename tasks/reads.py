@@ -9,9 +9,8 @@ from app.core import constants as c
 from app.core.ids import check_id, check_ids
 from app.read.excluded import list_excluded, set_excluded
 from app.read.history import metric_history
-from app.read.metrics_query import compute_user_metrics
 from app.read.reactions import latest_reactions
-from app.read.snapshot import current_user_metrics
+from app.read.snapshot import user_metrics
 from app.stores import migrations, runtime
 from app.stores.locks import redis_lock
 from tasks.base import project_task
@@ -23,10 +22,7 @@ def query_user_metrics(self: Any, user_ids: list[int], as_of: str | None = None)
     ids = check_ids(user_ids, "user id")
     rt = runtime.get()
     when = datetime.fromisoformat(as_of) if as_of else None
-    if when is None:
-        computed = current_user_metrics(rt, ids)  # the snapshot where it is exact
-    else:
-        computed = compute_user_metrics(rt.clickhouse, ids, weights=rt.weights, window=rt.window, as_of=when)
+    computed = user_metrics(rt, ids, when)
     return {str(uid): m.to_hash() for uid, m in computed.items()}
 
 

@@ -6,21 +6,15 @@ users: the snapshot's cost should stay flat while the full computation grows wit
 from __future__ import annotations
 
 import random
-import tempfile
-import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
-from app import jobs
 from app.bench import plots
 from app.bench.dataset import DatasetSpec, location
-from app.bench.read import MOST_FOLLOWED_SQL, Figures, misses, prepare, settle
+from app.bench.harness import private_runtime
+from app.bench.read import Figures, measure_misses, prepare, settle, take_snapshot
 from app.core.settings import Settings
-from app.read.metrics_query import compute_user_metrics
-from app.read.query import UserMetricsQueryService
-from app.stores import clickhouse, embedded_redis
-from app.stores.runtime import Runtime
+from app.stores import clickhouse
 
 
 @dataclass
@@ -39,7 +33,7 @@ class GrowthResult:
             out.append(
                 (
                     f"{f['events']:,.0f} events",
-                    f"snapshot {cell('miss')}; full {cell('full')}",
+                    f"snapshot {cell('metrics_miss')}; full {cell('metrics_full')}",
                     f"most-followed: snapshot {cell('top_miss')}; full {cell('top_full')}",
                 )
             )
@@ -65,24 +59,10 @@ def run(quick: bool, settings: Settings, trials: int = 30) -> GrowthResult:
         f["events"] = events
         generated = prepare(ch, spec)
         settle(ch)
-        with tempfile.TemporaryDirectory(prefix="usermetrics-bench-growth-") as tmp:
-            url, pid = embedded_redis.start(Settings(DATA_DIR=tmp))
-            try:
-                rt = Runtime(bench_settings.model_copy(update={"redis_url": url}), clickhouse=ch)
-                rt.redis.config_set("appendonly", "no")
-                if generated:
-                    time.sleep(jobs.INFLIGHT_MARGIN.total_seconds())
-                f["snapshot_full_s"] = jobs.snapshot_user_metrics(rt, full=True).seconds
-                rnd = random.Random(7)  # noqa: S311 - workload sampling
-                batches = [[rnd.randint(1, users) for _ in range(100)] for _ in range(trials)]
-                top = [int(u) for (u,) in ch.rows(MOST_FOLLOWED_SQL)]
-                service = UserMetricsQueryService(rt)
-                full = partial(compute_user_metrics, ch, weights=rt.weights, window=rt.window)
-                for key, work in (("", batches), ("top_", [top] * trials)):
-                    misses(rt, f, f"{key}miss", service.get_user_metrics, work)
-                    misses(rt, f, f"{key}full", full, work)
-            finally:
-                embedded_redis.stop(pid)
+        with private_runtime(bench_settings, ch, "growth") as rt:
+            take_snapshot(rt, f, generated=bool(generated))
+            rnd = random.Random(7)  # noqa: S311 - workload sampling
+            measure_misses(rt, f, [[rnd.randint(1, users) for _ in range(100)] for _ in range(trials)])
         ch.close()
         out.points.append(f)
     return out

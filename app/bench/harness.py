@@ -23,6 +23,8 @@ from app.core import constants as c
 from app.core.paths import REPO
 from app.core.settings import Settings
 from app.stores import embedded_redis
+from app.stores.clickhouse import ClickHouse
+from app.stores.runtime import Runtime
 
 
 def worker_argv(
@@ -228,4 +230,18 @@ def bench_stack(clickhouse_url: str | None = None) -> Iterator[BenchStack]:
             yield stack
         finally:
             stack.stop_worker()
+            embedded_redis.stop(pid)
+
+
+@contextlib.contextmanager
+def private_runtime(settings: Settings, ch: ClickHouse, name: str) -> Iterator[Runtime]:
+    """A runtime on ``ch`` whose cache is a private ``redis-server``, stopped afterwards. It runs without
+    persistence: AOF rewrites would fork and stall it mid-measurement."""
+    with tempfile.TemporaryDirectory(prefix=f"usermetrics-bench-{name}-") as tmp:
+        url, pid = embedded_redis.start(Settings(DATA_DIR=tmp))
+        try:
+            rt = Runtime(settings.model_copy(update={"redis_url": url}), clickhouse=ch)
+            rt.redis.config_set("appendonly", "no")
+            yield rt
+        finally:
             embedded_redis.stop(pid)

@@ -8,18 +8,18 @@ Per dataset (generated once and reused, as for ``bench read``): a full ``recompu
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass, field
 
 from app import jobs
 from app.bench.dataset import CHUNK_SQL, DatasetSpec, location
+from app.bench.harness import private_runtime
 from app.bench.read import prepare, settle
 from app.caches import metrics_cache
 from app.core.settings import Settings
 from app.jobs.report import now as clock
 from app.read.metrics_query import compute_user_metrics
-from app.stores import clickhouse, embedded_redis
+from app.stores import clickhouse
 from app.stores.runtime import Runtime
 
 GOAL_FULL_S = 5.0
@@ -92,14 +92,8 @@ def run(quick: bool, settings: Settings, server: str | None = None) -> JobsResul
         ch = clickhouse.connect(s)
         prepare(ch, spec)
         settle(ch)
-        with tempfile.TemporaryDirectory(prefix="usermetrics-bench-jobs-") as tmp:
-            url, pid = embedded_redis.start(Settings(DATA_DIR=tmp))
-            try:
-                rt = Runtime(s.model_copy(update={"redis_url": url}), clickhouse=ch)
-                rt.redis.config_set("appendonly", "no")
-                _measure(rt, spec, result.figures)
-            finally:
-                embedded_redis.stop(pid)
+        with private_runtime(s, ch, "jobs") as rt:
+            _measure(rt, spec, result.figures)
         ch.close()
     return result
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,7 +26,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, select
 
 from app import jobs
-from app.bench.harness import percentile
+from app.bench.harness import percentile, private_runtime
 from app.core import constants as c
 from app.core.settings import Settings
 from app.legacy import db
@@ -38,7 +37,7 @@ from app.migration.seed import LegacySpec, seed
 from app.read.clickhouse_sources import clickhouse_reaction_source
 from app.read.query import UserMetricsQueryService
 from app.read.reactions import UserReactionQueryService
-from app.stores import clickhouse, embedded_redis, migrations
+from app.stores import clickhouse, migrations
 from app.stores.runtime import Runtime
 
 READS_PER_MINUTE = 60
@@ -150,14 +149,8 @@ def run(
     s = settings.model_copy(update={"clickhouse_url": f"chdb://{ch_path}", "database_url": url})
     ch = clickhouse.connect(s)
     migrations.migrate(ch)
-    with tempfile.TemporaryDirectory(prefix="usermetrics-bench-legacy-") as tmp:
-        redis_url, pid = embedded_redis.start(Settings(DATA_DIR=tmp))
-        try:
-            rt = Runtime(s.model_copy(update={"redis_url": redis_url}), clickhouse=ch)
-            rt.redis.config_set("appendonly", "no")
-            _measure(rt, eng, spec, f)
-        finally:
-            embedded_redis.stop(pid)
+    with private_runtime(s, ch, "legacy") as rt:
+        _measure(rt, eng, spec, f)
     ch.close()
     return result
 

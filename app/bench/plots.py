@@ -58,8 +58,8 @@ def growth(rows: Sequence[Mapping[str, float]], path: Path, title: str) -> Path 
     events = [r["events"] for r in rows]
     fig, ax = plt.subplots(figsize=(8, 5))
     for key, label, style in (
-        ("miss", "100 random users, snapshot", "-o"),
-        ("full", "100 random users, full computation", "--o"),
+        ("metrics_miss", "100 random users, snapshot", "-o"),
+        ("metrics_full", "100 random users, full computation", "--o"),
         ("top_miss", "100 most-followed users, snapshot", "-s"),
         ("top_full", "100 most-followed users, full computation", "--s"),
     ):

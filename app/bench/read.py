@@ -21,7 +21,6 @@ import json
 import random
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from rich.progress import Progress
 from app import jobs
 from app.bench import plots
 from app.bench.dataset import DatasetSpec, existing, generate, location
-from app.bench.harness import percentile
+from app.bench.harness import percentile, private_runtime
 from app.caches import reactions_cache
 from app.core import constants as c
 from app.core.settings import Settings
@@ -43,7 +42,7 @@ from app.ops.simulate import Zipf
 from app.read.metrics_query import compute_user_metrics
 from app.read.query import UserMetricsQueryService
 from app.read.reactions import UserReactionQueryService, latest_reactions
-from app.stores import clickhouse, embedded_redis, migrations
+from app.stores import clickhouse, migrations
 from app.stores.runtime import Runtime
 
 GOALS_MS = {"metrics_hit": 5.0, "metrics_miss": 50.0, "reactions_hit": 2.0, "reactions_miss": 20.0, "history": 100.0}
@@ -84,6 +83,7 @@ class ReadResult:
         def lat(key: str) -> str:
             return f"p50 {f[key + '_p50_ms']:.1f} ms, p99 {f[key + '_p99_ms']:.1f} ms"
 
+        miss_goal = f"goal p99 < {GOALS_MS['metrics_miss']:.0f} ms"
         return [
             ("dataset", f"{f['events']:,.0f} events, {f['users']:,.0f} users", f"generated in {f['generate_s']:.0f} s"),
             (
@@ -91,25 +91,17 @@ class ReadResult:
                 f"{f['snapshot_full_s']:.1f} s / {f['snapshot_incremental_s']:.2f} s",
                 f"{f['snapshot_users']:,.0f} users",
             ),
-            (
-                "metrics, 100 users, misses",
-                lat("metrics_miss") + _rows(f, "metrics_miss"),
-                f"goal p99 < {GOALS_MS['metrics_miss']:.0f} ms",
-            ),
-            (
-                "  without the snapshot",
-                lat("metrics_full") + _rows(f, "metrics_full"),
-                f"snapshot {f['metrics_full_p99_ms'] / f['metrics_miss_p99_ms']:.1f}x faster (p99)",
-            ),
-            (
-                "metrics, 100 most-followed users, misses",
-                lat("top_miss") + _rows(f, "top_miss"),
-                f"goal p99 < {GOALS_MS['metrics_miss']:.0f} ms",
-            ),
-            (
-                "  without the snapshot",
-                lat("top_full") + _rows(f, "top_full"),
-                f"snapshot {f['top_full_p99_ms'] / f['top_miss_p99_ms']:.1f}x faster (p99)",
+            *(
+                row
+                for key, who in (("metrics", "100 users"), ("top", "100 most-followed users"))
+                for row in (
+                    (f"metrics, {who}, misses", lat(f"{key}_miss") + _rows(f, f"{key}_miss"), miss_goal),
+                    (
+                        "  without the snapshot",
+                        lat(f"{key}_full") + _rows(f, f"{key}_full"),
+                        f"snapshot {f[f'{key}_full_p99_ms'] / f[f'{key}_miss_p99_ms']:.1f}x faster (p99)",
+                    ),
+                )
             ),
             (
                 "  baseline: raw-log argMax",
@@ -196,13 +188,8 @@ def run(quick: bool, settings: Settings, server: str | None = None) -> ReadResul
     f["events"], f["users"] = spec.events, spec.users
     f["generate_s"] = prepare(ch, spec)
     f["settle_s"] = settle(ch)
-    with tempfile.TemporaryDirectory(prefix="usermetrics-bench-read-") as tmp:
-        url, pid = embedded_redis.start(Settings(DATA_DIR=tmp))
-        try:
-            rt = Runtime(bench_settings.model_copy(update={"redis_url": url}), clickhouse=ch)
-            _measure(rt, sizes, f)
-        finally:
-            embedded_redis.stop(pid)
+    with private_runtime(bench_settings, ch, "read") as rt:
+        _measure(rt, sizes, f)
     ch.close()
     return result
 
@@ -211,27 +198,14 @@ def _measure(rt: Runtime, sizes: ReadSizes, f: Figures) -> None:
     spec = sizes.spec
     rnd = random.Random(42)  # noqa: S311 - workload sampling, not security
     r = rt.redis
-    # The private cache Redis runs without persistence (AOF rewrites would fork and stall it mid-measurement).
-    r.config_set("appendonly", "no")
     service = UserMetricsQueryService(rt)
     batches = [[rnd.randint(1, spec.users) for _ in range(100)] for _ in range(sizes.trials)]
 
-    most_followed = [int(u) for (u,) in rt.clickhouse.rows(MOST_FOLLOWED_SQL)]
-    # The snapshot the misses read: a full run, then an incremental one (nothing changed: its fixed cost). Rows
-    # inserted within the look-back margin before a run count as changed: a dataset generated just now waits it out.
-    if f["generate_s"]:
-        time.sleep(jobs.INFLIGHT_MARGIN.total_seconds())
+    take_snapshot(rt, f, generated=bool(f["generate_s"]))
     started = time.perf_counter()
-    f["snapshot_users"] = jobs.snapshot_user_metrics(rt, full=True).users
-    f["snapshot_full_s"] = time.perf_counter() - started
-    started = time.perf_counter()
-    jobs.snapshot_user_metrics(rt)
+    jobs.snapshot_user_metrics(rt)  # nothing changed since: the incremental run's fixed cost
     f["snapshot_incremental_s"] = time.perf_counter() - started
-    settle(rt.clickhouse)  # the snapshot's parts merged before anything is timed
-    full = partial(compute_user_metrics, rt.clickhouse, weights=rt.weights, window=rt.window)
-    for name, work in (("metrics", batches), ("top", [most_followed] * sizes.trials)):
-        misses(rt, f, f"{name}_miss", lambda users: service.get_user_metrics(users), work)
-        misses(rt, f, f"{name}_full", full, work)
+    measure_misses(rt, f, batches)
     hit = _steady(lambda i: service.get_user_metrics(batches[i % len(batches)]), sizes.hit_trials)
     _put(f, "metrics_hit", hit)
     _put(f, "client_hit", _client_hits(rt, batches, sizes.hit_trials))
@@ -287,6 +261,27 @@ def _measure(rt: Runtime, sizes: ReadSizes, f: Figures) -> None:
     # seed's argMax queries, which is what every read cost before the aggregate tables.
     naive = [_timed(_raw_log_metrics, rt, users) for users in batches]
     _put(f, "naive", naive)
+
+
+def take_snapshot(rt: Runtime, f: Figures, generated: bool) -> None:
+    """The snapshot the misses read: a full run, timed. Rows inserted within the look-back margin before a run count
+    as changed, so a dataset generated just now waits it out first."""
+    if generated:
+        time.sleep(jobs.INFLIGHT_MARGIN.total_seconds())
+    started = time.perf_counter()
+    f["snapshot_users"] = jobs.snapshot_user_metrics(rt, full=True).users
+    f["snapshot_full_s"] = time.perf_counter() - started
+
+
+def measure_misses(rt: Runtime, f: Figures, batches: list[list[int]]) -> None:
+    """Misses of ``batches`` (``metrics_*``) and of the 100 most-followed users as often (``top_*``), through the
+    read service (the snapshot) and computed in full without it (``*_full``)."""
+    service = UserMetricsQueryService(rt)
+    most_followed = [int(u) for (u,) in rt.clickhouse.rows(MOST_FOLLOWED_SQL)]
+    full = partial(compute_user_metrics, rt.clickhouse, weights=rt.weights, window=rt.window)
+    for name, work in (("metrics", batches), ("top", [most_followed] * len(batches))):
+        misses(rt, f, f"{name}_miss", service.get_user_metrics, work)
+        misses(rt, f, f"{name}_full", full, work)
 
 
 def misses(rt: Runtime, f: Figures, key: str, call: Callable[[list[int]], Any], work: list[list[int]]) -> None:

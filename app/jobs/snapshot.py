@@ -104,12 +104,6 @@ FROM (
 )
 GROUP BY owner
 """  # noqa: S608
-STAMP_SQL = """
-SELECT greatest(
-    {now:DateTime64(3, 'UTC')},
-    (SELECT max(computedAt) FROM userMetricsSnapshot) + toIntervalMillisecond(1)
-)
-"""
 
 
 def basis(rt: Runtime) -> str:
@@ -141,7 +135,6 @@ def snapshot_user_metrics(rt: Runtime, full: bool | None = None) -> JobReport:
     if not full:
         arrived = {int(u) for (u,) in ch.rows(ARRIVED_USERS_SQL, {"after": inserted_after, "until": until})}
         full = len(arrived) > INCREMENTAL_MAX_USERS
-    stamp = as_utc(ch.rows(STAMP_SQL, {"now": now})[0][0])
     if full:
         if resuming:  # an interrupted full run: its slice start, and the users after the last one written
             full_until, after_user = datetime.fromisoformat(state["full_until"]), int(state["full_next"])
@@ -160,7 +153,7 @@ def snapshot_user_metrics(rt: Runtime, full: bool | None = None) -> JobReport:
         done = 0
         for i in range(0, len(users), USERS_PER_QUERY):
             batch = users[i : i + USERS_PER_QUERY]
-            _write(rt, batch, now, stamp)
+            _write(rt, batch, now)
             done += len(batch)
             save_state(r, JOB, {"full_next": batch[-1]})
             if time.perf_counter() > deadline and i + USERS_PER_QUERY < len(users):
@@ -169,7 +162,7 @@ def snapshot_user_metrics(rt: Runtime, full: bool | None = None) -> JobReport:
                 )
         # The table's own record of the finished run: readers serve rows only from the generation the state names (a
         # table lost or recreated under a state saying ``ready`` would otherwise read as users with nothing).
-        ch.insert("userMetricsSnapshot", [_sentinel(generation, stamp)], COLUMNS)
+        ch.insert("userMetricsSnapshot", [_sentinel(generation, now)], COLUMNS)
         # Users whose rows arrived since the full run began were computed after their arrival, or will be by the
         # next run: the next slice starts where the full run's did.
         save_state(
@@ -187,7 +180,7 @@ def snapshot_user_metrics(rt: Runtime, full: bool | None = None) -> JobReport:
     expiring = {int(u) for (u,) in ch.rows(EXPIRING_SQL, {"horizon": soon})}
     users = sorted(arrived | expiring)
     for i in range(0, len(users), USERS_PER_QUERY):
-        _write(rt, users[i : i + USERS_PER_QUERY], now, stamp)
+        _write(rt, users[i : i + USERS_PER_QUERY], now)
     save_state(r, JOB, {"inserted_after": (until - INFLIGHT_MARGIN).isoformat(), "now": now.isoformat()})
     return JobReport(
         "snapshot_user_metrics",
@@ -201,11 +194,11 @@ def snapshot_user_metrics(rt: Runtime, full: bool | None = None) -> JobReport:
 SENTINEL_USER = 0  # user ids are positive; row 0 carries the generation of the last finished full run
 
 
-def _sentinel(generation: int, stamp: datetime) -> list[Any]:
-    return [SENTINEL_USER, 0, 0, 0, 0, 0, 0, 0, 0, generation, [], [], FOREVER, stamp]
+def _sentinel(generation: int, now: datetime) -> list[Any]:
+    return [SENTINEL_USER, 0, 0, 0, 0, 0, 0, 0, 0, generation, [], [], FOREVER, now]
 
 
-def _write(rt: Runtime, users: Sequence[int], now: datetime, stamp: datetime) -> None:
+def _write(rt: Runtime, users: Sequence[int], now: datetime) -> None:
     ch = rt.clickhouse
     computed = compute_user_metrics(ch, users, weights=rt.weights, window=rt.window, now=now)
     horizon = timedelta(seconds=rt.settings.snapshot_horizon_s)
@@ -226,7 +219,7 @@ def _write(rt: Runtime, users: Sequence[int], now: datetime, stamp: datetime) ->
                 m.generation_count,
                 int(m.engagement_score * SCORE_SCALE),
                 *drops.get(uid, ([], [], FOREVER)),
-                stamp,
+                now,
             ]
         )
     ch.insert("userMetricsSnapshot", rows, COLUMNS)

@@ -11,9 +11,8 @@ from app.caches.reactions_cache import BitUpdate
 from app.core import constants as c
 from app.core.metrics import UserMetrics
 from app.read.history import HistoryPoint, metric_history
-from app.read.metrics_query import compute_user_metrics
 from app.read.reactions import ReactionSource, latest_reactions
-from app.read.snapshot import current_user_metrics
+from app.read.snapshot import user_metrics
 from app.stores import clickhouse
 from app.stores.broker import through_worker
 from app.stores.runtime import Runtime
@@ -41,9 +40,7 @@ def clickhouse_metrics_source(rt: Runtime) -> MetricsSource:
         return via_worker
 
     def direct(user_ids: Sequence[int], as_of: datetime | None = None) -> dict[int, UserMetrics]:
-        if as_of is None:
-            return current_user_metrics(rt, user_ids)  # the snapshot where it is exact
-        return compute_user_metrics(rt.clickhouse, user_ids, weights=rt.weights, window=rt.window, as_of=as_of)
+        return user_metrics(rt, user_ids, as_of)
 
     return direct
 

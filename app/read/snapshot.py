@@ -48,6 +48,13 @@ FROM ({engagement_sql.EXCLUDED_SET_SQL.replace(", now64(3, 'UTC')", " AS fp")})
 """  # noqa: S608
 
 
+def user_metrics(rt: Runtime, user_ids: Sequence[int], as_of: datetime | None = None) -> dict[int, UserMetrics]:
+    """Metrics now (the snapshot where it is exact) or, with ``as_of``, at that instant (from the raw log)."""
+    if as_of is None:
+        return current_user_metrics(rt, user_ids)
+    return compute_user_metrics(rt.clickhouse, user_ids, weights=rt.weights, window=rt.window, as_of=as_of)
+
+
 def current_user_metrics(rt: Runtime, user_ids: Sequence[int]) -> dict[int, UserMetrics]:
     """Every metric of ``user_ids`` now (rank excluded): from the snapshot where it is exact, else computed."""
     users = sorted(set(user_ids))

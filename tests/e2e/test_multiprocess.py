@@ -166,6 +166,28 @@ def reset(shape: Shape) -> None:
     wipe_clickhouse(shape.rt)
 
 
+def settled_at_the_oracle(shape: Shape, expected: list[Any], timeout_s: float = 60) -> Oracle:
+    """Wait for every event and for the caches to settle; then every computed and cached number of ``USERS`` is
+    the oracle's, and no stray event was written. Returns the oracle."""
+    n = len({e.event_id for e in expected})
+    count = "SELECT uniqExact(eventId) FROM entityMetricEvents"
+    wait_until(lambda: shape.rt.clickhouse.rows(count)[0][0] >= n, f"{n} events", timeout_s)
+    wait_until(shape.settled, "the buffer and the dirty set to drain", 60)
+    oracle = Oracle(now=datetime.now(UTC))
+    oracle.apply_all(expected)
+    computed = compute_user_metrics(shape.rt.clickhouse, USERS, weights=shape.rt.weights, window=shape.rt.window)
+    cached = metrics_cache.read(shape.rt.redis, USERS)
+    for uid in USERS:
+        want = oracle.metrics(uid)
+        for m in (computed[uid], cached[uid]):
+            assert m is not None
+            got = m.to_json()
+            for name, value in want.items():
+                assert got[name] == (float(value) if name == "engagementScore" else value), (uid, name, got, want)
+    assert shape.rt.clickhouse.rows(count)[0][0] == n  # no stray events
+    return oracle
+
+
 @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
 @given(history=st.lists(an_event(), min_size=10, max_size=40), data=st.data())
 def test_every_number_matches_the_oracle_with_two_worker_processes(shape: Shape, history: Any, data: Any) -> None:
@@ -182,23 +204,7 @@ def test_every_number_matches_the_oracle_with_two_worker_processes(shape: Shape,
         else:
             for item in chunk:
                 producer.send(item["type"], **{k: v for k, v in item.items() if k != "type"})
-    expected = oracle_events(history)
-    n = len({e.event_id for e in expected})
-    count = "SELECT uniqExact(eventId) FROM entityMetricEvents"
-    wait_until(lambda: shape.rt.clickhouse.rows(count)[0][0] >= n, f"{n} events", 60)
-    wait_until(shape.settled, "the buffer and the dirty set to drain", 60)
-    oracle = Oracle(now=datetime.now(UTC))
-    oracle.apply_all(expected)
-    computed = compute_user_metrics(shape.rt.clickhouse, USERS, weights=shape.rt.weights, window=shape.rt.window)
-    cached = metrics_cache.read(shape.rt.redis, USERS)
-    for uid in USERS:
-        want = oracle.metrics(uid)
-        for m in (computed[uid], cached[uid]):
-            assert m is not None
-            got = m.to_json()
-            for name, value in want.items():
-                assert got[name] == (float(value) if name == "engagementScore" else value), (uid, name, got, want)
-    assert shape.rt.clickhouse.rows(count)[0][0] == n  # no stray events
+    settled_at_the_oracle(shape, oracle_events(history))
 
 
 def _runs(rt: Runtime) -> dict[str, int]:
@@ -313,22 +319,7 @@ def test_hot_keys_written_by_two_worker_processes_stay_exact(shape: Shape) -> No
     producer = shape.producer
     for m in sent + rnd.sample(sent, 40):  # with redeliveries
         producer.send(m["type"], **{k: v for k, v in m.items() if k != "type"})
-    expected = oracle_events(sent)
-    n = len({e.event_id for e in expected})
-    count = "SELECT uniqExact(eventId) FROM entityMetricEvents"
-    wait_until(lambda: shape.rt.clickhouse.rows(count)[0][0] >= n, f"{n} events", 90)
-    wait_until(shape.settled, "the buffer and the dirty set to drain", 60)
-    oracle = Oracle(now=datetime.now(UTC))
-    oracle.apply_all(expected)
-    cached = metrics_cache.read(shape.rt.redis, USERS)
-    computed = compute_user_metrics(shape.rt.clickhouse, USERS, weights=shape.rt.weights, window=shape.rt.window)
-    for uid in USERS:
-        want = oracle.metrics(uid)
-        for m in (computed[uid], cached[uid]):
-            assert m is not None
-            got = m.to_json()
-            for name, value in want.items():
-                assert got[name] == (float(value) if name == "engagementScore" else value), (uid, name, got, want)
+    oracle = settled_at_the_oracle(shape, oracle_events(sent), timeout_s=90)
     assert shape.rt.redis.exists(f"reactions:{reactor}")  # served from the cache the flushers kept
     flags = reactions.get_user_reactions(reactor, [image, late_image])
     assert dict(flags) == {i: oracle.reactions(reactor, i) for i in (image, late_image)}

@@ -10,7 +10,13 @@ from app.bench import plots
 def test_latency_and_growth_figures_are_drawn(tmp_path: Path) -> None:
     drawn = plots.latencies({"hits": [1.0, 1.5, 2.0], "misses": [20.0, 25.0, 40.0]}, tmp_path / "l.png", "t")
     rows = [
-        {"events": n, "miss_p99_ms": 20.0, "full_p99_ms": 50.0 * i, "top_miss_p99_ms": 20.0, "top_full_p99_ms": 90.0}
+        {
+            "events": n,
+            "metrics_miss_p99_ms": 20.0,
+            "metrics_full_p99_ms": 50.0 * i,
+            "top_miss_p99_ms": 20.0,
+            "top_full_p99_ms": 90.0,
+        }
         for i, n in enumerate((1e6, 1e7, 3e7), start=1)
     ]
     curve = plots.growth(rows, tmp_path / "g.png", "t")
