@@ -9,6 +9,7 @@ value of the key's latest event by ``(createdAt, eventId)``. *Additive* types ad
 from __future__ import annotations
 
 import hashlib
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -112,13 +113,31 @@ def uuid5_sql(name: str) -> str:
     )
 
 
+_last_v7 = 0
+_v7_lock = threading.Lock()
+_V7_RAND_BITS = 74  # rand_a (12 bits) and rand_b (62 bits)
+
+
 def new_event_id() -> uuid.UUID:
-    """A time-ordered UUID (version 7): later events sort later, which keeps inserts local in ClickHouse."""
-    ms = int(datetime.now(UTC).timestamp() * 1000)
-    rand = uuid.uuid4().int
-    value = (ms & ((1 << 48) - 1)) << 80
+    """A time-ordered UUID (version 7): later events sort later, which keeps inserts local in ClickHouse.
+
+    Monotonic within the process (RFC 9562, 6.2 method 2): an id minted in the same millisecond as the previous
+    one, or after the clock stepped back, is the previous id plus one. Ties on ``createdAt`` are broken by
+    ``eventId``, so without this two events a producer sends in one millisecond (an upload and its removal)
+    would take effect in a random order.
+    """
+    global _last_v7
+    ms = int(datetime.now(UTC).timestamp() * 1000) & ((1 << 48) - 1)
+    rand = uuid.uuid4().int & ((1 << _V7_RAND_BITS) - 1)
+    with _v7_lock:
+        packed = (ms << _V7_RAND_BITS) | rand
+        if packed <= _last_v7:
+            packed = _last_v7 + 1
+        _last_v7 = packed
+    ms, rand = packed >> _V7_RAND_BITS, packed & ((1 << _V7_RAND_BITS) - 1)
+    value = ms << 80
     value |= 0x7 << 76
-    value |= ((rand >> 64) & 0xFFF) << 64
+    value |= (rand >> 62) << 64
     value |= 0b10 << 62
     value |= rand & ((1 << 62) - 1)
     return uuid.UUID(int=value)

@@ -18,7 +18,15 @@ from app.core.errors import (
     ValidationError,
     translate_clickhouse,
 )
-from app.core.events import EVENT_ID_NAMESPACE, STATE_OFF, STATE_ON, MetricType, as_utc, derive_event_id
+from app.core.events import (
+    EVENT_ID_NAMESPACE,
+    STATE_OFF,
+    STATE_ON,
+    MetricType,
+    as_utc,
+    derive_event_id,
+    new_event_id,
+)
 from app.core.ids import check_ids
 from app.core.metrics import SCORE_SCALE, EngagementWeights, UserMetrics, format_score
 from app.core.settings import Settings
@@ -33,6 +41,29 @@ def test_derived_event_ids_are_uuid5(parent: uuid.UUID, name: str) -> None:
     assert derive_event_id(parent, name) == expected
     assert derive_event_id(str(parent), name) == expected
     assert expected.version == 5
+
+
+def test_new_event_ids_are_v7_and_strictly_increasing_within_a_millisecond() -> None:
+    # Given thousands of ids minted back to back (many share a millisecond)
+    ids = [new_event_id() for _ in range(5000)]
+    # Then each sorts after the one before, so an upload and its removal sent in one millisecond keep their order
+    assert all(a.int < b.int for a, b in zip(ids, ids[1:], strict=False))
+    assert {u.version for u in ids} == {7} and {u.variant for u in ids} == {uuid.RFC_4122}
+    assert len({u.int >> 80 for u in ids}) < len(ids)  # the case that matters did occur
+
+
+def test_new_event_ids_keep_increasing_when_the_clock_steps_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.core.events as events
+
+    first = new_event_id()
+
+    class Past(datetime):
+        @classmethod
+        def now(cls, tz: object = None) -> datetime:  # type: ignore[override]
+            return datetime(2001, 1, 1, tzinfo=UTC)
+
+    monkeypatch.setattr(events, "datetime", Past)
+    assert new_event_id().int > first.int
 
 
 def test_set_reaction_is_four_state_events_with_derived_ids() -> None:
