@@ -203,7 +203,7 @@ def _measure(rt: Runtime, eng: Engine, spec: LegacySpec, f: dict[str, float]) ->
     service = UserMetricsQueryService(rt)
     # Misses read the metrics snapshot: its full run, once the new events are past the look-back margin.
     time.sleep(jobs.INFLIGHT_MARGIN.total_seconds() + 0.5)
-    f["snapshot_full_s"] = jobs.snapshot_user_metrics(rt, full=True).seconds
+    f["snapshot_full_s"] = jobs.snapshot_metrics(rt, full=True).seconds
     misses = []
     for b in batches:
         rt.redis.delete(*{c.USER_METRICS_KEY.format(user_id=u) for u in b})  # a miss; the jobs' state stays

@@ -39,6 +39,7 @@ from app.caches import reactions_cache
 from app.core import constants as c
 from app.core.settings import Settings
 from app.ops.simulate import Zipf
+from app.read.history import metric_history
 from app.read.metrics_query import compute_user_metrics
 from app.read.query import UserMetricsQueryService
 from app.read.reactions import UserReactionQueryService, latest_reactions
@@ -91,6 +92,11 @@ class ReadResult:
                 f"{f['snapshot_full_s']:.1f} s / {f['snapshot_incremental_s']:.2f} s",
                 f"{f['snapshot_users']:,.0f} users",
             ),
+            (
+                "history timeline: rebuild / incremental run",
+                f"{f['timeline_rebuild_s']:.1f} s / {f['timeline_incremental_s']:.2f} s",
+                f"{f['timeline_keys']:,.0f} key changes",
+            ),
             *(
                 row
                 for key, who in (("metrics", "100 users"), ("top", "100 most-followed users"))
@@ -123,6 +129,11 @@ class ReadResult:
             ),
             ("history 365 days, typical user, slowest metric", _history(f, "typical"), "goal < 100 ms"),
             ("history 365 days, most active user, slowest metric", _history(f, "top"), "goal < 100 ms"),
+            (
+                "  without the timeline (raw log)",
+                _history(f, "top_raw"),
+                f"timeline {f['history_top_raw_ms'] / f['history_top_ms']:.1f}x faster",
+            ),
         ]
 
 
@@ -203,8 +214,14 @@ def _measure(rt: Runtime, sizes: ReadSizes, f: Figures) -> None:
 
     take_snapshot(rt, f, generated=bool(f["generate_s"]))
     started = time.perf_counter()
-    jobs.snapshot_user_metrics(rt)  # nothing changed since: the incremental run's fixed cost
+    jobs.snapshot_metrics(rt)  # nothing changed since: the incremental run's fixed cost
     f["snapshot_incremental_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    f["timeline_keys"] = jobs.update_timeline(rt, full=True).changed
+    f["timeline_rebuild_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    jobs.update_timeline(rt)
+    f["timeline_incremental_s"] = time.perf_counter() - started
     measure_misses(rt, f, batches)
     hit = _steady(lambda i: service.get_user_metrics(batches[i % len(batches)]), sizes.hit_trials)
     _put(f, "metrics_hit", hit)
@@ -251,9 +268,14 @@ def _measure(rt: Runtime, sizes: ReadSizes, f: Figures) -> None:
     # History over 365 days: a typical user (median activity) and the most active one.
     typical, top = (int(u) for u in rt.clickhouse.rows(_TYPICAL_AND_TOP_SQL)[0])
     start = datetime.now(UTC) - timedelta(days=365)
-    for name, user in (("typical", typical), ("top", top)):
+    raw = partial(metric_history, rt.clickhouse, timeline=False)
+    for name, user, read in (
+        ("typical", typical, service.get_user_metric_history),
+        ("top", top, service.get_user_metric_history),
+        ("top_raw", top, lambda u, m, s: raw(u, m, s, datetime.now(UTC))),
+    ):
         for metric in HISTORY_METRICS:  # each metric's median of three; the figure is the slowest metric's
-            runs = [_timed(service.get_user_metric_history, user, metric, start) for _ in range(3)]
+            runs = [_timed(read, user, metric, start) for _ in range(3)]
             f[f"history_{name}_{metric}_ms"] = percentile(runs, 50)
         f[f"history_{name}_ms"] = max(f[f"history_{name}_{m}_ms"] for m in HISTORY_METRICS)
 
@@ -269,7 +291,7 @@ def take_snapshot(rt: Runtime, f: Figures, generated: bool) -> None:
     if generated:
         time.sleep(jobs.INFLIGHT_MARGIN.total_seconds())
     started = time.perf_counter()
-    f["snapshot_users"] = jobs.snapshot_user_metrics(rt, full=True).users
+    f["snapshot_users"] = jobs.snapshot_metrics(rt, full=True).users
     f["snapshot_full_s"] = time.perf_counter() - started
 
 

@@ -18,7 +18,8 @@ the same tick run it once).
 - ``reconcile_caches``: cached hashes of recently changed users and a random sample of recently read ones are
   compared with ClickHouse and repaired; the drift ratio is logged and counted.
 - ``snapshot_user_metrics``: every user's metrics as the read path computes them (``userMetricsSnapshot``), kept
-  for the users changed since the last run, so that a cache miss reads one row per unchanged user.
+  for the users changed since the last run, so that a cache miss reads one row per unchanged user; then the hourly
+  timeline of every user's state counts (``metricTimeline``), so that a history request reads one row per hour.
 - ``check_event_buffer``: the event buffer's and the broker's backlog, logged and counted.
 """
 
@@ -28,7 +29,8 @@ from app.jobs.ranks import ranked, recompute_ranks
 from app.jobs.reconcile import reconcile_caches
 from app.jobs.report import JobReport
 from app.jobs.rewarm import refresh_expiring_caches
-from app.jobs.snapshot import snapshot_user_metrics
+from app.jobs.snapshot import snapshot_metrics, snapshot_user_metrics
+from app.jobs.timeline import update_timeline
 
 __all__ = [
     "INFLIGHT_MARGIN",
@@ -39,5 +41,7 @@ __all__ = [
     "recompute_ranks",
     "reconcile_caches",
     "refresh_expiring_caches",
+    "snapshot_metrics",
     "snapshot_user_metrics",
+    "update_timeline",
 ]

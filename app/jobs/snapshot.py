@@ -21,6 +21,7 @@ import json
 import secrets
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,6 +30,7 @@ from app.core.metrics import ADDITIVE, EXCLUDED_USERS_SQL, OWNER_STATE_TYPES_SQL
 from app.jobs import engagement_sql
 from app.jobs.engagement import ARRIVALS_KEPT, INFLIGHT_MARGIN, slice_end
 from app.jobs.report import JobReport, load_state, save_state
+from app.jobs.timeline import update_timeline
 from app.jobs.report import now as clock
 from app.read.metrics_query import USERS_PER_QUERY, compute_user_metrics
 from app.stores.runtime import Runtime
@@ -112,6 +114,15 @@ def basis(rt: Runtime) -> str:
 
 
 def snapshot_user_metrics(rt: Runtime, full: bool | None = None) -> JobReport:
+    """The metrics snapshot, then the hourly timeline of the state counts (``app.jobs.timeline``), in one job: both
+    follow the same changelog, and one lock keeps them from running twice at once."""
+    snap = snapshot_metrics(rt, full)
+    line = update_timeline(rt, full)
+    return replace(snap, mode=f"{snap.mode}; timeline {line.mode}", seconds=snap.seconds + line.seconds)
+
+
+def snapshot_metrics(rt: Runtime, full: bool | None = None) -> JobReport:
+    """The snapshot alone (see the module's text); ``full`` forces a full run."""
     started = time.perf_counter()
     r, ch = rt.redis, rt.clickhouse
     now = clock(rt)

@@ -1,0 +1,188 @@
+"""Every user's state counts hour by hour (``metricTimeline``, sql/0010), for ``metric_history`` (``app.read.history``).
+
+A state key adds to a user's count at the hours where its state at the end of the hour differs from its state at
+the end of its previous hour with an event. The table keeps those changes per key (``key`` rows) and their sums
+per user, metric and hour (``cell`` rows) and day (``day`` rows). A history request then reads the user's day and
+hour sums plus, for the few keys that changed since the table's ``cut`` or have events in the hour of the
+request's end, the difference between their changes recomputed from the log and their stored ones.
+
+Each run takes the keys with rows in the changelog slice since the last cut (``eventArrivals``, as the other jobs
+do, overlapping the last slice by ``INFLIGHT_MARGIN``: reprocessing a key is harmless), recomputes their changes
+from all of their events, compares them with the stored ones, and writes the key rows that differ, the cells they
+move and the new cut in a single insert. A crash before that insert leaves the table as the last run left it.
+
+A rebuild (first run, excluded set changed, the changelog slice expired) truncates the table and derives it from the
+whole log, one family of keys at a time; it writes the cut last, and readers use the raw log until it exists.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from app.core.events import REACTION_TYPES, STATE_TYPES, as_utc
+from app.core.metrics import EXCLUDED_USERS_SQL
+from app.jobs import engagement_sql
+from app.jobs.engagement import ARRIVALS_KEPT, INFLIGHT_MARGIN, slice_end
+from app.jobs.report import JobReport
+from app.stores.clickhouse import ClickHouse
+from app.stores.runtime import Runtime
+
+TABLE = "metricTimeline"
+COLUMNS = ["subject", "metric", "kind", "keyType", "entityType", "entityId", "actor", "hour", "delta", "note", "version"]
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+_REACTIONS = "(" + ", ".join(f"'{m.value}'" for m in REACTION_TYPES.values()) + ")"
+STATE_TYPES_SQL = "(" + ", ".join(f"'{m.value}'" for m in sorted(STATE_TYPES)) + ")"
+
+# The (user, metric) pairs whose count a state event is part of: the filters of ``app.read.history`` side by side.
+SUBJECTS_SQL = f"""multiIf(
+    metricType = 'Follow',
+        arrayConcat(if(entityType = 'User' AND userId != entityId AND userId NOT IN {EXCLUDED_USERS_SQL},
+                       [(entityId, 'followerCount')], []),
+                    [(userId, 'followingCount')]),
+    metricType = 'Upload' AND entityType IN ('Model', 'Post', 'Image'),
+        [(userId, concat(lower(entityType), 'Count'))],
+    metricType IN {_REACTIONS} AND ownerId != 0 AND userId != ownerId AND userId NOT IN {EXCLUDED_USERS_SQL},
+        [(ownerId, 'reactionCount')],
+    CAST([], 'Array(Tuple(Int64, String))'))"""
+
+_KEY = "subject, metric, keyType, entityType, entityId, actor"
+
+# Every key's changes, hour by hour, for the event rows ``{where}`` selects (zero changes included: they tell the
+# caller which (user, metric) pairs a key belongs to even where its changes cancel out).
+TRANSITIONS_SQL = f"""
+SELECT {_KEY}, hour,
+       s - lagInFrame(s, 1, 0) OVER (PARTITION BY {_KEY} ORDER BY hour ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS delta
+FROM (
+    SELECT sm.1 AS subject, sm.2 AS metric, metricType AS keyType, entityType, entityId, userId AS actor,
+           toDateTime(toStartOfHour(createdAt), 'UTC') AS hour,
+           toInt64(argMax(metricValue, (createdAt, toString(eventId))) > 0) AS s
+    FROM entityMetricEvents
+    ARRAY JOIN {SUBJECTS_SQL} AS sm
+    WHERE metricType IN {STATE_TYPES_SQL} AND {{where}}
+    GROUP BY {_KEY}, hour
+)
+"""
+
+CUT_SQL = f"""
+SELECT argMax(delta, version), argMax(note, version), max(version)
+FROM {TABLE}
+WHERE subject = 0 AND metric = '' AND kind = 'cut'
+HAVING count() > 0
+"""
+
+# The keys of the changelog slice: their changes now, their stored changes, and the stored cells those touch.
+_CHANGED = f"""
+SELECT DISTINCT entityType, entityId, metricType, userId FROM eventArrivals
+WHERE insertedAt > {{after:DateTime64(3, 'UTC')}} AND insertedAt <= {{until:DateTime64(3, 'UTC')}}
+  AND metricType IN {STATE_TYPES_SQL}
+"""
+DIFF_SQL = f"""
+WITH
+    fresh AS ({TRANSITIONS_SQL.format(where=f"(entityType, entityId, metricType, userId) IN ({_CHANGED})")}),
+    stored AS (
+        SELECT {_KEY}, hour, delta FROM {TABLE} FINAL
+        WHERE kind = 'key' AND subject IN (SELECT subject FROM fresh)
+          AND ({_KEY}) IN (SELECT {_KEY} FROM fresh)
+    )
+SELECT 'new' AS src, {_KEY}, hour, delta FROM fresh
+UNION ALL
+SELECT 'old', {_KEY}, hour, delta FROM stored
+UNION ALL
+SELECT toString(kind), subject, metric, '', '', 0, 0, hour, delta FROM {TABLE} FINAL
+WHERE kind IN ('cell', 'day') AND subject IN (SELECT subject FROM fresh)
+  AND (subject, metric, hour) IN (
+      SELECT subject, metric, hour FROM fresh UNION ALL SELECT subject, metric, hour FROM stored
+      UNION ALL SELECT subject, metric, toStartOfDay(hour) FROM fresh
+      UNION ALL SELECT subject, metric, toStartOfDay(hour) FROM stored)
+"""  # noqa: S608
+
+# A rebuild, one family of state types at a time (their keys are disjoint): the key rows, then every cell.
+REBUILD_KEYS_SQL = f"""
+INSERT INTO {TABLE} ({", ".join(COLUMNS)})
+SELECT subject, metric, 'key', keyType, entityType, entityId, actor, hour, delta, '', {{version:UInt64}}
+FROM ({TRANSITIONS_SQL.format(where="metricType IN {types:Array(String)}")})
+WHERE delta != 0
+"""  # noqa: S608
+REBUILD_CELLS_SQL = f"""
+INSERT INTO {TABLE} ({", ".join(COLUMNS)})
+SELECT subject, metric, cell.1 AS cell_kind, '', '', 0, 0, cell.2 AS cell_at, sum(delta), '', {{version:UInt64}}
+FROM {TABLE}
+ARRAY JOIN [('cell', hour), ('day', toStartOfDay(hour))] AS cell
+WHERE kind = 'key'
+GROUP BY subject, metric, cell_kind, cell_at
+"""  # noqa: S608
+FAMILIES = (["Follow"], ["Upload"], sorted(m.value for m in REACTION_TYPES.values()))
+
+Key = tuple[int, str, str, str, int, int]
+
+
+def read_cut(ch: ClickHouse) -> tuple[datetime, str, int] | None:
+    """The position the table is exact up to, the excluded set it was computed with, and its version."""
+    rows = ch.rows(CUT_SQL)
+    if not rows:
+        return None
+    cut_ms, note, version = rows[0]
+    return EPOCH + timedelta(milliseconds=int(cut_ms)), str(note), int(version)
+
+
+def update_timeline(rt: Runtime, full: bool | None = None) -> JobReport:
+    started = time.perf_counter()
+    ch = rt.clickhouse
+    excluded_set, engine_now = ch.rows(engagement_sql.EXCLUDED_SET_SQL)[0]
+    engine_now = as_utc(engine_now)
+    until = slice_end(ch, engine_now)
+    cut = read_cut(ch)
+    version = max(int(engine_now.timestamp() * 1000), (cut[2] + 1) if cut else 0)
+    if full or cut is None or cut[1] != excluded_set or cut[0] < until - ARRIVALS_KEPT:
+        keys = rebuild(ch, until, str(excluded_set), version)
+        return JobReport("update_timeline", "rebuild", changed=keys, seconds=time.perf_counter() - started)
+    params = {"after": cut[0] - INFLIGHT_MARGIN, "until": until}
+    new: dict[Key, dict[datetime, int]] = defaultdict(dict)
+    old: dict[Key, dict[datetime, int]] = defaultdict(dict)
+    cells: dict[tuple[str, int, str, datetime], int] = {}
+    for src, subject, metric, key_type, entity_type, entity_id, actor, hour, delta in ch.rows(DIFF_SQL, params):
+        key = (int(subject), str(metric), str(key_type), str(entity_type), int(entity_id), int(actor))
+        if src == "new":
+            new[key][as_utc(hour)] = int(delta)
+        elif src == "old":
+            old[key][as_utc(hour)] = int(delta)
+        else:
+            cells[(str(src), key[0], key[1], as_utc(hour))] = int(delta)
+    rows: list[list[Any]] = []
+    moved: dict[tuple[str, int, str, datetime], int] = defaultdict(int)
+    for key, changes in new.items():
+        stored = old.get(key, {})
+        for hour in changes.keys() | stored.keys():
+            now_delta, was = changes.get(hour, 0), stored.get(hour, 0)
+            if now_delta != was:
+                rows.append([*key[:2], "key", *key[2:], hour, now_delta, "", version])
+                moved[("cell", key[0], key[1], hour)] += now_delta - was
+                moved[("day", key[0], key[1], hour.replace(hour=0))] += now_delta - was
+    for (kind, subject, metric, hour), change in moved.items():
+        if change:
+            total = cells.get((kind, subject, metric, hour), 0) + change
+            rows.append([subject, metric, kind, "", "", 0, 0, hour, total, "", version])
+    rows.append(_cut_row(until, str(excluded_set), version))
+    ch.insert(TABLE, rows, COLUMNS)
+    return JobReport(
+        "update_timeline", "incremental", users=len({k[0] for k in new}), changed=len(rows) - 1,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def rebuild(ch: ClickHouse, until: datetime, excluded_set: str, version: int) -> int:
+    """Derive the whole table from the log; the cut goes in last. Returns the number of key rows."""
+    ch.command(f"TRUNCATE TABLE {TABLE}")
+    for types in FAMILIES:
+        ch.command(REBUILD_KEYS_SQL, {"types": types, "version": version})
+    ch.command(REBUILD_CELLS_SQL, {"version": version})
+    ch.insert(TABLE, [_cut_row(until, excluded_set, version)], COLUMNS)
+    return int(ch.rows(f"SELECT count() FROM {TABLE} WHERE kind = 'key'")[0][0])  # noqa: S608
+
+
+def _cut_row(until: datetime, excluded_set: str, version: int) -> list[Any]:
+    return [0, "", "cut", "", "", 0, 0, EPOCH, int((until - EPOCH) / timedelta(milliseconds=1)), excluded_set, version]

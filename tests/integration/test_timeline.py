@@ -1,0 +1,95 @@
+"""Property: history read from the hourly timeline (``metricTimeline``) is the oracle's, whether the keys come from
+the table's cells, from the correction of keys that changed since its cut, or from an incremental run; and an
+incremental run leaves the table exactly as a rebuild from the whole log would.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import app.jobs.timeline as timeline
+import app.read.history as history_module
+from app.jobs.timeline import update_timeline
+from app.read.excluded import set_excluded
+from app.read.history import metric_history
+from app.stores.clickhouse import insert_events
+from tests.integration.test_read_properties import NOW, USERS, an_event, oracle_at, to_event, users
+from tests.stack import wipe_clickhouse
+
+STATE_METRICS = ("followerCount", "followingCount", "modelCount", "imageCount", "uploadCount", "reactionCount")
+CELLS_SQL = """
+SELECT subject, metric, kind, hour, delta FROM metricTimeline FINAL WHERE kind IN ('cell', 'day') AND delta != 0
+ORDER BY ALL
+"""
+KEYS_SQL = """
+SELECT subject, metric, keyType, entityType, entityId, actor, hour, delta FROM metricTimeline FINAL
+WHERE kind = 'key' AND delta != 0 ORDER BY ALL
+"""
+
+
+def check_history(rt: Any, history: list[Any], excluded: set[int], context: str) -> None:
+    start, end = NOW - timedelta(days=62), NOW
+    day_ends = [
+        min(start.replace(hour=0, minute=0, second=0) + timedelta(days=i + 1, milliseconds=-1), end) for i in range(63)
+    ]
+    expected = [oracle_at(history, at, excluded) for at in day_ends]
+    for uid in USERS:
+        for metric in STATE_METRICS:
+            points = metric_history(rt.clickhouse, uid, metric, start, end, "day")
+            for point, past in zip(points, expected, strict=True):
+                assert point.value == past.metrics(uid).get(metric, 0), (context, metric, uid, point)
+    # Hour buckets over the last day (the hour of ``end`` is read from the log, the ones before from the cells)
+    hour_start = NOW - timedelta(hours=30)
+    hour_ends = [
+        min(hour_start.replace(minute=0, second=0) + timedelta(hours=i + 1, milliseconds=-1), NOW) for i in range(31)
+    ]
+    hourly = [oracle_at(history, at, excluded) for at in hour_ends]
+    for uid in USERS:
+        points = metric_history(rt.clickhouse, uid, "reactionCount", hour_start, NOW, "hour")
+        for point, past in zip(points, hourly, strict=True):
+            assert point.value == past.metrics(uid).get("reactionCount", 0), (context, "hourly", uid, point)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(history=st.lists(an_event(), min_size=1, max_size=40, unique_by=lambda e: e.event_id), data=st.data())
+def test_history_from_the_timeline_matches_the_oracle(clean, history, data):  # type: ignore[no-untyped-def]
+    wipe_clickhouse(clean)
+    dupes = data.draw(st.lists(st.sampled_from(history), max_size=10))
+    delivery = data.draw(st.permutations(history + dupes))
+    cut = data.draw(st.integers(0, len(delivery)))
+    excluded = set(data.draw(st.lists(users, max_size=1)))
+    exclude_first = data.draw(st.booleans())
+    # Given part of the events and a timeline built from them
+    insert_events(clean.clickhouse, [to_event(e) for e in delivery[:cut]])
+    if exclude_first:
+        set_excluded(clean, excluded, excluded=True, reason="test")
+    assert update_timeline(clean).mode == "rebuild"
+    # When the rest arrives after its cut (and, in some examples, the excluded set changes: readers use the raw log)
+    insert_events(clean.clickhouse, [to_event(e) for e in delivery[cut:]])
+    if not exclude_first:
+        set_excluded(clean, excluded, excluded=True, reason="test")
+    # Then history, with the newer keys read from the log, is the oracle's
+    served = history_module._timeline_deltas(clean.clickhouse, USERS[0], "reactionCount", NOW, NOW, "day") is not None
+    assert served == (exclude_first or not excluded)  # a changed excluded set is read from the raw log
+    check_history(clean, history, excluded, "corrected")
+    # And after the next run, read from the cells alone (no in-flight margin: no key counts as changed)
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.setattr(timeline, "INFLIGHT_MARGIN", timedelta(0))
+        mp.setattr(history_module, "INFLIGHT_MARGIN", timedelta(0))
+        changed_set = bool(excluded) and not exclude_first
+        assert update_timeline(clean).mode == ("rebuild" if changed_set else "incremental")
+        assert history_module._timeline_deltas(clean.clickhouse, USERS[0], "reactionCount", NOW, NOW, "day") is not None
+        check_history(clean, history, excluded, "cells")
+    finally:
+        mp.undo()
+    # And the incremental run left what a rebuild from the whole log writes
+    cells, keys = clean.clickhouse.rows(CELLS_SQL), clean.clickhouse.rows(KEYS_SQL)
+    assert update_timeline(clean, full=True).mode == "rebuild"
+    assert clean.clickhouse.rows(CELLS_SQL) == cells
+    assert clean.clickhouse.rows(KEYS_SQL) == keys
