@@ -24,6 +24,8 @@ METRICS_FILL_BEFORE_WRITE = "metrics.fill.before_write"
 REFRESH_BEFORE_CLEAR = "refresh.before_clear"
 # An incremental engagement run, after it collected its changed keys and before it reads their rows.
 ENGAGEMENT_MID_RUN = "engagement.mid_run"
+# An incremental timeline run, after it computed its rows and before its one insert.
+TIMELINE_BEFORE_INSERT = "timeline.before_insert"
 # A beat job inside its lock, before it starts working.
 JOB_RUNNING = "job.running"
 # A backfill's engine path, once it has loaded its image owners and before its first chunk.

@@ -22,6 +22,7 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from app.core import failpoints
 from app.core.events import REACTION_TYPES, STATE_TYPES, as_utc
 from app.core.metrics import EXCLUDED_USERS_SQL
 from app.jobs import engagement_sql
@@ -33,6 +34,9 @@ from app.stores.runtime import Runtime
 TABLE = "metricTimeline"
 COLUMNS = ["subject", "metric", "kind", "keyType", "entityType", "entityId", "actor", "hour", "delta", "note", "version"]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Past this many rows a run rebuilds instead: an insert is applied whole only while the engine keeps it one block
+# (up to ``min_insert_block_size_rows``, about a million rows).
+INCREMENTAL_MAX_ROWS = 500_000
 
 _REACTIONS = "(" + ", ".join(f"'{m.value}'" for m in REACTION_TYPES.values()) + ")"
 STATE_TYPES_SQL = "(" + ", ".join(f"'{m.value}'" for m in sorted(STATE_TYPES)) + ")"
@@ -100,11 +104,14 @@ WHERE kind IN ('cell', 'day') AND subject IN (SELECT subject FROM fresh)
       UNION ALL SELECT subject, metric, toStartOfDay(hour) FROM stored)
 """  # noqa: S608
 
-# A rebuild, one family of state types at a time (their keys are disjoint): the key rows, then every cell.
+# A rebuild, one family of state types at a time and one share of its keys at a time (shares are disjoint, and each
+# statement stays well within the client's timeout): the key rows, then the sums, one share of users at a time.
+_SHARE = "cityHash64({of}) % {{share_count:UInt64}} = {{share:UInt64}}"
+ROWS_PER_SHARE = 500_000
 REBUILD_KEYS_SQL = f"""
 INSERT INTO {TABLE} ({", ".join(COLUMNS)})
 SELECT subject, metric, 'key', keyType, entityType, entityId, actor, hour, delta, '', {{version:UInt64}}
-FROM ({TRANSITIONS_SQL.format(where="metricType IN {types:Array(String)}")})
+FROM ({TRANSITIONS_SQL.format(where=f"metricType IN {{types:Array(String)}} AND {_SHARE.format(of='entityId, userId')}")})
 WHERE delta != 0
 """  # noqa: S608
 REBUILD_CELLS_SQL = f"""
@@ -112,9 +119,10 @@ INSERT INTO {TABLE} ({", ".join(COLUMNS)})
 SELECT subject, metric, cell.1 AS cell_kind, '', '', 0, 0, cell.2 AS cell_at, sum(delta), '', {{version:UInt64}}
 FROM {TABLE}
 ARRAY JOIN [('cell', hour), ('day', toStartOfDay(hour))] AS cell
-WHERE kind = 'key'
+WHERE kind = 'key' AND {_SHARE.format(of='subject')}
 GROUP BY subject, metric, cell_kind, cell_at
 """  # noqa: S608
+FAMILY_ROWS_SQL = "SELECT count() FROM entityMetricEvents WHERE metricType IN {types:Array(String)}"
 FAMILIES = (["Follow"], ["Upload"], sorted(m.value for m in REACTION_TYPES.values()))
 
 Key = tuple[int, str, str, str, int, int]
@@ -167,6 +175,10 @@ def update_timeline(rt: Runtime, full: bool | None = None) -> JobReport:
             total = cells.get((kind, subject, metric, hour), 0) + change
             rows.append([subject, metric, kind, "", "", 0, 0, hour, total, "", version])
     rows.append(_cut_row(until, str(excluded_set), version))
+    if len(rows) > INCREMENTAL_MAX_ROWS:  # a bulk import: one insert must stay one block, whole or nothing
+        keys = rebuild(ch, until, str(excluded_set), version)
+        return JobReport("update_timeline", "rebuild", changed=keys, seconds=time.perf_counter() - started)
+    failpoints.hit(failpoints.TIMELINE_BEFORE_INSERT)
     ch.insert(TABLE, rows, COLUMNS)
     return JobReport(
         "update_timeline", "incremental", users=len({k[0] for k in new}), changed=len(rows) - 1,
@@ -178,10 +190,16 @@ def rebuild(ch: ClickHouse, until: datetime, excluded_set: str, version: int) ->
     """Derive the whole table from the log; the cut goes in last. Returns the number of key rows."""
     ch.command(f"TRUNCATE TABLE {TABLE}")
     for types in FAMILIES:
-        ch.command(REBUILD_KEYS_SQL, {"types": types, "version": version})
-    ch.command(REBUILD_CELLS_SQL, {"version": version})
+        events = int(ch.rows(FAMILY_ROWS_SQL, {"types": types})[0][0])
+        shares = 1 + events // ROWS_PER_SHARE
+        for share in range(shares):
+            ch.command(REBUILD_KEYS_SQL, {"types": types, "version": version, "share_count": shares, "share": share})
+    keys = int(ch.rows(f"SELECT count() FROM {TABLE} WHERE kind = 'key'")[0][0])  # noqa: S608
+    shares = 1 + keys // ROWS_PER_SHARE
+    for share in range(shares):
+        ch.command(REBUILD_CELLS_SQL, {"version": version, "share_count": shares, "share": share})
     ch.insert(TABLE, [_cut_row(until, excluded_set, version)], COLUMNS)
-    return int(ch.rows(f"SELECT count() FROM {TABLE} WHERE kind = 'key'")[0][0])  # noqa: S608
+    return keys
 
 
 def _cut_row(until: datetime, excluded_set: str, version: int) -> list[Any]:

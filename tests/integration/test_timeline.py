@@ -14,11 +14,13 @@ from hypothesis import strategies as st
 
 import app.jobs.timeline as timeline
 import app.read.history as history_module
+from app.core import failpoints
 from app.jobs.timeline import update_timeline
 from app.read.excluded import set_excluded
 from app.read.history import metric_history
 from app.stores.clickhouse import insert_events
 from tests.integration.test_read_properties import NOW, USERS, an_event, oracle_at, to_event, users
+from tests.oracle import E
 from tests.stack import wipe_clickhouse
 
 STATE_METRICS = ("followerCount", "followingCount", "modelCount", "imageCount", "uploadCount", "reactionCount")
@@ -93,3 +95,62 @@ def test_history_from_the_timeline_matches_the_oracle(clean, history, data):  # 
     assert update_timeline(clean, full=True).mode == "rebuild"
     assert clean.clickhouse.rows(CELLS_SQL) == cells
     assert clean.clickhouse.rows(KEYS_SQL) == keys
+
+
+def _events(n: int, first: int, hours_back: int) -> list[E]:
+    """``n`` reactions on user 1's image 100 by users 2..4, and follows of user 1, ``hours_back`` hours ago."""
+    out = []
+    for i in range(n):
+        at = NOW - timedelta(hours=hours_back, minutes=i)
+        event_id = f"00000000-0000-4000-8000-{first + i:012d}"
+        if i % 2:
+            out.append(E(event_id, "User", 1, 2 + i % 3, 1, "Follow", 1 if i % 3 else -1, at))
+        else:
+            out.append(E(event_id, "Image", 100, 2 + i % 3, 1, "ReactionLike", 1 if i % 4 else -1, at))
+    return out
+
+
+def test_a_run_that_dies_before_its_insert_leaves_the_table_as_it_was(clean):  # type: ignore[no-untyped-def]
+    first, later = _events(6, 0, 40), _events(6, 100, 3)
+    insert_events(clean.clickhouse, [to_event(e) for e in first])
+    update_timeline(clean)
+    insert_events(clean.clickhouse, [to_event(e) for e in later])
+    before = clean.clickhouse.rows(KEYS_SQL), clean.clickhouse.rows(CELLS_SQL)
+
+    def die() -> None:
+        raise RuntimeError("worker killed")
+
+    # Given a run that dies after computing its rows, before its insert
+    with failpoints.armed(failpoints.TIMELINE_BEFORE_INSERT, die), pytest.raises(RuntimeError):
+        update_timeline(clean)
+    # Then the table is as it was, history is still exact (the keys since the cut are read from the log)
+    assert (clean.clickhouse.rows(KEYS_SQL), clean.clickhouse.rows(CELLS_SQL)) == before
+    check_history(clean, first + later, set(), "after the crash")
+    # And the next run does the work, leaving what a rebuild leaves
+    assert update_timeline(clean).mode == "incremental"
+    check_history(clean, first + later, set(), "after the next run")
+    after = clean.clickhouse.rows(KEYS_SQL), clean.clickhouse.rows(CELLS_SQL)
+    update_timeline(clean, full=True)
+    assert (clean.clickhouse.rows(KEYS_SQL), clean.clickhouse.rows(CELLS_SQL)) == after
+
+
+def test_rows_landing_during_a_run_are_taken_by_the_next(clean):  # type: ignore[no-untyped-def]
+    first, during = _events(8, 0, 30), _events(8, 200, 30)  # the same keys, changed again
+    insert_events(clean.clickhouse, [to_event(e) for e in first])
+    update_timeline(clean)
+    insert_events(clean.clickhouse, [to_event(e) for e in _events(4, 300, 5)])
+
+    def rows_land_now() -> None:
+        insert_events(clean.clickhouse, [to_event(e) for e in during])
+
+    # Given rows of keys the run already read, landing between its read and its insert
+    with failpoints.armed(failpoints.TIMELINE_BEFORE_INSERT, rows_land_now):
+        update_timeline(clean)
+    everything = first + during + _events(4, 300, 5)
+    # Then history is exact at once (they arrived after the run's cut), and after the next run
+    check_history(clean, everything, set(), "after the race")
+    update_timeline(clean)
+    check_history(clean, everything, set(), "after the next run")
+    after = clean.clickhouse.rows(KEYS_SQL), clean.clickhouse.rows(CELLS_SQL)
+    update_timeline(clean, full=True)
+    assert (clean.clickhouse.rows(KEYS_SQL), clean.clickhouse.rows(CELLS_SQL)) == after
