@@ -24,7 +24,7 @@ MAX_IMAGES_PER_READ = 1000
 
 # From the latest-state table (sql/0003_read_aggregates.sql): the latest event of each reaction key.
 _REACTIONS_SQL = """
-SELECT entityId, metricType, isOn, (at, toString(eventId))
+SELECT entityId, metricType, isOn, at, eventId
 FROM stateByActor FINAL
 WHERE userId = {user:Int64} AND metricType IN {reactions:Array(String)} AND entityType = 'Image'
   AND entityId IN {images:Array(Int64)}
@@ -35,7 +35,7 @@ def latest_reactions(ch: ClickHouse, user_id: int, image_ids: Sequence[int]) -> 
     """The latest state of all four reactions of ``user_id`` on each image, with versions (latest event wins)."""
     found: dict[int, dict[int, BitUpdate]] = {int(i): {} for i in image_ids}
     params = {"user": user_id, "images": sorted(found), "reactions": sorted(m.value for m in BIT_OF)}
-    for image, metric, value, (created, event_id) in ch.rows(_REACTIONS_SQL, params):
+    for image, metric, value, created, event_id in ch.rows(_REACTIONS_SQL, params):
         bit = BIT_OF[metric]
         when = as_utc(created)
         version = reactions_cache.version_of(epoch_ms(when), str(event_id))
