@@ -30,8 +30,8 @@ from app.core.metrics import ADDITIVE, EXCLUDED_USERS_SQL, OWNER_STATE_TYPES_SQL
 from app.jobs import engagement_sql
 from app.jobs.engagement import ARRIVALS_KEPT, INFLIGHT_MARGIN, slice_end
 from app.jobs.report import JobReport, load_state, save_state
-from app.jobs.timeline import update_timeline
 from app.jobs.report import now as clock
+from app.jobs.timeline import update_timeline
 from app.read.metrics_query import USERS_PER_QUERY, compute_user_metrics
 from app.stores.runtime import Runtime
 

@@ -32,7 +32,19 @@ from app.stores.clickhouse import ClickHouse
 from app.stores.runtime import Runtime
 
 TABLE = "metricTimeline"
-COLUMNS = ["subject", "metric", "kind", "keyType", "entityType", "entityId", "actor", "hour", "delta", "note", "version"]
+COLUMNS = [
+    "subject",
+    "metric",
+    "kind",
+    "keyType",
+    "entityType",
+    "entityId",
+    "actor",
+    "hour",
+    "delta",
+    "note",
+    "version",
+]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Past this many rows a run rebuilds instead: an insert is applied whole only while the engine keeps it one block
 # (up to ``min_insert_block_size_rows``, about a million rows).
@@ -59,7 +71,8 @@ _KEY = "subject, metric, keyType, entityType, entityId, actor"
 # caller which (user, metric) pairs a key belongs to even where its changes cancel out).
 TRANSITIONS_SQL = f"""
 SELECT {_KEY}, hour,
-       s - lagInFrame(s, 1, 0) OVER (PARTITION BY {_KEY} ORDER BY hour ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS delta
+       s - lagInFrame(s, 1, 0) OVER (PARTITION BY {_KEY} ORDER BY hour
+                                     ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS delta
 FROM (
     SELECT sm.1 AS subject, sm.2 AS metric, metricType AS keyType, entityType, entityId, userId AS actor,
            toDateTime(toStartOfHour(createdAt), 'UTC') AS hour,
@@ -69,21 +82,21 @@ FROM (
     WHERE metricType IN {STATE_TYPES_SQL} AND {{where}}
     GROUP BY {_KEY}, hour
 )
-"""
+"""  # noqa: S608
 
 CUT_SQL = f"""
 SELECT argMax(delta, version), argMax(note, version), max(version)
 FROM {TABLE}
 WHERE subject = 0 AND metric = '' AND kind = 'cut'
 HAVING count() > 0
-"""
+"""  # noqa: S608
 
 # The keys of the changelog slice: their changes now, their stored changes, and the stored cells those touch.
 _CHANGED = f"""
 SELECT DISTINCT entityType, entityId, metricType, userId FROM eventArrivals
 WHERE insertedAt > {{after:DateTime64(3, 'UTC')}} AND insertedAt <= {{until:DateTime64(3, 'UTC')}}
   AND metricType IN {STATE_TYPES_SQL}
-"""
+"""  # noqa: S608
 DIFF_SQL = f"""
 WITH
     fresh AS ({TRANSITIONS_SQL.format(where=f"(entityType, entityId, metricType, userId) IN ({_CHANGED})")}),
@@ -108,10 +121,11 @@ WHERE kind IN ('cell', 'day') AND subject IN (SELECT subject FROM fresh)
 # statement stays well within the client's timeout): the key rows, then the sums, one share of users at a time.
 _SHARE = "cityHash64({of}) % {{share_count:UInt64}} = {{share:UInt64}}"
 ROWS_PER_SHARE = 500_000
+_FAMILY_SHARE = "metricType IN {types:Array(String)} AND " + _SHARE.format(of="entityId, userId")
 REBUILD_KEYS_SQL = f"""
 INSERT INTO {TABLE} ({", ".join(COLUMNS)})
 SELECT subject, metric, 'key', keyType, entityType, entityId, actor, hour, delta, '', {{version:UInt64}}
-FROM ({TRANSITIONS_SQL.format(where=f"metricType IN {{types:Array(String)}} AND {_SHARE.format(of='entityId, userId')}")})
+FROM ({TRANSITIONS_SQL.format(where=_FAMILY_SHARE)})
 WHERE delta != 0
 """  # noqa: S608
 REBUILD_CELLS_SQL = f"""
@@ -119,7 +133,7 @@ INSERT INTO {TABLE} ({", ".join(COLUMNS)})
 SELECT subject, metric, cell.1 AS cell_kind, '', '', 0, 0, cell.2 AS cell_at, sum(delta), '', {{version:UInt64}}
 FROM {TABLE}
 ARRAY JOIN [('cell', hour), ('day', toStartOfDay(hour))] AS cell
-WHERE kind = 'key' AND {_SHARE.format(of='subject')}
+WHERE kind = 'key' AND {_SHARE.format(of="subject")}
 GROUP BY subject, metric, cell_kind, cell_at
 """  # noqa: S608
 FAMILY_ROWS_SQL = "SELECT count() FROM entityMetricEvents WHERE metricType IN {types:Array(String)}"
@@ -181,7 +195,10 @@ def update_timeline(rt: Runtime, full: bool | None = None) -> JobReport:
     failpoints.hit(failpoints.TIMELINE_BEFORE_INSERT)
     ch.insert(TABLE, rows, COLUMNS)
     return JobReport(
-        "update_timeline", "incremental", users=len({k[0] for k in new}), changed=len(rows) - 1,
+        "update_timeline",
+        "incremental",
+        users=len({k[0] for k in new}),
+        changed=len(rows) - 1,
         seconds=time.perf_counter() - started,
     )
 

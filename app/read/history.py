@@ -102,8 +102,9 @@ ORDER BY bucket
 
 
 # From the hourly timeline. First round trip: its cut and excluded set (with the current one, to check), the user's
-# sums before the hour of ``end`` per bucket (whole days before ``day``, hours from there on), and the keys whose changes must be read from the log: those with
-# rows since the cut (less the in-flight margin) or with events in the hour of ``end``.
+# sums before the hour of ``end`` per bucket (whole days before ``day``, hours from there on), and the keys whose
+# changes must be read from the log: those with rows since the cut (less the in-flight margin) or with events in
+# the hour of ``end``.
 _TIMELINE_SQL = f"""
 SELECT 'cut' AS part, toDateTime(0, 'UTC') AS at, r.1 AS value, r.2 AS note, '' AS t, 0 AS id, 0 AS actor
 FROM (SELECT ({CUT_SQL.replace("HAVING count() > 0", "")}) AS r)
@@ -270,12 +271,14 @@ def _timeline_deltas(
             deltas[as_utc(at)] = deltas.get(as_utc(at), 0) + int(value)
     first_hours = {(note, t, int(i), int(a)): as_utc(at) for part, at, _, note, t, i, a in rows if part == "key"}
     keys = list(first_hours)
-    for part in chunked(keys):
-        since = min(first_hours[k] for k in part)
-        fix = ch.rows(_CORRECTION_SQL.format(where=where), {**params, "keys": list(part), "since": since})
-        for hour, change in _key_corrections(fix, first_hours, params["hour"]).items():
-            bucket = _floor(hour, interval)
-            deltas[bucket] = deltas.get(bucket, 0) + change
+    for some in chunked(keys):
+        some_hours = {k: first_hours[k] for k in some}
+        fix = ch.rows(
+            _CORRECTION_SQL.format(where=where), {**params, "keys": list(some), "since": min(some_hours.values())}
+        )
+        for hour, change in _key_corrections(fix, some_hours, params["hour"]).items():
+            first = _floor(hour, interval)
+            deltas[first] = deltas.get(first, 0) + change
     return deltas
 
 
