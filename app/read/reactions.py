@@ -13,7 +13,7 @@ from typing import Protocol
 from app.caches import reactions_cache
 from app.caches.reactions_cache import ALL_BITS, BIT_OF, NO_VERSION, BitUpdate
 from app.core.errors import REDIS_DOWN, TRANSIENT_EXCEPTIONS, ValidationError
-from app.core.events import as_utc, epoch_ms
+from app.core.events import epoch_ms
 from app.core.ids import check_id, check_ids
 from app.stores.clickhouse import ClickHouse
 from app.stores.redis_store import RedisClient
@@ -22,9 +22,11 @@ log = logging.getLogger(__name__)
 
 MAX_IMAGES_PER_READ = 1000
 
-# From the latest-state table (sql/0003_read_aggregates.sql): the latest event of each reaction key.
+# From the latest-state table (sql/0003_read_aggregates.sql): the latest event of each reaction key, with its
+# version as the cache writes it (``reactions_cache.version_of``), formatted by the engine.
 _REACTIONS_SQL = """
-SELECT entityId, metricType, isOn, at, eventId
+SELECT entityId, metricType, isOn,
+       concat(leftPad(toString(toUnixTimestamp64Milli(at)), 15, '0'), ':', toString(eventId))
 FROM stateByActor FINAL
 WHERE userId = {user:Int64} AND metricType IN {reactions:Array(String)} AND entityType = 'Image'
   AND entityId IN {images:Array(Int64)}
@@ -35,11 +37,8 @@ def latest_reactions(ch: ClickHouse, user_id: int, image_ids: Sequence[int]) -> 
     """The latest state of all four reactions of ``user_id`` on each image, with versions (latest event wins)."""
     found: dict[int, dict[int, BitUpdate]] = {int(i): {} for i in image_ids}
     params = {"user": user_id, "images": sorted(found), "reactions": sorted(m.value for m in BIT_OF)}
-    for image, metric, value, created, event_id in ch.rows(_REACTIONS_SQL, params):
-        bit = BIT_OF[metric]
-        when = as_utc(created)
-        version = reactions_cache.version_of(epoch_ms(when), str(event_id))
-        found[int(image)][bit] = BitUpdate(int(image), bit, int(value) > 0, version)
+    for image, metric, value, version in ch.rows(_REACTIONS_SQL, params):
+        found[int(image)][BIT_OF[metric]] = BitUpdate(int(image), BIT_OF[metric], int(value) > 0, str(version))
     return {
         image: [bits.get(b) or BitUpdate(image, b, False, NO_VERSION) for b in ALL_BITS]
         for image, bits in found.items()
