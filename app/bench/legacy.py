@@ -27,7 +27,7 @@ from sqlalchemy import Engine, create_engine, event, select
 
 from app import jobs
 from app.bench.harness import percentile, private_runtime
-from app.core import constants as c
+from app.caches import metrics_cache
 from app.core.settings import Settings
 from app.legacy import db
 from app.legacy.baseline import legacy_reactions, legacy_user_metrics, run_legacy_job
@@ -206,7 +206,7 @@ def _measure(rt: Runtime, eng: Engine, spec: LegacySpec, f: dict[str, float]) ->
     f["snapshot_full_s"] = jobs.snapshot_metrics(rt, full=True).seconds
     misses = []
     for b in batches:
-        rt.redis.delete(*{c.USER_METRICS_KEY.format(user_id=u) for u in b})  # a miss; the jobs' state stays
+        rt.redis.delete(*{metrics_cache.metrics_key(u) for u in b})  # a miss; the jobs' state stays
         misses.append(_ms(service.get_user_metrics, b))
     f["miss_p50_ms"] = percentile(misses, 50)
     f["miss_p99_ms"] = percentile(misses, 99)

@@ -35,8 +35,7 @@ from app import jobs
 from app.bench import plots
 from app.bench.dataset import DatasetSpec, existing, generate, location
 from app.bench.harness import percentile, private_runtime
-from app.caches import reactions_cache
-from app.core import constants as c
+from app.caches import metrics_cache, reactions_cache
 from app.core.settings import Settings
 from app.ops.simulate import Zipf
 from app.read.history import metric_history
@@ -310,14 +309,14 @@ def measure_misses(rt: Runtime, f: Figures, batches: list[list[int]]) -> None:
 def misses(rt: Runtime, f: Figures, key: str, call: Callable[[list[int]], Any], work: list[list[int]]) -> None:
     """Latencies of ``call`` on each batch with an empty cache, and the rows the engine read per call."""
     for users in work[:3]:  # warm-up, untimed: connections, code paths, the engine's caches of marks
-        rt.redis.delete(*{c.USER_METRICS_KEY.format(user_id=u) for u in users})
+        rt.redis.delete(*{metrics_cache.metrics_key(u) for u in users})
         call(users)
     gc.collect()
     times = []
     before = rt.clickhouse.read_rows
     for users in work:
         # The users' hashes only: the rest of the cache database (the jobs' state among it) stays, as in production.
-        rt.redis.delete(*{c.USER_METRICS_KEY.format(user_id=u) for u in users})
+        rt.redis.delete(*{metrics_cache.metrics_key(u) for u in users})
         times.append(_timed(call, users))
     _put(f, key, times)
     if not rt.clickhouse.embedded:  # the embedded engine reports no rows read

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from app.core import constants as c
+from app.core import keys
 from app.core.metrics import UserMetrics
-from app.stores.redis_store import RedisClient
+from app.stores.redis_store import RedisClient, is_cluster, per_slot, run_script
 
 # Many users in one call: KEYS are (hash, version, stale copy) per user; ARGV[1..3] the version and the two TTLs,
 # then one string per user with the hash's fields and values joined by newlines (none contains one). One command
@@ -47,15 +48,15 @@ return written
 
 
 def metrics_key(user_id: int) -> str:
-    return c.USER_METRICS_KEY.format(user_id=user_id)
+    return keys.of_user(c.USER_METRICS_KEY, user_id)
 
 
 def version_key(user_id: int) -> str:
-    return c.USER_METRICS_VERSION_KEY.format(user_id=user_id)
+    return keys.of_user(c.USER_METRICS_VERSION_KEY, user_id)
 
 
 def stale_key(user_id: int) -> str:
-    return c.USER_METRICS_STALE_KEY.format(user_id=user_id)
+    return keys.of_user(c.USER_METRICS_STALE_KEY, user_id)
 
 
 def write(
@@ -64,13 +65,15 @@ def write(
     """Write whole hashes for many users in one round trip; returns how many landed."""
     if not metrics:
         return 0
-    keys: list[str] = []
-    hashes: list[str] = []
-    for user_id, m in metrics.items():
-        keys += [metrics_key(user_id), version_key(user_id), stale_key(user_id)]
-        hashes.append("\n".join(f"{name}\n{value}" for name, value in m.to_hash().items()))
-    script = r.register_script(_WRITE_SCRIPT)
-    return int(script(keys=keys, args=[version_us, c.USER_METRICS_TTL_S, stale_copy_ttl_s, *hashes]))
+    calls = []
+    for group in per_slot(r, metrics):
+        names: list[str] = []
+        hashes: list[str] = []
+        for user_id in group:
+            names += [metrics_key(user_id), version_key(user_id), stale_key(user_id)]
+            hashes.append("\n".join(f"{name}\n{value}" for name, value in metrics[user_id].to_hash().items()))
+        calls.append((names, [version_us, c.USER_METRICS_TTL_S, stale_copy_ttl_s, *hashes]))
+    return sum(int(n) for n in run_script(r, _WRITE_SCRIPT, calls))
 
 
 def read(r: RedisClient, user_ids: Iterable[int]) -> dict[int, UserMetrics | None]:
@@ -78,8 +81,16 @@ def read(r: RedisClient, user_ids: Iterable[int]) -> dict[int, UserMetrics | Non
     ids = list(dict.fromkeys(user_ids))
     if not ids:
         return {}
-    joined: list[str] = r.register_script(_READ_ONLY_SCRIPT)(keys=[metrics_key(u) for u in ids])
-    return _decoded(ids, joined)
+    return _read_groups(r, ids)
+
+
+def _read_groups(r: RedisClient, ids: list[int]) -> dict[int, UserMetrics | None]:
+    groups = per_slot(r, ids)
+    replies = run_script(r, _READ_ONLY_SCRIPT, [([metrics_key(u) for u in group], []) for group in groups])
+    out: dict[int, UserMetrics | None] = {}
+    for group, joined in zip(groups, replies, strict=True):
+        out.update(_decoded(group, joined))
+    return {uid: out[uid] for uid in ids}
 
 
 def _decoded(ids: list[int], joined: list[str]) -> dict[int, UserMetrics | None]:
@@ -136,8 +147,19 @@ def read_noting(r: RedisClient, user_ids: Iterable[int], now_s: float) -> dict[i
     ids = list(dict.fromkeys(user_ids))
     if not ids:
         return {}
-    keys = [c.RECENT_READS_KEY, c.COUNTER_KEY, *(metrics_key(u) for u in ids)]
-    joined: list[str] = r.register_script(_READ_SCRIPT)(keys=keys, args=[now_s, *ids])
+    if is_cluster(r):  # the hashes by slot, then the reads and the counters on their own nodes
+        found = _read_groups(r, ids)
+        hits = sum(1 for m in found.values() if m is not None)
+        pipe = r.pipeline(transaction=False)
+        pipe.zadd(c.RECENT_READS_KEY, {str(u): now_s for u in ids})
+        pipe.expire(c.RECENT_READS_KEY, c.RECENT_READS_TTL_S)
+        pipe.hincrby(c.COUNTER_KEY, "cache_hits_total", hits)
+        pipe.hincrby(c.COUNTER_KEY, "cache_misses_total", len(ids) - hits)
+        pipe.expire(c.COUNTER_KEY, c.COUNTER_TTL_S)
+        pipe.execute()
+        return found
+    names = [c.RECENT_READS_KEY, c.COUNTER_KEY, *(metrics_key(u) for u in ids)]
+    joined: list[str] = r.register_script(_READ_SCRIPT)(keys=names, args=[now_s, *ids])
     return _decoded(ids, joined)
 
 
@@ -157,7 +179,7 @@ return n
 
 
 def fill_lock_key(user_id: int | str) -> str:
-    return c.USER_METRICS_FILL_LOCK_KEY.format(user_id=user_id)
+    return keys.of_user(c.USER_METRICS_FILL_LOCK_KEY, user_id)
 
 
 _TAKE_SCRIPT = """
@@ -173,12 +195,18 @@ def take_fill_locks(r: RedisClient, user_ids: list[int], token: str, ttl_ms: int
     """The users among ``user_ids`` whose fill lock this caller now holds (``SET NX``, expiring by itself)."""
     if not user_ids:
         return []
-    taken = r.register_script(_TAKE_SCRIPT)(keys=[fill_lock_key(u) for u in user_ids], args=[token, ttl_ms])
-    return [uid for uid, ok in zip(user_ids, taken, strict=True) if int(ok)]
+    groups = per_slot(r, user_ids)
+    replies = run_script(r, _TAKE_SCRIPT, [([fill_lock_key(u) for u in group], [token, ttl_ms]) for group in groups])
+    held = {
+        uid
+        for group, taken in zip(groups, replies, strict=True)
+        for uid, ok in zip(group, taken, strict=True)
+        if int(ok)
+    }
+    return [uid for uid in user_ids if uid in held]
 
 
 def release_fill_locks(r: RedisClient, user_ids: list[int], token: str) -> None:
     """Release the locks ``token`` holds among ``user_ids`` (another holder's lock is left alone)."""
-    if user_ids:
-        keys = [fill_lock_key(uid) for uid in user_ids]
-        r.eval(_RELEASE_SCRIPT, len(keys), *keys, token)
+    calls = [([fill_lock_key(uid) for uid in group], [token]) for group in per_slot(r, user_ids)]
+    run_script(r, _RELEASE_SCRIPT, calls)

@@ -16,8 +16,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from app.core import constants as c
+from app.core import keys
 from app.core.events import REACTION_TYPES, Event, MetricType, epoch_ms
-from app.stores.redis_store import RedisClient
+from app.stores.redis_store import RedisClient, run_script
 
 BIT_OF: dict[MetricType, int] = {metric: int(flag) for flag, metric in REACTION_TYPES.items()}
 ALL_BITS = tuple(BIT_OF.values())
@@ -94,11 +95,11 @@ return #flags_out / 2
 
 
 def flags_key(user_id: int) -> str:
-    return c.REACTIONS_KEY.format(user_id=user_id)
+    return keys.of_user(c.REACTIONS_KEY, user_id)
 
 
 def versions_key(user_id: int) -> str:
-    return c.REACTIONS_VERSION_KEY.format(user_id=user_id)
+    return keys.of_user(c.REACTIONS_VERSION_KEY, user_id)
 
 
 def version_of(created_at_ms: int, event_id: str) -> str:
@@ -128,8 +129,7 @@ def merge(r: RedisClient, updates_by_user: Mapping[int, Sequence[BitUpdate]]) ->
     """Apply bit updates for many users in one round trip; returns how many image fields changed."""
     if not updates_by_user:
         return 0
-    script = r.register_script(_MERGE_SCRIPT)
-    pipe = r.pipeline(transaction=False)
+    calls = []
     for user_id, updates in updates_by_user.items():
         by_image: dict[int, list[BitUpdate]] = defaultdict(list)
         for u in updates:
@@ -144,8 +144,8 @@ def merge(r: RedisClient, updates_by_user: Mapping[int, Sequence[BitUpdate]]) ->
             args.append(
                 "|".join([str(image_id), *(f"{u.bit}|{1 if u.on else 0}|{u.version}" for u in newest.values())])
             )
-        script(keys=[flags_key(user_id), versions_key(user_id)], args=args, client=pipe)
-    return sum(int(x) for x in pipe.execute())
+        calls.append(([flags_key(user_id), versions_key(user_id)], args))
+    return sum(int(x) for x in run_script(r, _MERGE_SCRIPT, calls))
 
 
 def read(r: RedisClient, user_id: int, image_ids: Sequence[int]) -> dict[int, int | None]:

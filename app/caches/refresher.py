@@ -21,7 +21,7 @@ from app.core import constants as c
 from app.core import failpoints
 from app.core.backoff import jittered_delay
 from app.read.metrics_query import compute_user_metrics
-from app.stores.redis_store import RedisClient, server_time_us
+from app.stores.redis_store import RedisClient, is_cluster, server_time_us
 from app.stores.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -69,11 +69,35 @@ return marked
 """
 
 
+# Cluster mode: the users are known to be cached; the marks alone, with the same scores.
+_MARK_GIVEN_SCRIPT = f"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i = 1, #ARGV do
+  local score = now
+  local previous = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if previous and tonumber(previous) >= score then score = tonumber(previous) + 1 end
+  redis.call('ZADD', KEYS[1], score, ARGV[i])
+end
+redis.call('EXPIRE', KEYS[1], {c.METRICS_DIRTY_TTL_S})
+return #ARGV
+"""
+
+
 def mark_dirty(r: RedisClient, user_ids: Iterable[int]) -> int:
     """Queue the cached ones of ``user_ids`` for a recompute; returns how many were cached."""
     ids = [str(u) for u in set(user_ids)]
     if not ids:
         return 0
+    if is_cluster(r):
+        # A user's hash and fill lock are in the user's slot, the dirty set in another: look first, then mark. The
+        # look comes after the events are in ClickHouse, and a fill holds its lock until its hash is written, so a
+        # user seen without either is computed after the events landed: nothing is missed between the two steps.
+        pipe = r.pipeline(transaction=False)
+        for uid in ids:
+            pipe.exists(metrics_cache.metrics_key(int(uid)), metrics_cache.fill_lock_key(uid))
+        ids = [uid for uid, n in zip(ids, pipe.execute(), strict=True) if int(n)]
+        return int(r.eval(_MARK_GIVEN_SCRIPT, 1, c.METRICS_DIRTY_KEY, *ids)) if ids else 0
     return int(r.eval(_MARK_SCRIPT, 1, c.METRICS_DIRTY_KEY, *ids))
 
 

@@ -79,6 +79,13 @@ DATA_ERROR_CODES: frozenset[int] = frozenset(
 _CODE_RE = re.compile(r"\bCode:\s*(\d+)")
 _NAME_RE = re.compile(r"\(([A-Z][A-Z0-9_]+)\)")
 
+# A Redis Cluster reconfiguring (a failover, slots moving) after the client's own retries: try again later.
+_CLUSTER_CHANGING: tuple[type[BaseException], ...] = (
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.MasterDownError,
+)
+
 TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
     TransientError,
     ch_exc.OperationalError,
@@ -86,10 +93,11 @@ TRANSIENT_EXCEPTIONS: tuple[type[BaseException], ...] = (
     redis.TimeoutError,
     ConnectionError,
     TimeoutError,
+    *_CLUSTER_CHANGING,
 )
 
 # A Redis call that failed because Redis could not be reached (as opposed to a wrong command).
-REDIS_DOWN: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError, OSError)
+REDIS_DOWN: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError, OSError, *_CLUSTER_CHANGING)
 
 # Raised by the client while it serialises rows it was given: the rows are wrong, not the server.
 _CLIENT_DATA_ERRORS: tuple[type[BaseException], ...] = (

@@ -8,9 +8,19 @@ import uuid
 from collections.abc import Mapping
 
 from app.core import constants as c
+from app.core import keys
 from app.core.metrics import SCORE_SCALE
 from app.jobs.report import CHUNK, JobReport, set_field_if_cached
+from app.stores.redis_store import run_script
 from app.stores.runtime import Runtime
+
+_SWAP_SCRIPT = """
+redis.call('RENAME', KEYS[1], KEYS[3])
+redis.call('RENAME', KEYS[2], KEYS[4])
+redis.call('EXPIRE', KEYS[3], ARGV[1])
+redis.call('EXPIRE', KEYS[4], ARGV[1])
+return 1
+"""
 
 
 def ranked(scores: Mapping[int, int]) -> list[tuple[int, int, int]]:
@@ -26,8 +36,9 @@ def recompute_ranks(rt: Runtime) -> JobReport:
     scores = {int(u): int(s) for u, s in rows if int(s) > 0}
     unranked = {int(u) for u, s in rows if int(s) <= 0}
     board = ranked(scores)
-    before = {int(str(m)) for m in r.zrange(c.LEADERBOARD_KEY, 0, -1)}
-    tmp = f"{c.LEADERBOARD_KEY}:building:{uuid.uuid4().hex}"
+    board_key, ranks_key = keys.leaderboard(), keys.leaderboard_ranks()
+    before = {int(str(m)) for m in r.zrange(board_key, 0, -1)}
+    tmp = f"{board_key}:building:{uuid.uuid4().hex}"
     tmp_ranks = f"{tmp}:ranks"
     try:
         for i in range(0, len(board), CHUNK):
@@ -38,14 +49,10 @@ def recompute_ranks(rt: Runtime) -> JobReport:
             pipe.expire(tmp_ranks, 600)
             pipe.execute()
         if board:
-            pipe = r.pipeline(transaction=True)  # the board and its ranks swap together
-            pipe.rename(tmp, c.LEADERBOARD_KEY)
-            pipe.rename(tmp_ranks, c.LEADERBOARD_RANKS_KEY)
-            pipe.expire(c.LEADERBOARD_KEY, c.LEADERBOARD_TTL_S)
-            pipe.expire(c.LEADERBOARD_RANKS_KEY, c.LEADERBOARD_TTL_S)
-            pipe.execute()
+            # The board and its ranks swap together (one script: atomic; in a cluster the four keys share a slot).
+            run_script(r, _SWAP_SCRIPT, [([tmp, tmp_ranks, board_key, ranks_key], [c.LEADERBOARD_TTL_S])])
         else:
-            r.delete(c.LEADERBOARD_KEY, c.LEADERBOARD_RANKS_KEY)
+            r.delete(board_key, ranks_key)
     finally:
         r.delete(tmp, tmp_ranks)
     ranks: dict[int, str] = {u: str(rank) for u, _, rank in board}

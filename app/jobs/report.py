@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.core import constants as c
-from app.stores.redis_store import RedisClient, server_time_us
+from app.core import keys
+from app.stores.redis_store import RedisClient, is_cluster, per_slot, run_script, server_time_us
 from app.stores.runtime import Runtime
 
 # Only cached hashes are touched: a user without one gets everything on the next read anyway. Users and values come
@@ -28,6 +29,18 @@ end
 return n
 """
 _METRICS_PREFIX = c.USER_METRICS_KEY.removesuffix("{user_id}")
+# Cluster mode: KEYS are the hashes (one slot), ARGV[1] the field, then one value per hash.
+_SET_FIELD_IF_CACHED_KEYS = """
+local n = 0
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    local v = ARGV[i + 1]
+    if v == '' then redis.call('HDEL', KEYS[i], ARGV[1]) else redis.call('HSET', KEYS[i], ARGV[1], v) end
+    n = n + 1
+  end
+end
+return n
+"""
 CHUNK = 5000
 
 
@@ -68,6 +81,12 @@ def save_state(r: RedisClient, job: str, state: Mapping[str, str | int | float])
 
 def set_field_if_cached(r: RedisClient, field: str, values: Mapping[int, str]) -> int:
     """HSET ``field`` on the cached ``user:metrics`` hashes among ``values`` ('' deletes it); returns how many."""
+    if is_cluster(r):  # one call per slot, each naming its users' hashes
+        calls = [
+            ([keys.of_user(c.USER_METRICS_KEY, u) for u in group], [field, *(values[u] for u in group)])
+            for group in per_slot(r, values)
+        ]
+        return sum(int(n) for n in run_script(r, _SET_FIELD_IF_CACHED_KEYS, calls))
     script = r.register_script(_SET_FIELD_IF_CACHED)
     items = list(values.items())
     done = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from app.caches import metrics_cache
+from app.caches import metrics_cache, reactions_cache
 from app.caches.refresher import refresh_users
 from app.core import constants as c
 from app.jobs.report import CHUNK, JobReport
@@ -31,7 +31,7 @@ def refresh_expiring_caches(rt: Runtime) -> JobReport:
         refresh_users(rt, due)
         pipe = r.pipeline(transaction=False)
         for u in due:
-            for key in (c.REACTIONS_KEY.format(user_id=u), c.REACTIONS_VERSION_KEY.format(user_id=u)):
+            for key in (reactions_cache.flags_key(u), reactions_cache.versions_key(u)):
                 pipe.expire(key, c.REACTIONS_TTL_S)
         pipe.execute()
     return JobReport("refresh_expiring_caches", users=len(due), seconds=time.perf_counter() - started)

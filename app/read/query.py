@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from app.caches import metrics_cache
-from app.core import constants as c
 from app.core import failpoints
+from app.core import keys as key_names
 from app.core.errors import REDIS_DOWN, TRANSIENT_EXCEPTIONS
 from app.core.ids import check_id, check_ids
 from app.core.metrics import UserMetrics
@@ -117,7 +117,7 @@ class UserMetricsQueryService:
 
     def _ranks(self, user_ids: list[int]) -> list[int]:
         """Each user's rank on the board, 0 for none (one round trip)."""
-        keys = [c.LEADERBOARD_KEY, c.LEADERBOARD_RANKS_KEY]
+        keys = [key_names.leaderboard(), key_names.leaderboard_ranks()]
         return [int(x) for x in self.rt.redis.register_script(_RANKS_SCRIPT)(keys=keys, args=user_ids)]
 
     def calculate_engagement_score(self, user_id: int) -> Decimal:

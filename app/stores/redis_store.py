@@ -1,15 +1,36 @@
-"""Redis adapter: client construction and the small atomic scripts the project relies on."""
+"""Redis adapter: client construction (standalone or Redis Cluster) and running one script over many users.
+
+In cluster mode a script may only touch keys of one slot: ``per_slot`` splits a set of users into the groups whose
+keys share a slot (``app.core.keys``), and ``run_script`` runs a script once per group, all groups in one
+pipeline (one round trip per node). Standalone Redis takes every user in one call, as before.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar, cast
+
 import redis
 
+from app.core import keys
 from app.core.settings import Settings
 
 RedisClient = redis.Redis
+T = TypeVar("T", int, str)
+
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.split("://", 1)[0] in CLUSTER_SCHEMES
 
 
 def connect(url: str, settings: Settings) -> RedisClient:
+    if is_cluster_url(url):
+        from app.stores.redis_cluster import connect_cluster
+
+        keys.use_cluster(True)
+        return cast(RedisClient, connect_cluster(url, settings.redis_timeout_s))
     return redis.Redis.from_url(
         url,
         decode_responses=True,
@@ -19,7 +40,52 @@ def connect(url: str, settings: Settings) -> RedisClient:
     )
 
 
+def is_cluster(r: Any) -> bool:
+    from redis.cluster import RedisCluster
+
+    return isinstance(r, RedisCluster)
+
+
+def per_slot(r: RedisClient, user_ids: Iterable[T]) -> list[list[T]]:
+    """``user_ids`` in groups whose keys share a slot: one group on standalone Redis."""
+    ids = list(user_ids)
+    if not is_cluster(r):
+        return [ids] if ids else []
+    groups: dict[int, list[T]] = {}
+    for uid in ids:
+        groups.setdefault(keys.user_slot(uid), []).append(uid)
+    return list(groups.values())
+
+
+def run_script(r: RedisClient, script: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+    """``script`` once per ``(keys, args)`` call, in one round trip (one per node in a cluster); the replies in
+    order. In a cluster each call's keys must share a slot; the script text is sent (``EVAL``), so a node that
+    never saw it, or a replica promoted after a failover, runs it all the same."""
+    if not calls:
+        return []
+    if not is_cluster(r):
+        registered = r.register_script(script)
+        if len(calls) == 1:
+            return [registered(keys=list(calls[0][0]), args=list(calls[0][1]))]
+        pipe = r.pipeline(transaction=False)
+        for call_keys, args in calls:
+            registered(keys=list(call_keys), args=list(args), client=pipe)
+        return list(pipe.execute())
+    pipe = r.pipeline(transaction=False)
+    for call_keys, args in calls:
+        cast(Any, pipe).execute_command("EVAL", script, len(call_keys), *call_keys, *args)
+    return list(pipe.execute())
+
+
+CLOCK_KEY = "clock"
+
+
 def server_time_us(r: RedisClient) -> int:
-    """Redis's clock in microseconds: one clock for every writer, used to order cache snapshots."""
-    seconds, micros = r.time()
+    """Redis's clock in microseconds: one clock for every writer, used to order cache snapshots. In a cluster, the
+    clock of the node serving one fixed slot (after a failover, its replica's: keep the nodes' clocks in sync)."""
+    if is_cluster(r):
+        node = cast(Any, r).get_node_from_key(CLOCK_KEY)
+        seconds, micros = cast(Any, r).execute_command("TIME", target_nodes=node)
+    else:
+        seconds, micros = r.time()
     return int(seconds) * 1_000_000 + int(micros)

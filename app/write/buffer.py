@@ -14,13 +14,17 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import redis
 
 from app.core import constants as c
 from app.core.events import Event
-from app.stores.redis_store import RedisClient
+from app.stores.redis_store import RedisClient, is_cluster
+
+# Cluster mode: replicas that must hold a buffer entry before its message is acknowledged, and how long to wait.
+REPLICAS_TO_WAIT = 1
+REPLICA_WAIT_MS = 1000
 
 _PIN_SCRIPT = """
 redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2])
@@ -44,10 +48,32 @@ def pin_first_seen_ms(r: RedisClient, event_id: str, now_ms: int, ttl_s: int = c
 def append(r: RedisClient, task: str, events: list[Event]) -> str:
     """Append one message's events as one stream entry; returns the entry id."""
     body = json.dumps([e.to_row() for e in events], separators=(",", ":"))
+    if is_cluster(r):
+        return _append_replicated(r, task, body)
     pipe = r.pipeline(transaction=False)
     pipe.xadd(c.EVENT_STREAM_KEY, {"t": task, "e": body})
     pipe.expire(c.EVENT_STREAM_KEY, c.EVENT_STREAM_TTL_S)
     entry_id, _ = pipe.execute()
+    return str(entry_id)
+
+
+def _append_replicated(r: RedisClient, task: str, body: str) -> str:
+    """Cluster mode: the entry is acknowledged (and so is the message) only once a replica holds it too, so that a
+    master failing over right after the append loses nothing. ``WAIT`` counts the writes of its own connection: the
+    append and the wait go to the stream's master in one pipeline on one connection. A master that cannot reach a
+    replica in time raises, and the message is retried (a second copy of an entry is harmless)."""
+    node = cast(Any, r).get_node_from_key(c.EVENT_STREAM_KEY)
+    pipe = node.redis_connection.pipeline(transaction=False)
+    pipe.xadd(c.EVENT_STREAM_KEY, {"t": task, "e": body})
+    pipe.expire(c.EVENT_STREAM_KEY, c.EVENT_STREAM_TTL_S)
+    pipe.execute_command("WAIT", REPLICAS_TO_WAIT, REPLICA_WAIT_MS)
+    try:
+        entry_id, _, acked = pipe.execute()
+    except redis.ResponseError as exc:  # MOVED after a failover: the client learns the new map, the task retries
+        cast(Any, r).nodes_manager.initialize()
+        raise redis.ConnectionError(f"event buffer moved: {exc}") from exc
+    if int(acked) < REPLICAS_TO_WAIT:
+        raise redis.ConnectionError(f"no replica acknowledged the event buffer entry {entry_id} in time")
     return str(entry_id)
 
 
