@@ -18,3 +18,7 @@ dead_cli = typer.Typer(no_args_is_help=True, help="Inspect, replay or purge dead
 cli.add_typer(dead_cli, name="dead-letters")
 server_cli = typer.Typer(no_args_is_help=True, help="A local ClickHouse server (real ClickHouse 26.7) for server mode.")
 cli.add_typer(server_cli, name="clickhouse-server")
+redis_cluster_cli = typer.Typer(
+    no_args_is_help=True, help="A local Redis Cluster (three masters, three replicas) for cluster mode."
+)
+cli.add_typer(redis_cluster_cli, name="redis-cluster")

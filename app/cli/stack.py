@@ -1,4 +1,4 @@
-"""Running the stack: ``run``, ``migrate``, ``schemas``, ``clickhouse-server``."""
+"""Running the stack: ``run``, ``migrate``, ``schemas``, ``clickhouse-server``, ``redis-cluster``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from app.cli.common import command_runtime, console, err
-from app.cli.root import cli, server_cli
+from app.cli.root import cli, redis_cluster_cli, server_cli
 from app.core.settings import load_settings
 from app.stores import migrations
 
@@ -63,6 +63,28 @@ def server_status() -> None:
         print("not running")
         raise typer.Exit(1)
     print(url)
+
+
+@redis_cluster_cli.command("start")
+def redis_cluster_start() -> None:
+    """Start (or find running) a local Redis Cluster under DATA_DIR/redis-cluster; prints the REDIS_URL to use."""
+    from app.core.errors import PermanentError
+    from app.stores import redis_cluster
+
+    try:
+        print(redis_cluster.start(load_settings()))
+    except PermanentError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(1) from exc
+
+
+@redis_cluster_cli.command("stop")
+def redis_cluster_stop() -> None:
+    """Stop the local Redis Cluster and remove its data."""
+    from app.stores import redis_cluster
+
+    redis_cluster.stop(load_settings())
+    print("stopped")
 
 
 @cli.command()

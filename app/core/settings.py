@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path(".data")
@@ -104,6 +104,15 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _cluster_cache_needs_a_broker(self) -> Settings:
+        if (self.redis_url or "").split("://", 1)[0].endswith("+cluster") and self.celery_broker_url is None:
+            raise ValueError(
+                "REDIS_URL names a Redis Cluster: set CELERY_BROKER_URL too (RabbitMQ, or a separate Redis; "
+                "Celery has no Redis Cluster transport)"
+            )
+        return self
 
     @cached_property
     def data_path(self) -> Path:

@@ -48,6 +48,12 @@ class QueueStats:
     oldest_age_s: float | None
 
 
+def _result_backend(redis_url: str, broker_url: str) -> str:
+    if "+cluster://" not in redis_url:
+        return redis_url
+    return broker_url if broker_url.startswith(("redis://", "rediss://")) else "rpc://"
+
+
 def client_config(settings: Settings) -> dict[str, Any]:
     """The Celery settings of any process that talks to the broker: where it is, where read results come back,
     JSON only. Workers extend them (``tasks/config.py``); the CLI and the read sources use them as they are."""
@@ -66,7 +72,8 @@ def client_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         # Unacknowledged messages (a worker died) return to the queue after this long; longer than any task.
         "broker_transport_options": {"visibility_timeout": settings.broker_visibility_timeout_s},
-        "result_backend": redis_url,
+        # A Redis Cluster cache cannot hold Celery's results: they travel back over the broker instead.
+        "result_backend": _result_backend(redis_url, url),
         "result_expires": 3600,
         "task_ignore_result": True,
         "task_serializer": "json",

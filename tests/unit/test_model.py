@@ -200,3 +200,18 @@ def test_each_queue_accepts_only_its_tasks() -> None:
         c.RECOMPUTE_ENGAGEMENT in allowed[c.MAINTENANCE_QUEUE] and c.RECOMPUTE_ENGAGEMENT not in allowed[c.EVENTS_QUEUE]
     )
     assert set(c.READ_TASKS) <= allowed[c.READS_QUEUE]
+
+
+def test_a_redis_cluster_cache_needs_its_own_broker_and_sends_results_over_it() -> None:
+    from pydantic import ValidationError as SettingsError
+
+    from app.stores.broker import client_config
+
+    with pytest.raises(SettingsError, match="set CELERY_BROKER_URL too"):
+        Settings(REDIS_URL="redis+cluster://127.0.0.1:7000")
+    amqp = Settings(REDIS_URL="redis+cluster://127.0.0.1:7000", CELERY_BROKER_URL="amqp://guest:guest@127.0.0.1//")
+    assert client_config(amqp)["result_backend"] == "rpc://"
+    other = Settings(REDIS_URL="redis+cluster://127.0.0.1:7000", CELERY_BROKER_URL="redis://127.0.0.1:6380/1")
+    assert client_config(other)["result_backend"] == "redis://127.0.0.1:6380/1"
+    plain = Settings(REDIS_URL="redis://127.0.0.1:6379/0")
+    assert client_config(plain)["result_backend"] == "redis://127.0.0.1:6379/0"
