@@ -137,6 +137,33 @@ def bench_jobs(
     _print_shapes("jobs" + (" (quick)" if quick else ""), embedded, on_server, as_json)
 
 
+@bench_cli.command("capacity")
+def bench_capacity(
+    quick: Annotated[bool, typer.Option("--quick", help="Small dataset, under a minute")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON")] = False,
+    events_per_day: Annotated[float, typer.Option(help="the site to plan for: events per day")] = 50e6,
+    users: Annotated[float, typer.Option(help="the site's users")] = 10e6,
+    reactions: Annotated[float, typer.Option(help="the site's reactions")] = 2e9,
+    daily_readers: Annotated[float, typer.Option(help="the site's daily readers")] = 1e6,
+    worker_events_per_s: Annotated[
+        float, typer.Option(help="one worker process's batch rate (bench ingest's record_events figure)")
+    ] = 18_500.0,
+) -> None:
+    """Bytes per event in ClickHouse, per cached user and per reactions field in Redis, one engine's insert rate;
+    then the capacity plan for a site (shards, replicas, Redis memory and nodes, worker processes)."""
+    from app.bench import capacity
+
+    site = capacity.Site(
+        events_per_day=events_per_day,
+        users=users,
+        reactions=reactions,
+        daily_readers=daily_readers,
+        worker_events_per_s=worker_events_per_s,
+    )
+    result = capacity.run(quick, load_settings(), site)
+    _print_bench("capacity" + (" (quick)" if quick else ""), result.rows(), result.figures, as_json)
+
+
 @bench_cli.command("legacy")
 def bench_legacy(
     quick: Annotated[bool, typer.Option("--quick", help="2,000 users, under a minute")] = False,
