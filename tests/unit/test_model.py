@@ -202,10 +202,12 @@ def test_each_queue_accepts_only_its_tasks() -> None:
     assert set(c.READ_TASKS) <= allowed[c.READS_QUEUE]
 
 
-def test_a_redis_cluster_cache_needs_its_own_broker_and_sends_results_over_it() -> None:
+def test_a_redis_cluster_cache_needs_its_own_broker_and_sends_results_over_it(monkeypatch: pytest.MonkeyPatch) -> None:
     from pydantic import ValidationError as SettingsError
 
     from app.stores.broker import client_config
+
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
 
     with pytest.raises(SettingsError, match="set CELERY_BROKER_URL too"):
         Settings(REDIS_URL="redis+cluster://127.0.0.1:7000")
