@@ -48,6 +48,7 @@ bench: install
 	$(PY) -m app bench read $(BENCH_ARGS)
 	$(PY) -m app bench jobs $(BENCH_ARGS)
 	$(PY) -m app bench legacy $(BENCH_ARGS)
+	$(PY) -m app bench capacity $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .data .mypy_cache .ruff_cache .pytest_cache
