@@ -216,9 +216,12 @@ def stop(settings: Settings) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     root = _dir(settings)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 5
     while any(_alive(pid) for pid in node_pids(settings).values()) and time.monotonic() < deadline:
         time.sleep(0.05)
+    for pid in node_pids(settings).values():  # a node still shutting down (waiting for its replicas): no more waiting
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     shutil.rmtree(root, ignore_errors=True)
 
 
