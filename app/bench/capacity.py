@@ -29,6 +29,7 @@ from app.read.query import UserMetricsQueryService
 from app.read.reactions import UserReactionQueryService, latest_reactions
 from app.stores import clickhouse, migrations
 from app.stores.clickhouse import insert_events
+from app.stores.runtime import Runtime
 
 CACHED_USERS = 10_000
 REACTION_USERS = 1_000
@@ -42,7 +43,6 @@ class Site:
     """The site to plan for, and the operating margins."""
 
     events_per_day: float = 50e6
-    users: float = 10e6
     reactions: float = 2e9
     daily_readers: float = 1e6
     peak_factor: float = 5.0  # peak events/s over the daily mean
@@ -112,10 +112,7 @@ FROM system.parts WHERE active AND database = currentDatabase()
 """
 
 
-def _redis_costs(rt: object, spec: DatasetSpec, f: dict[str, float], quick: bool) -> None:
-    from app.stores.runtime import Runtime
-
-    assert isinstance(rt, Runtime)
+def _redis_costs(rt: Runtime, spec: DatasetSpec, f: dict[str, float], quick: bool) -> None:
     r = rt.redis
     rnd = random.Random(7)  # noqa: S311 - workload sampling
     users = rnd.sample(range(1, spec.users + 1), min(CACHED_USERS // (10 if quick else 1), spec.users))

@@ -49,17 +49,19 @@ return removed
 # processes that mark (a marker whose clock was behind once set a lower score, which the clear took as seen).
 _USER_METRICS_PREFIX = c.USER_METRICS_KEY.removesuffix("{user_id}")
 _FILL_LOCK_PREFIX = c.USER_METRICS_FILL_LOCK_KEY.removesuffix("{user_id}")
+# One mark: Redis's clock, above the member's previous score.
+_MARK_ONE = """
+    local score = now
+    local previous = redis.call('ZSCORE', KEYS[1], ARGV[i])
+    if previous and tonumber(previous) >= score then score = tonumber(previous) + 1 end
+    redis.call('ZADD', KEYS[1], score, ARGV[i])
+    marked = marked + 1"""
 _MARK_SCRIPT = f"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local marked = 0
 for i = 1, #ARGV do
-  if redis.call('EXISTS', '{_USER_METRICS_PREFIX}' .. ARGV[i], '{_FILL_LOCK_PREFIX}' .. ARGV[i]) > 0 then
-    local score = now
-    local previous = redis.call('ZSCORE', KEYS[1], ARGV[i])
-    if previous and tonumber(previous) >= score then score = tonumber(previous) + 1 end
-    redis.call('ZADD', KEYS[1], score, ARGV[i])
-    marked = marked + 1
+  if redis.call('EXISTS', '{_USER_METRICS_PREFIX}' .. ARGV[i], '{_FILL_LOCK_PREFIX}' .. ARGV[i]) > 0 then{_MARK_ONE}
   end
 end
 if marked > 0 then
@@ -67,20 +69,15 @@ if marked > 0 then
 end
 return marked
 """
-
-
-# Cluster mode: the users are known to be cached; the marks alone, with the same scores.
+# Cluster mode: the users are known to be cached (looked up on their own nodes first); the marks alone.
 _MARK_GIVEN_SCRIPT = f"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-for i = 1, #ARGV do
-  local score = now
-  local previous = redis.call('ZSCORE', KEYS[1], ARGV[i])
-  if previous and tonumber(previous) >= score then score = tonumber(previous) + 1 end
-  redis.call('ZADD', KEYS[1], score, ARGV[i])
+local marked = 0
+for i = 1, #ARGV do{_MARK_ONE}
 end
 redis.call('EXPIRE', KEYS[1], {c.METRICS_DIRTY_TTL_S})
-return #ARGV
+return marked
 """
 
 

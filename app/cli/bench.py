@@ -142,7 +142,6 @@ def bench_capacity(
     quick: Annotated[bool, typer.Option("--quick", help="Small dataset, under a minute")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON")] = False,
     events_per_day: Annotated[float, typer.Option(help="the site to plan for: events per day")] = 50e6,
-    users: Annotated[float, typer.Option(help="the site's users")] = 10e6,
     reactions: Annotated[float, typer.Option(help="the site's reactions")] = 2e9,
     daily_readers: Annotated[float, typer.Option(help="the site's daily readers")] = 1e6,
     worker_events_per_s: Annotated[
@@ -155,7 +154,6 @@ def bench_capacity(
 
     site = capacity.Site(
         events_per_day=events_per_day,
-        users=users,
         reactions=reactions,
         daily_readers=daily_readers,
         worker_events_per_s=worker_events_per_s,

@@ -84,10 +84,11 @@ FROM (
 )
 """  # noqa: S608
 
+CUT_WHERE = "subject = 0 AND metric = '' AND kind = 'cut'"
 CUT_SQL = f"""
 SELECT argMax(delta, version), argMax(note, version), max(version)
 FROM {TABLE}
-WHERE subject = 0 AND metric = '' AND kind = 'cut'
+WHERE {CUT_WHERE}
 HAVING count() > 0
 """  # noqa: S608
 

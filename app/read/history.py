@@ -28,7 +28,7 @@ from app.core.events import ENGAGEMENT_SCALE, REACTION_TYPES, as_utc
 from app.core.metrics import EXCLUDED_USERS_SQL
 from app.jobs import engagement_sql
 from app.jobs.engagement import ARRIVALS_KEPT, INFLIGHT_MARGIN
-from app.jobs.timeline import CUT_SQL, EPOCH
+from app.jobs.timeline import CUT_WHERE, EPOCH
 from app.stores.clickhouse import ClickHouse, chunked
 
 INTERVALS = {"hour": "toStartOfHour", "day": "toStartOfDay", "week": "toMonday", "month": "toStartOfMonth"}
@@ -106,8 +106,9 @@ ORDER BY bucket
 # changes must be read from the log: those with rows since the cut (less the in-flight margin) or with events in
 # the hour of ``end``.
 _TIMELINE_SQL = f"""
-SELECT 'cut' AS part, toDateTime(0, 'UTC') AS at, r.1 AS value, r.2 AS note, '' AS t, 0 AS id, 0 AS actor
-FROM (SELECT ({CUT_SQL.replace("HAVING count() > 0", "")}) AS r)
+SELECT 'cut' AS part, toDateTime(0, 'UTC') AS at, argMax(delta, version) AS value, argMax(note, version) AS note,
+       '' AS t, 0 AS id, 0 AS actor
+FROM metricTimeline WHERE {CUT_WHERE}
 UNION ALL
 SELECT 'excluded', toDateTime(0, 'UTC'), 0, fp, '', 0, 0
 FROM ({engagement_sql.EXCLUDED_SET_SQL.replace(", now64(3, 'UTC')", " AS fp")})
@@ -127,7 +128,7 @@ FROM (
     SELECT entityType, entityId, metricType, userId, toDateTime(toStartOfHour(createdAt), 'UTC') AS h0
     FROM eventArrivals
     WHERE insertedAt > fromUnixTimestamp64Milli(
-            (SELECT argMax(delta, version) FROM metricTimeline WHERE subject = 0 AND metric = '' AND kind = 'cut')
+            (SELECT argMax(delta, version) FROM metricTimeline WHERE {CUT_WHERE})
             - {{{{margin_ms:Int64}}}}, 'UTC')
       AND {{where}}
     UNION ALL

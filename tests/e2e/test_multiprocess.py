@@ -23,17 +23,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kombu import Connection, Exchange, Queue
 
-from app.caches import metrics_cache
 from app.core import constants as c
 from app.core import failpoints
 from app.core.paths import REPO
 from app.core.settings import Settings
-from app.read.metrics_query import compute_user_metrics
 from app.read.query import UserMetricsQueryService
 from app.stores.runtime import Runtime
 from app.write.producer import EventProducer
 from tasks.config import celery_config
-from tests.integration.test_write_properties import IMAGES, OWNER, USERS, an_event, oracle_events
+from tests.integration.test_write_properties import (
+    IMAGES,
+    OWNER,
+    USERS,
+    an_event,
+    assert_computed_and_cached_match,
+    oracle_events,
+)
 from tests.oracle import Oracle
 from tests.stack import (
     AMQP_URL,
@@ -175,15 +180,7 @@ def settled_at_the_oracle(shape: Shape, expected: list[Any], timeout_s: float = 
     wait_until(shape.settled, "the buffer and the dirty set to drain", 60)
     oracle = Oracle(now=datetime.now(UTC))
     oracle.apply_all(expected)
-    computed = compute_user_metrics(shape.rt.clickhouse, USERS, weights=shape.rt.weights, window=shape.rt.window)
-    cached = metrics_cache.read(shape.rt.redis, USERS)
-    for uid in USERS:
-        want = oracle.metrics(uid)
-        for m in (computed[uid], cached[uid]):
-            assert m is not None
-            got = m.to_json()
-            for name, value in want.items():
-                assert got[name] == (float(value) if name == "engagementScore" else value), (uid, name, got, want)
+    assert_computed_and_cached_match(shape.rt, oracle)
     assert shape.rt.clickhouse.rows(count)[0][0] == n  # no stray events
     return oracle
 

@@ -14,6 +14,7 @@ from app.caches import metrics_cache
 from app.core.events import derive_event_id
 from app.read.metrics_query import compute_user_metrics
 from app.read.reactions import UserReactionQueryService, latest_reactions
+from app.stores.runtime import Runtime
 from tests.oracle import E, Oracle
 from tests.stack import prime, wait_drained, wait_events, wipe_clickhouse
 
@@ -71,6 +72,27 @@ def an_event(draw: Any) -> dict[str, Any]:
         **owner,
         **base,
     }
+
+
+def assert_computed_and_cached_match(rt: Runtime, oracle: Oracle, context: object = None) -> None:
+    """Every metric of ``USERS``, computed from ClickHouse and read from the cache, is the oracle's."""
+    computed = compute_user_metrics(rt.clickhouse, USERS, weights=rt.weights, window=rt.window)
+    cached = metrics_cache.read(rt.redis, USERS)
+    for uid in USERS:
+        expected = oracle.metrics(uid)
+        for m in (computed[uid], cached[uid]):
+            assert m is not None
+            got = m.to_json()
+            for name, value in expected.items():
+                assert got[name] == (float(value) if name == "engagementScore" else value), (
+                    uid,
+                    name,
+                    m is computed[uid],
+                    got,
+                    expected,
+                    context,
+                )
+            assert got["uploadCount"] == got["modelCount"] + got["postCount"] + got["imageCount"]
 
 
 def oracle_events(sent: list[dict[str, Any]]) -> list[E]:
@@ -170,23 +192,8 @@ def test_every_metric_and_reaction_matches_the_oracle(clean, producer, history, 
     oracle = Oracle(now=datetime.now(UTC))
     oracle.apply_all(expected_events)
 
-    computed = compute_user_metrics(clean.clickhouse, USERS, weights=clean.weights, window=clean.window)
-    cached = metrics_cache.read(clean.redis, USERS)
+    assert_computed_and_cached_match(clean, oracle, context=history)
     for uid in USERS:
-        expected = oracle.metrics(uid)
-        for m in (computed[uid], cached[uid]):
-            assert m is not None
-            got = m.to_json()
-            for name, value in expected.items():
-                assert got[name] == (float(value) if name == "engagementScore" else value), (
-                    uid,
-                    name,
-                    m is computed[uid],
-                    got,
-                    expected,
-                    history,
-                )
-            assert got["uploadCount"] == got["modelCount"] + got["postCount"] + got["imageCount"]
         assert 0 < clean.redis.ttl(f"user:metrics:{uid}") <= 3600
 
     # Cached reactions (written by the flusher) and reads through the query service equal the oracle.
