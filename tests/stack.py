@@ -51,36 +51,43 @@ def _base_redis_url() -> str:
     return url
 
 
-def _server_base() -> str | None:
+def _server_bases() -> list[str]:
+    """The configured ClickHouse servers without their database path (a cluster lists several)."""
     configured = os.environ.get("CLICKHOUSE_URL", "")
     if not configured or configured.startswith("chdb:"):
-        return None
-    parts = urlsplit(configured)
-    return urlunsplit((parts.scheme, parts.netloc, "", parts.query, ""))
+        return []
+    bases = []
+    for url in configured.split(","):
+        parts = urlsplit(url.strip())
+        bases.append(urlunsplit((parts.scheme, parts.netloc, "", parts.query, "")))
+    return bases
 
 
-CLICKHOUSE_SERVER = _server_base()
+CLICKHOUSE_SERVERS = _server_bases()
+CLICKHOUSE_SERVER = CLICKHOUSE_SERVERS[0] if CLICKHOUSE_SERVERS else None
+CLUSTER_MODE = bool(os.environ.get("CLICKHOUSE_CLUSTER"))
 _RUN_ID = uuid.uuid4().hex[:8]
 _DATABASES: list[str] = []
 
 
 def _drop_databases() -> None:
-    for db in _DATABASES:
-        with contextlib.suppress(OSError):
-            request = urllib.request.Request(f"{CLICKHOUSE_SERVER}/", data=f"DROP DATABASE IF EXISTS `{db}`".encode())
-            urllib.request.urlopen(request, timeout=30).close()  # noqa: S310 - the configured test server
+    for base in CLICKHOUSE_SERVERS:
+        for db in _DATABASES:
+            with contextlib.suppress(OSError):
+                request = urllib.request.Request(f"{base}/", data=f"DROP DATABASE IF EXISTS `{db}`".encode())
+                urllib.request.urlopen(request, timeout=30).close()  # noqa: S310 - the configured test server
 
 
 def clickhouse_env(name: str) -> dict[str, str]:
-    """ClickHouse for a process a test starts: its own database on the server (server mode), or nothing (embedded:
-    chdb under that process's DATA_DIR)."""
+    """ClickHouse for a process a test starts: its own database on the server (server mode; on every node of a
+    cluster), or nothing (embedded: chdb under that process's DATA_DIR)."""
     if CLICKHOUSE_SERVER is None:
         return {}
     db = f"usermetrics_test_{_RUN_ID}_{name}".replace("-", "_")
     if not _DATABASES:
         atexit.register(_drop_databases)
     _DATABASES.append(db)
-    return {"CLICKHOUSE_URL": f"{CLICKHOUSE_SERVER}/{db}"}
+    return {"CLICKHOUSE_URL": ",".join(f"{base}/{db}" for base in CLICKHOUSE_SERVERS)}
 
 
 def process_env(name: str, drop: tuple[str, ...] = ()) -> dict[str, str]:
@@ -133,12 +140,16 @@ def rt(settings: Settings) -> Iterator[Runtime]:
 
 
 def wipe_clickhouse(rt: Runtime) -> None:
-    """Empty every ClickHouse table (events, aggregates, excluded users), keeping the schema."""
-    for (table,) in rt.clickhouse.rows(
-        "SELECT name FROM system.tables WHERE database = currentDatabase() AND engine NOT LIKE '%View%' "
-        "AND name != 'schema_migrations'"
-    ):
-        rt.clickhouse.command(f"TRUNCATE TABLE `{table}`")
+    """Empty every ClickHouse table (events, aggregates, excluded users), keeping the schema; in cluster mode the
+    local tables of every node."""
+    for node in rt.clickhouse.nodes():
+        for (table,) in node.rows(
+            "SELECT name FROM system.tables WHERE database = currentDatabase() AND engine NOT LIKE '%View%' "
+            "AND engine != 'Distributed' AND name != 'schema_migrations'"
+        ):
+            node.command(f"TRUNCATE TABLE `{table}`")
+        if node is not rt.clickhouse:
+            node.close()
 
 
 @pytest.fixture()

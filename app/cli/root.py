@@ -22,3 +22,7 @@ redis_cluster_cli = typer.Typer(
     no_args_is_help=True, help="A local Redis Cluster (three masters, three replicas) for cluster mode."
 )
 cli.add_typer(redis_cluster_cli, name="redis-cluster")
+clickhouse_cluster_cli = typer.Typer(
+    no_args_is_help=True, help="A local ClickHouse cluster (shards x replicas, ZooKeeper) for cluster mode."
+)
+cli.add_typer(clickhouse_cluster_cli, name="clickhouse-cluster")

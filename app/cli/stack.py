@@ -1,15 +1,17 @@
-"""Running the stack: ``run``, ``migrate``, ``schemas``, ``clickhouse-server``, ``redis-cluster``."""
+"""Running the stack: ``run``, ``migrate``, ``schemas``, ``clickhouse-server``, ``clickhouse-cluster``,
+``redis-cluster``."""
 
 from __future__ import annotations
 
 import logging
+import shlex
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 
 from app.cli.common import command_runtime, console, err
-from app.cli.root import cli, redis_cluster_cli, server_cli
+from app.cli.root import cli, clickhouse_cluster_cli, redis_cluster_cli, server_cli
 from app.core.settings import load_settings
 from app.stores import migrations
 
@@ -85,6 +87,45 @@ def redis_cluster_stop() -> None:
 
     redis_cluster.stop(load_settings())
     print("stopped")
+
+
+@clickhouse_cluster_cli.command("start")
+def clickhouse_cluster_start(
+    shards: Annotated[int, typer.Option(min=1, max=8, help="shards")] = 2,
+    replicas: Annotated[int, typer.Option(min=1, max=3, help="replicas of each shard")] = 2,
+) -> None:
+    """Start (or find running) a local ClickHouse cluster under DATA_DIR/clickhouse-cluster; prints the settings
+    that point the project at it, as shell exports (eval "$(python -m app clickhouse-cluster start)")."""
+    from app.stores import clickhouse_cluster, clickhouse_server
+
+    try:
+        env = clickhouse_cluster.start(load_settings(), shards, replicas)
+    except clickhouse_server.ServerError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(1) from exc
+    for key, value in env.items():
+        print(f"export {key}={shlex.quote(value)}")
+
+
+@clickhouse_cluster_cli.command("stop")
+def clickhouse_cluster_stop() -> None:
+    """Stop the local ClickHouse cluster and ZooKeeper, and remove their data."""
+    from app.stores import clickhouse_cluster
+
+    print("stopped" if clickhouse_cluster.stop(load_settings()) else "not running")
+
+
+@clickhouse_cluster_cli.command("status")
+def clickhouse_cluster_status() -> None:
+    """Print the settings of the running local cluster, or exit 1 when a node is not answering."""
+    from app.stores import clickhouse_cluster
+
+    env = clickhouse_cluster.running(load_settings())
+    if env is None:
+        print("not running")
+        raise typer.Exit(1)
+    for key, value in env.items():
+        print(f"export {key}={shlex.quote(value)}")
 
 
 @cli.command()

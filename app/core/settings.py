@@ -27,6 +27,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=DEFAULT_DATA_DIR, alias="DATA_DIR")
     clickhouse_url: str | None = Field(default=None, alias="CLICKHOUSE_URL")
     clickhouse_database: str = Field(default="usermetrics", alias="CLICKHOUSE_DATABASE")
+    # Cluster mode: the cluster's name in the servers' ``remote_servers``; CLICKHOUSE_URL then lists the nodes,
+    # comma-separated. Replication: "keeper" (Replicated* tables coordinated by ZooKeeper or Keeper; the cluster
+    # has internal_replication=true) or "distributed" (plain tables; the Distributed engine writes every replica
+    # of a shard itself, internal_replication=false).
+    clickhouse_cluster: str | None = Field(default=None, alias="CLICKHOUSE_CLUSTER")
+    clickhouse_replication: Literal["keeper", "distributed"] = Field(default="keeper", alias="CLICKHOUSE_REPLICATION")
     redis_url: str | None = Field(default=None, alias="REDIS_URL")
     celery_broker_url: str | None = Field(default=None, alias="CELERY_BROKER_URL")
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
@@ -100,7 +106,9 @@ class Settings(BaseSettings):
     buffer_lag_warn_s: float = Field(default=5.0, gt=0, alias="BUFFER_LAG_WARN_S")
     reclaim_idle_ms: int = Field(default=60_000, ge=1000, alias="RECLAIM_IDLE_MS")
 
-    @field_validator("clickhouse_url", "redis_url", "celery_broker_url", "database_url", mode="before")
+    @field_validator(
+        "clickhouse_url", "clickhouse_cluster", "redis_url", "celery_broker_url", "database_url", mode="before"
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -114,13 +122,38 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _cluster_needs_servers(self) -> Settings:
+        urls = self.clickhouse_urls
+        if self.clickhouse_cluster is None and len(urls) > 1:
+            raise ValueError("CLICKHOUSE_URL lists several servers: set CLICKHOUSE_CLUSTER to the cluster's name")
+        if self.clickhouse_cluster is not None:
+            if self.clickhouse_url is None or any(u.startswith("chdb:") for u in urls):
+                raise ValueError("CLICKHOUSE_CLUSTER needs CLICKHOUSE_URL to list the cluster's servers (http://...)")
+            if not all(c.isalnum() or c in "_-" for c in self.clickhouse_cluster):
+                raise ValueError(f"invalid CLICKHOUSE_CLUSTER {self.clickhouse_cluster!r}")
+            if len({self._db_of(u) for u in urls}) != 1:
+                raise ValueError("every server in CLICKHOUSE_URL must name the same database")
+        return self
+
     @cached_property
     def data_path(self) -> Path:
         return self.data_dir.resolve()
 
     @property
+    def clickhouse_urls(self) -> list[str]:
+        """Every server of CLICKHOUSE_URL (one, or a cluster's nodes), else the embedded engine's DSN."""
+        if self.clickhouse_url is None:
+            return [f"chdb://{self.data_path / 'clickhouse'}"]
+        return [u.strip() for u in self.clickhouse_url.split(",") if u.strip()]
+
+    @property
     def clickhouse_dsn(self) -> str:
-        return self.clickhouse_url or f"chdb://{self.data_path / 'clickhouse'}"
+        """The first server (cluster mode: the node tried first)."""
+        return self.clickhouse_urls[0]
+
+    def _db_of(self, url: str) -> str:
+        return urlsplit(url).path.strip("/") or self.clickhouse_database
 
     @property
     def clickhouse_db(self) -> str:
@@ -128,14 +161,17 @@ class Settings(BaseSettings):
         (two deployments pointed at two databases of one server never share data)."""
         if self.clickhouse_embedded:
             return self.clickhouse_database
-        path = urlsplit(self.clickhouse_dsn).path.strip("/")
-        return path or self.clickhouse_database
+        return self._db_of(self.clickhouse_dsn)
 
     @property
     def clickhouse_server_dsn(self) -> str:
         """The server URL without its database path: the client connects before the database exists."""
-        parts = urlsplit(self.clickhouse_dsn)
-        return urlunsplit((parts.scheme, parts.netloc, "", parts.query, ""))
+        return self.clickhouse_server_dsns[0]
+
+    @property
+    def clickhouse_server_dsns(self) -> list[str]:
+        """Every server's URL without its database path."""
+        return [urlunsplit((p.scheme, p.netloc, "", p.query, "")) for p in map(urlsplit, self.clickhouse_urls)]
 
     @property
     def clickhouse_embedded(self) -> bool:

@@ -41,7 +41,7 @@ def _full_engagement(rt: Runtime, now: datetime, stamp: datetime) -> Scores:
     """Rebuild every key's contribution; returns the new scores and every owner to consider."""
     ch = rt.clickhouse
     params: dict[str, Any] = {"since": now - rt.window, "stamp": stamp, "additive": ADDITIVE, **rt.weights.params()}
-    ch.command("TRUNCATE TABLE engagementContrib")
+    ch.truncate("engagementContrib")
     ch.command(_sql(q.FULL_SQL), params)
     scores = {int(o): int(s) for o, s in ch.rows(q.SCORES_FROM_CONTRIB_SQL)}
     previous = {int(u): int(s) for u, s in ch.rows(q.CURRENT_SCORES_SQL)}
@@ -62,7 +62,7 @@ def _incremental_engagement(
         **rt.weights.params(),
     }
     for table in ("engagementChanged", "engagementNew", "engagementOld"):
-        ch.command(f"TRUNCATE TABLE {table}")
+        ch.truncate(table)
     ch.command(_sql(q.CHANGED_KEYS_SQL), params)
     failpoints.hit(failpoints.ENGAGEMENT_MID_RUN)
     if int(ch.rows("SELECT count() FROM engagementChanged")[0][0]) > INCREMENTAL_MAX_KEYS:

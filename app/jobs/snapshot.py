@@ -33,6 +33,7 @@ from app.jobs.report import JobReport, load_state, save_state
 from app.jobs.report import now as clock
 from app.jobs.timeline import update_timeline
 from app.read.metrics_query import USERS_PER_QUERY, compute_user_metrics
+from app.stores.clickhouse import ClickHouse
 from app.stores.runtime import Runtime
 
 JOB = "snapshot"
@@ -79,6 +80,14 @@ SELECT DISTINCT u FROM (
 WHERE u != 0
 """
 GENERATION_SQL = "SELECT engagement FROM userMetricsSnapshot WHERE userId = 0"
+
+
+def snapshot_sql(sql: str, ch: ClickHouse) -> str:
+    """``sql`` reading the snapshot table as this deployment keeps it: a key-value table on one server, a replacing
+    table read with ``FINAL`` in cluster mode (``app.stores.cluster_schema.CLUSTER_ENGINES``)."""
+    return sql if ch.cluster is None else sql.replace("FROM userMetricsSnapshot", "FROM userMetricsSnapshot FINAL")
+
+
 EXPIRING_SQL = """
 SELECT userId FROM userMetricsSnapshot WHERE validUntil <= {horizon:DateTime64(3, 'UTC')} AND userId != 0
 """
@@ -133,7 +142,7 @@ def snapshot_metrics(rt: Runtime, full: bool | None = None) -> JobReport:
     resuming = (
         state.get("ready") == "0" and state.get("excluded_set") == excluded_set and state.get("basis") == basis(rt)
     )
-    recorded = [int(g) for (g,) in ch.rows(GENERATION_SQL)]
+    recorded = [int(g) for (g,) in ch.rows(snapshot_sql(GENERATION_SQL, ch))]
     must = (
         state.get("ready") != "1"
         or recorded != [int(state.get("generation", -1))]  # the table is not the one the state describes
@@ -188,7 +197,7 @@ def snapshot_metrics(rt: Runtime, full: bool | None = None) -> JobReport:
         )
         return JobReport("snapshot_user_metrics", "full", users=done, seconds=time.perf_counter() - started)
     soon = now + timedelta(seconds=2 * rt.settings.snapshot_interval_s)
-    expiring = {int(u) for (u,) in ch.rows(EXPIRING_SQL, {"horizon": soon})}
+    expiring = {int(u) for (u,) in ch.rows(snapshot_sql(EXPIRING_SQL, ch), {"horizon": soon})}
     users = sorted(arrived | expiring)
     for i in range(0, len(users), USERS_PER_QUERY):
         _write(rt, users[i : i + USERS_PER_QUERY], now)

@@ -206,7 +206,7 @@ def update_timeline(rt: Runtime, full: bool | None = None) -> JobReport:
 
 def rebuild(ch: ClickHouse, until: datetime, excluded_set: str, version: int) -> int:
     """Derive the whole table from the log; the cut goes in last. Returns the number of key rows."""
-    ch.command(f"TRUNCATE TABLE {TABLE}")
+    ch.truncate(TABLE)
     for types in FAMILIES:
         events = int(ch.rows(FAMILY_ROWS_SQL, {"types": types})[0][0])
         shares = 1 + events // ROWS_PER_SHARE

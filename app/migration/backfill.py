@@ -269,7 +269,7 @@ def _run_python(
 
 
 def reset_checkpoints(ch: ClickHouse) -> None:
-    ch.command("TRUNCATE TABLE backfillCheckpoints")
+    ch.truncate("backfillCheckpoints")
 
 
 def warm_caches(rt: Runtime, eng: Engine, per_call: int = 2000) -> int:

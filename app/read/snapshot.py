@@ -19,7 +19,7 @@ from app.core.errors import REDIS_DOWN
 from app.core.metrics import SCORE_SCALE, UserMetrics
 from app.jobs import engagement_sql
 from app.jobs.report import load_state
-from app.jobs.snapshot import JOB, SENTINEL_USER, basis
+from app.jobs.snapshot import JOB, SENTINEL_USER, basis, snapshot_sql
 from app.read.metrics_query import USERS_PER_QUERY, compute_user_metrics
 from app.stores.clickhouse import chunked
 from app.stores.runtime import Runtime
@@ -77,8 +77,9 @@ def from_snapshot(rt: Runtime, users: Sequence[int]) -> tuple[dict[int, UserMetr
     now = datetime.now(UTC)  # the instant the engagement window ends at, as in the full computation
     now_ms = int(now.timestamp() * 1000)
     after = datetime.fromisoformat(state["inserted_after"])
+    sql = snapshot_sql(READ_SQL, rt.clickhouse)
     for part in chunked(users, USERS_PER_QUERY):
-        rows = rt.clickhouse.rows(READ_SQL, {"users": [SENTINEL_USER, *part], "after": after, "now": now})
+        rows = rt.clickhouse.rows(sql, {"users": [SENTINEL_USER, *part], "after": after, "now": now})
         generation = [int(r[10]) for r in rows if r[0] == "row" and int(r[1]) == SENTINEL_USER]
         if generation != [int(state.get("generation", -1))] or any(
             kind == "excluded" and fp != state.get("excluded_set") for kind, *_, fp in rows

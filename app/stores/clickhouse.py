@@ -8,13 +8,15 @@ engine. ``owner_is_elsewhere`` is that check.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar, cast
 
@@ -22,9 +24,16 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.external import ExternalData
 
-from app.core.errors import StoreBusyError, TransientError, UserMetricsError, translate_clickhouse
+from app.core.errors import (
+    ClickHouseUnavailable,
+    StoreBusyError,
+    TransientError,
+    UserMetricsError,
+    translate_clickhouse,
+)
 from app.core.events import Event
 from app.core.settings import Settings
+from app.stores import cluster_schema
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -119,23 +128,70 @@ class ClickHouse:
     serialises calls on both, which is what either would do internally anyway.
     """
 
-    def __init__(self, client: Client, database: str, embedded: bool = False) -> None:
+    def __init__(self, client: Client, database: str, embedded: bool = False, cluster: Cluster | None = None) -> None:
         self.client = client
         self.database = database
         self.embedded = embedded
+        self.cluster = cluster
         self.read_rows = 0  # rows read by this handle's queries, where the engine reports them (a server does)
         self._lock = threading.RLock()
 
+    def _run(self, op: Callable[[Client], T]) -> T:
+        """``op`` on this handle's server; in cluster mode, on the next node when this one cannot be reached."""
+        with self._lock:
+            tries = len(self.cluster.dsns) if self.cluster is not None else 1
+            for attempt in range(tries):
+                try:
+                    with translated_errors():
+                        return op(self.client)
+                except ClickHouseUnavailable as exc:
+                    # Only a node that does not answer at all (no server error code) is left for another one.
+                    if self.cluster is None or exc.code is not None or attempt == tries - 1:
+                        raise
+                    self._fail_over(exc)
+            raise AssertionError("unreachable")
+
+    def _fail_over(self, exc: ClickHouseUnavailable) -> None:
+        assert self.cluster is not None
+        failed = self.cluster.current
+        for step in range(1, len(self.cluster.dsns)):
+            index = (failed + step) % len(self.cluster.dsns)
+            try:
+                client = _open(self.cluster.settings, self.cluster.dsns[index], self.database)
+            except TransientError:
+                continue
+            log.warning("ClickHouse node %d does not answer (%s); using node %d", failed + 1, exc, index + 1)
+            with contextlib.suppress(Exception):
+                self.client.close()
+            self.client, self.cluster.current = client, index
+            return
+        raise exc
+
     def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
-        with self._lock, translated_errors():
-            return self.client.command(sql, parameters=parameters)
+        return self._run(lambda client: client.command(sql, parameters=parameters))
 
     def rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        with self._lock, translated_errors():
-            result: Any = self.client.query(sql, parameters=parameters)
-            if not self.embedded:
-                self.read_rows += int((result.summary or {}).get("read_rows", 0))
-            return [tuple(row) for row in result.result_rows]
+        result: Any = self._run(lambda client: client.query(sql, parameters=parameters))
+        if not self.embedded:
+            self.read_rows += int((result.summary or {}).get("read_rows", 0))
+        return [tuple(row) for row in result.result_rows]
+
+    def truncate(self, table: str) -> None:
+        """Empty ``table``; in cluster mode a sharded table's local tables on every node."""
+        if self.cluster is None or table not in cluster_schema.SHARDING_KEYS:
+            self.command(f"TRUNCATE TABLE {table}")
+            return
+        for node in self.nodes():
+            with contextlib.closing(node):
+                node.command(f"TRUNCATE TABLE IF EXISTS {cluster_schema.local_name(table)}")
+
+    def nodes(self) -> list[ClickHouse]:
+        """A handle on each node of the cluster (DDL goes node by node), or on this server alone; close each."""
+        if self.cluster is None:
+            return [self]
+        return [
+            ClickHouse(_open(self.cluster.settings, dsn, self.database), self.database) for dsn in self.cluster.dsns
+        ]
 
     def rows_for(
         self, sql: str, values: Sequence[Any], type_: str, parameters: dict[str, Any] | None = None
@@ -152,11 +208,9 @@ class ClickHouse:
             data = ExternalData(
                 file_name="_values", data="\n".join(map(str, values)).encode(), structure=f"v {type_}", fmt="TSV"
             )
-            with self._lock, translated_errors():
-                result: Any = self.client.query(
-                    sql.replace("{values}", "(SELECT v FROM _values)"), parameters=parameters, external_data=data
-                )
-                return [tuple(row) for row in result.result_rows]
+            query = sql.replace("{values}", "(SELECT v FROM _values)")
+            result: Any = self._run(lambda client: client.query(query, parameters=parameters, external_data=data))
+            return [tuple(row) for row in result.result_rows]
         out: list[tuple[Any, ...]] = []
         for part in chunked(values, EMBEDDED_PARAM_CHUNK):
             bound = {**(parameters or {}), "_values": list(part)}
@@ -172,44 +226,82 @@ class ClickHouse:
         settings: dict[str, Any] | None = None,
     ) -> None:
         """Insert ``rows`` (or, with ``column_oriented``, one sequence per column) in one block."""
-        with self._lock, translated_errors():
-            self.client.insert(
+        self._run(
+            lambda client: client.insert(
                 table,
                 cast(Any, rows),
                 column_names=list(columns),
                 column_oriented=column_oriented,
                 settings=settings,
             )
+        )
 
     def close(self) -> None:
         with self._lock:
             self.client.close()
 
 
-def connect(settings: Settings) -> ClickHouse:
-    """Open the configured ClickHouse and make sure the deployment's database exists (``Settings.clickhouse_db``)."""
-    db = settings.clickhouse_db
+@dataclass
+class Cluster:
+    """Cluster mode: the cluster's name, how it replicates, its nodes and the one in use."""
+
+    name: str
+    replication: cluster_schema.Replication
+    dsns: list[str]
+    settings: Settings
+    current: int = 0
+
+
+def _open(settings: Settings, dsn: str, db: str) -> Client:
+    """A client on one server, its database created if missing."""
+    query_settings = cluster_schema.CLUSTER_QUERY_SETTINGS if settings.clickhouse_cluster else {}
     try:
-        if settings.chdb_path is not None:
-            _claim_ownership(settings.chdb_path)
-            client = clickhouse_connect.get_client(dsn=settings.clickhouse_dsn)
-        else:
-            client = clickhouse_connect.get_client(
-                dsn=settings.clickhouse_server_dsn,
-                database="default",
-                connect_timeout=settings.clickhouse_timeout_s,
-                send_receive_timeout=settings.clickhouse_timeout_s,
-                autogenerate_session_id=False,
-            )
-    except StoreBusyError:
-        raise
+        client = clickhouse_connect.get_client(
+            dsn=dsn,
+            database="default",
+            connect_timeout=settings.clickhouse_timeout_s,
+            send_receive_timeout=settings.clickhouse_timeout_s,
+            autogenerate_session_id=False,
+            settings=dict(query_settings),
+        )
     except Exception as exc:
         reason = str(exc).split(" executing HTTP request", 1)[0]
-        raise TransientError(f"cannot reach ClickHouse at {_redact(settings.clickhouse_dsn)}: {reason}") from exc
+        raise TransientError(f"cannot reach ClickHouse at {_redact(dsn)}: {reason}") from exc
     with translated_errors():
         client.command(f"CREATE DATABASE IF NOT EXISTS `{_identifier(db)}`")
     client.database = db
-    return ClickHouse(client, db, embedded=settings.chdb_path is not None)
+    return client
+
+
+def connect(settings: Settings) -> ClickHouse:
+    """Open the configured ClickHouse and make sure the deployment's database exists (``Settings.clickhouse_db``).
+    In cluster mode: the first node of CLICKHOUSE_URL that answers."""
+    db = settings.clickhouse_db
+    if settings.chdb_path is not None:
+        try:
+            _claim_ownership(settings.chdb_path)
+            client = clickhouse_connect.get_client(dsn=settings.clickhouse_dsn)
+        except StoreBusyError:
+            raise
+        except Exception as exc:
+            raise TransientError(f"cannot open the embedded ClickHouse at {settings.chdb_path}: {exc}") from exc
+        with translated_errors():
+            client.command(f"CREATE DATABASE IF NOT EXISTS `{_identifier(db)}`")
+        client.database = db
+        return ClickHouse(client, db, embedded=True)
+    dsns = settings.clickhouse_server_dsns
+    if settings.clickhouse_cluster is None:
+        return ClickHouse(_open(settings, dsns[0], db), db)
+    failure: TransientError | None = None
+    for index, dsn in enumerate(dsns):
+        try:
+            client = _open(settings, dsn, db)
+        except TransientError as exc:
+            failure = exc
+            continue
+        cluster = Cluster(settings.clickhouse_cluster, settings.clickhouse_replication, dsns, settings, index)
+        return ClickHouse(client, db, cluster=cluster)
+    raise TransientError(f"no node of the ClickHouse cluster {settings.clickhouse_cluster} answers: {failure}")
 
 
 def _identifier(name: str) -> str:

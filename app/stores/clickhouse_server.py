@@ -68,7 +68,7 @@ def library(lib_dir: Path = LIB_DIR) -> Path:
             member = archive.getmember("package/libchdb.so")
             source = archive.extractfile(member)
             assert source is not None
-            partial = lib.with_suffix(".so.partial")
+            partial = lib.with_suffix(f".so.{os.getpid()}.partial")  # nodes may start side by side
             with open(partial, "wb") as out:
                 shutil.copyfileobj(source, out)
             partial.replace(lib)

@@ -17,7 +17,7 @@ from pathlib import Path
 from app.core import constants as c
 from app.core.errors import PermanentError
 from app.core.paths import SQL_DIR
-from app.stores import broker, clickhouse
+from app.stores import broker, clickhouse, cluster_schema
 from app.stores.clickhouse import ClickHouse
 from app.stores.locks import redis_lock
 from app.stores.runtime import Runtime
@@ -106,13 +106,37 @@ def discover(sql_dir: Path = SQL_DIR) -> list[Migration]:
 
 
 def applied(ch: ClickHouse) -> dict[int, str]:
-    ch.command(LEDGER_DDL)
-    rows = ch.rows("SELECT version, argMax(checksum, appliedAt) FROM schema_migrations GROUP BY version")
-    return {int(version): str(checksum) for version, checksum in rows}
+    """Versions applied and their checksums; in cluster mode, those applied on every node (each keeps its own
+    ledger, since DDL goes node by node)."""
+    ledgers = []
+    for node in ch.nodes():
+        node.command(LEDGER_DDL)
+        rows = node.rows("SELECT version, argMax(checksum, appliedAt) FROM schema_migrations GROUP BY version")
+        ledgers.append({int(version): str(checksum) for version, checksum in rows})
+        if node is not ch:
+            node.close()
+    common = set.intersection(*(set(ledger) for ledger in ledgers))
+    return {version: ledgers[0][version] for version in common}
+
+
+def cluster_statements(ch: ClickHouse, migration: Migration) -> list[cluster_schema.ClusterStatement]:
+    """The migration's statements as this deployment applies them (cluster mode: local and Distributed tables)."""
+    if ch.cluster is None:
+        return [cluster_schema.ClusterStatement(sql, every_node=False) for sql in migration.statements()]
+    return [
+        translated
+        for sql in migration.statements()
+        for translated in cluster_schema.translate(sql, ch.cluster.name, ch.database, ch.cluster.replication)
+    ]
 
 
 def migrate(ch: ClickHouse, sql_dir: Path = SQL_DIR) -> list[int]:
-    """Apply pending migrations; return the versions applied now."""
+    """Apply pending migrations; return the versions applied now.
+
+    In cluster mode every DDL statement runs on every node in turn, and data statements once, through the
+    Distributed tables: ``ON CLUSTER`` would need the servers' distributed DDL queue, which not every build runs
+    (the local cluster of ``python -m app clickhouse-cluster`` refuses it), and node by node works everywhere.
+    Every node must answer."""
     done = applied(ch)
     newly = []
     for migration in discover(sql_dir):
@@ -122,13 +146,21 @@ def migrate(ch: ClickHouse, sql_dir: Path = SQL_DIR) -> list[int]:
                     f"migration {migration.path.name} changed after it was applied; add a new version instead"
                 )
             continue
-        for statement in migration.statements():
-            ch.command(statement)
-        ch.insert(
-            "schema_migrations",
-            [(migration.version, migration.name, migration.checksum, datetime.now(UTC))],
-            ("version", "name", "checksum", "appliedAt"),
-        )
+        nodes = ch.nodes()
+        try:
+            for statement in cluster_statements(ch, migration):
+                for node in nodes if statement.every_node else [ch]:
+                    node.command(statement.sql)
+            for node in nodes:
+                node.insert(
+                    "schema_migrations",
+                    [(migration.version, migration.name, migration.checksum, datetime.now(UTC))],
+                    ("version", "name", "checksum", "appliedAt"),
+                )
+        finally:
+            for node in nodes:
+                if node is not ch:
+                    node.close()
         log.info("applied migration %04d_%s", migration.version, migration.name)
         newly.append(migration.version)
     return newly

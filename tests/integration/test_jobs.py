@@ -135,7 +135,7 @@ def test_rank_swap_is_atomic_under_concurrent_readers(clean: Runtime) -> None:
             seen.add(int(clean.redis.zcard(c.LEADERBOARD_KEY)))
 
     def load(n: int) -> None:
-        clean.clickhouse.command("TRUNCATE TABLE engagementCurrent")
+        clean.clickhouse.truncate("engagementCurrent")
         rows = [(u, 1 + u % 97, datetime.now(UTC)) for u in range(1, n + 1)]
         clean.clickhouse.insert("engagementCurrent", rows, ["userId", "score", "computedAt"])
 

@@ -135,7 +135,7 @@ def test_a_snapshot_table_lost_under_a_ready_state_is_not_read_as_users_with_not
     insert_events(rt.clickhouse, [to_event(E(str(uuid.uuid4()), "User", 2, 1, 2, "Follow", 1, at))])
     assert jobs.snapshot_metrics(rt).mode == "full"
     assert from_snapshot(rt, [1, 2])[0][2].follower_count == 1
-    rt.clickhouse.command("TRUNCATE TABLE userMetricsSnapshot")
+    rt.clickhouse.truncate("userMetricsSnapshot")
     assert from_snapshot(rt, [1, 2]) == ({}, [1, 2])
     assert current_user_metrics(rt, [2])[2].follower_count == 1
     assert jobs.snapshot_metrics(rt).mode == "full"  # the job sees it too, and rebuilds
