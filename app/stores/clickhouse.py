@@ -266,7 +266,7 @@ def _open(settings: Settings, dsn: str, db: str) -> Client:
         )
     except Exception as exc:
         reason = str(exc).split(" executing HTTP request", 1)[0]
-        raise TransientError(f"cannot reach ClickHouse at {_redact(dsn)}: {reason}") from exc
+        raise TransientError(f"cannot reach ClickHouse at {_redact(dsn)}/{db}: {reason}") from exc
     with translated_errors():
         client.command(f"CREATE DATABASE IF NOT EXISTS `{_identifier(db)}`")
     client.database = db
