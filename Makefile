@@ -49,6 +49,7 @@ bench: install
 	$(PY) -m app bench jobs $(BENCH_ARGS)
 	$(PY) -m app bench legacy $(BENCH_ARGS)
 	$(PY) -m app bench capacity $(BENCH_ARGS)
+	$(PY) -m app bench cluster $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .data .mypy_cache .ruff_cache .pytest_cache

@@ -162,6 +162,27 @@ def bench_capacity(
     _print_bench("capacity" + (" (quick)" if quick else ""), result.rows(), result.figures, as_json)
 
 
+@bench_cli.command("cluster")
+def bench_cluster(
+    quick: Annotated[bool, typer.Option("--quick", help="200,000 events, about a minute")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON")] = False,
+) -> None:
+    """One local ClickHouse server against a local cluster of 2 shards x 2 replicas, in the same run: inserts,
+    metrics misses and reactions misses on the same generated log."""
+    from app.bench import cluster as cluster_bench
+
+    result = cluster_bench.run(quick, load_settings())
+    if as_json:
+        print(to_json(result.figures))
+        return
+    table = Table(
+        "measure", "one server", "cluster 2x2", "cluster / server", title="cluster" + (" (quick)" if quick else "")
+    )
+    for row in result.rows():
+        table.add_row(*row)
+    console.print(table)
+
+
 @bench_cli.command("legacy")
 def bench_legacy(
     quick: Annotated[bool, typer.Option("--quick", help="2,000 users, under a minute")] = False,
