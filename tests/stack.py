@@ -143,13 +143,15 @@ def wipe_clickhouse(rt: Runtime) -> None:
     """Empty every ClickHouse table (events, aggregates, excluded users), keeping the schema; in cluster mode the
     local tables of every node."""
     for node in rt.clickhouse.nodes():
-        for (table,) in node.rows(
-            "SELECT name FROM system.tables WHERE database = currentDatabase() AND engine NOT LIKE '%View%' "
-            "AND engine != 'Distributed' AND name != 'schema_migrations'"
-        ):
-            node.command(f"TRUNCATE TABLE `{table}`")
-        if node is not rt.clickhouse:
-            node.close()
+        try:
+            for (table,) in node.rows(
+                "SELECT name FROM system.tables WHERE database = currentDatabase() AND engine NOT LIKE '%View%' "
+                "AND engine != 'Distributed' AND name != 'schema_migrations'"
+            ):
+                node.command(f"TRUNCATE TABLE `{table}`")
+        finally:
+            if node is not rt.clickhouse:
+                node.close()
 
 
 @pytest.fixture()

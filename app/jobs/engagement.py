@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from app.core import failpoints
+from app.core.errors import TransientError
 from app.core.events import as_utc
 from app.core.metrics import ADDITIVE, EXCLUDED_USERS_SQL, OWNER_STATE_TYPES_SQL, SCORE_SCALE, WEIGHT_SQL, format_score
 from app.jobs import engagement_sql as q
@@ -53,6 +54,7 @@ def _incremental_engagement(
 ) -> Scores | None:
     """Recompute the changed keys only and move their owners' scores by the difference; None: too many changes."""
     ch = rt.clickhouse
+    failovers = ch.failovers
     params: dict[str, Any] = {
         "since": now - rt.window,
         "stamp": stamp,
@@ -73,6 +75,8 @@ def _incremental_engagement(
     delta = {int(o): int(d) for o, d, _ in rows}
     previous = {int(o): int(p) for o, _, p in rows}
     touched = sorted(delta)
+    if ch.failovers != failovers:  # the scratch tables are on the node the run started on
+        raise TransientError("the ClickHouse node changed during the run; the next run starts over")
     mark_phase(rt, "writing")  # a crash from here on leaves scores and contributions apart: the next run is full
     ch.command(q.WRITE_SQL, params)
     return {o: previous.get(o, 0) + delta[o] for o in touched}, set(touched), previous
@@ -88,7 +92,10 @@ def slice_end(ch: ClickHouse, engine_now: datetime) -> datetime:
     insert still running (server mode), whose rows carry its start time but are not all visible yet."""
     if ch.embedded:
         return engine_now
-    running_s = float(ch.rows(q.INFLIGHT_INSERT_AGE_SQL)[0][0])
+    sql = q.INFLIGHT_INSERT_AGE_SQL
+    if ch.cluster is not None:  # an insert may be running on any node
+        sql = sql.replace("FROM system.processes", f"FROM clusterAllReplicas('{ch.cluster.name}', system.processes)")
+    running_s = float(ch.rows(sql)[0][0])
     return engine_now - timedelta(seconds=running_s, milliseconds=1) if running_s > 0 else engine_now
 
 

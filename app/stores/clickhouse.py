@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar, cast
 
@@ -137,7 +137,10 @@ class ClickHouse:
         self._lock = threading.RLock()
 
     def _run(self, op: Callable[[Client], T]) -> T:
-        """``op`` on this handle's server; in cluster mode, on the next node when this one cannot be reached."""
+        """``op`` on this handle's server; in cluster mode, on the next node when this one could not be reached.
+
+        Only a request that never reached its node moves (the connection was refused or never opened): a request
+        cut off or timed out after it was sent may have run, and is not sent again here (the task or job retries)."""
         with self._lock:
             tries = len(self.cluster.dsns) if self.cluster is not None else 1
             for attempt in range(tries):
@@ -145,8 +148,7 @@ class ClickHouse:
                     with translated_errors():
                         return op(self.client)
                 except ClickHouseUnavailable as exc:
-                    # Only a node that does not answer at all (no server error code) is left for another one.
-                    if self.cluster is None or exc.code is not None or attempt == tries - 1:
+                    if self.cluster is None or not _never_reached(exc) or attempt == tries - 1:
                         raise
                     self._fail_over(exc)
             raise AssertionError("unreachable")
@@ -164,16 +166,24 @@ class ClickHouse:
             with contextlib.suppress(Exception):
                 self.client.close()
             self.client, self.cluster.current = client, index
+            self.cluster.failovers += 1
             return
         raise exc
+
+    @property
+    def failovers(self) -> int:
+        """How many times this handle moved to another node (a job using node-local scratch tables checks that none
+        happened during its run)."""
+        return self.cluster.failovers if self.cluster is not None else 0
 
     def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
         return self._run(lambda client: client.command(sql, parameters=parameters))
 
     def rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        result: Any = self._run(lambda client: client.query(sql, parameters=parameters))
-        if not self.embedded:
-            self.read_rows += int((result.summary or {}).get("read_rows", 0))
+        with self._lock:
+            result: Any = self._run(lambda client: client.query(sql, parameters=parameters))
+            if not self.embedded:
+                self.read_rows += int((result.summary or {}).get("read_rows", 0))
         return [tuple(row) for row in result.result_rows]
 
     def truncate(self, table: str) -> None:
@@ -189,9 +199,15 @@ class ClickHouse:
         """A handle on each node of the cluster (DDL goes node by node), or on this server alone; close each."""
         if self.cluster is None:
             return [self]
-        return [
-            ClickHouse(_open(self.cluster.settings, dsn, self.database), self.database) for dsn in self.cluster.dsns
-        ]
+        opened: list[ClickHouse] = []
+        try:
+            for dsn in self.cluster.dsns:
+                opened.append(ClickHouse(_open(self.cluster.settings, dsn, self.database), self.database))
+        except BaseException:
+            for node in opened:
+                node.close()
+            raise
+        return opened
 
     def rows_for(
         self, sql: str, values: Sequence[Any], type_: str, parameters: dict[str, Any] | None = None
@@ -247,9 +263,10 @@ class Cluster:
 
     name: str
     replication: cluster_schema.Replication
-    dsns: list[str]
-    settings: Settings
+    dsns: list[str] = field(repr=False)  # may carry credentials
+    settings: Settings = field(repr=False)
     current: int = 0
+    failovers: int = 0
 
 
 def _open(settings: Settings, dsn: str, db: str) -> Client:
@@ -314,8 +331,17 @@ def _identifier(name: str) -> str:
 def _redact(dsn: str) -> str:
     if "@" in dsn and "://" in dsn:
         scheme, rest = dsn.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
     return dsn
+
+
+# What the HTTP client says when a request could not even be sent: the node is down or unreachable.
+_NOT_SENT = ("Connection refused", "NewConnectionError", "Failed to establish a new connection", "ConnectTimeout")
+
+
+def _never_reached(exc: ClickHouseUnavailable) -> bool:
+    text = str(exc.__cause__ if exc.__cause__ is not None else exc)  # the client's own text, not shortened
+    return exc.code is None and any(marker in text for marker in _NOT_SENT)
 
 
 def insert_events(ch: ClickHouse, events: Sequence[Event]) -> int:

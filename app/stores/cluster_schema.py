@@ -15,7 +15,8 @@ key-value engine holds on one node only, becomes a ``ReplacingMergeTree`` read w
 The sharding keys keep everything of one entity on one shard: every event of a state key
 ``(entityType, entityId, metricType, userId)`` and every redelivery of an event, so that versions (latest event
 wins) and duplicates (same event id) resolve within a shard exactly as on one node, and a sum over shards adds
-disjoint parts. Tables a job writes are sharded by the column their replacing key starts with.
+disjoint parts. Tables a job writes are sharded by the column their replacing key starts with; the timeline, whose
+every run is one insert that must apply whole, lives on one shard.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ SHARDING_KEYS: dict[str, str] = {
     "engagementCurrent": "cityHash64(userId)",
     "engagementTrend": "cityHash64(userId)",
     "userMetricsSnapshot": "cityHash64(userId)",
-    "metricTimeline": "cityHash64(subject)",
+    # One shard: a timeline run is one insert that must apply whole (its rows and its cut), and an insert is whole
+    # only within one shard.
+    "metricTimeline": "0",
     "backfillCheckpoints": "cityHash64(name)",
     "engagementRuns": "cityHash64(stamp)",
 }
@@ -76,7 +79,7 @@ CLUSTER_QUERY_SETTINGS: dict[str, int] = {
 }
 
 _CREATE_TABLE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+)\s*\(", re.S)
-_CREATE_AS = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+) AS (\w+) ENGINE = (\w+)$", re.S)
+_CREATE_AS = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+) AS (\w+) ENGINE = Memory$", re.S)
 _ENGINE = re.compile(r"ENGINE\s*=\s*(\w+)(\(([^)]*)\))?")
 _ROCKS = re.compile(r"ENGINE\s*=\s*EmbeddedRocksDB\s+PRIMARY KEY \w+", re.S)
 _VIEW = re.compile(r"^CREATE MATERIALIZED VIEW IF NOT EXISTS (\w+) TO (\w+) AS", re.S)

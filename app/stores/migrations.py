@@ -106,17 +106,10 @@ def discover(sql_dir: Path = SQL_DIR) -> list[Migration]:
 
 
 def applied(ch: ClickHouse) -> dict[int, str]:
-    """Versions applied and their checksums; in cluster mode, those applied on every node (each keeps its own
-    ledger, since DDL goes node by node)."""
-    ledgers = []
-    for node in ch.nodes():
-        node.command(LEDGER_DDL)
-        rows = node.rows("SELECT version, argMax(checksum, appliedAt) FROM schema_migrations GROUP BY version")
-        ledgers.append({int(version): str(checksum) for version, checksum in rows})
-        if node is not ch:
-            node.close()
-    common = set.intersection(*(set(ledger) for ledger in ledgers))
-    return {version: ledgers[0][version] for version in common}
+    """Versions applied on this node and their checksums (its ledger)."""
+    ch.command(LEDGER_DDL)
+    rows = ch.rows("SELECT version, argMax(checksum, appliedAt) FROM schema_migrations GROUP BY version")
+    return {int(version): str(checksum) for version, checksum in rows}
 
 
 def cluster_statements(ch: ClickHouse, migration: Migration) -> list[cluster_schema.ClusterStatement]:
@@ -133,37 +126,44 @@ def cluster_statements(ch: ClickHouse, migration: Migration) -> list[cluster_sch
 def migrate(ch: ClickHouse, sql_dir: Path = SQL_DIR) -> list[int]:
     """Apply pending migrations; return the versions applied now.
 
-    In cluster mode every DDL statement runs on every node in turn, and data statements once, through the
-    Distributed tables: ``ON CLUSTER`` would need the servers' distributed DDL queue, which not every build runs
-    (the local cluster of ``python -m app clickhouse-cluster`` refuses it), and node by node works everywhere.
-    Every node must answer."""
-    done = applied(ch)
-    newly = []
-    for migration in discover(sql_dir):
-        if migration.version in done:
-            if not migration.unchanged_since(done[migration.version]):
+    In cluster mode every node keeps its own ledger: a migration's DDL runs on each node that has not recorded it
+    (a node added later gets every version), its data statements run once, through the Distributed tables, and only
+    while no node has it yet (a fill repeated would count its rows twice). ``ON CLUSTER`` would need the servers'
+    distributed DDL queue, which not every build runs (the local cluster of ``python -m app clickhouse-cluster``
+    refuses it); node by node works everywhere. Every node must answer."""
+    nodes = ch.nodes()
+    try:
+        ledgers = [applied(node) for node in nodes]
+        newly = []
+        for migration in discover(sql_dir):
+            recorded = [ledger.get(migration.version) for ledger in ledgers]
+            if any(r is not None and not migration.unchanged_since(r) for r in recorded):
                 raise PermanentError(
                     f"migration {migration.path.name} changed after it was applied; add a new version instead"
                 )
-            continue
-        nodes = ch.nodes()
-        try:
+            missing = [node for node, r in zip(nodes, recorded, strict=True) if r is None]
+            if not missing:
+                continue
+            first = len(missing) == len(nodes)
             for statement in cluster_statements(ch, migration):
-                for node in nodes if statement.every_node else [ch]:
-                    node.command(statement.sql)
-            for node in nodes:
+                if statement.every_node:
+                    for node in missing:
+                        node.command(statement.sql)
+                elif first:
+                    ch.command(statement.sql)
+            for node in missing:
                 node.insert(
                     "schema_migrations",
                     [(migration.version, migration.name, migration.checksum, datetime.now(UTC))],
                     ("version", "name", "checksum", "appliedAt"),
                 )
-        finally:
-            for node in nodes:
-                if node is not ch:
-                    node.close()
-        log.info("applied migration %04d_%s", migration.version, migration.name)
-        newly.append(migration.version)
-    return newly
+            log.info("applied migration %04d_%s", migration.version, migration.name)
+            newly.append(migration.version)
+        return newly
+    finally:
+        for node in nodes:
+            if node is not ch:
+                node.close()
 
 
 def migrate_anywhere(rt: Runtime) -> list[int]:

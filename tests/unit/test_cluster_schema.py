@@ -72,3 +72,15 @@ def test_cluster_settings_are_checked() -> None:
         Settings(CLICKHOUSE_URL="http://a:8123/db,http://b:8123/other", CLICKHOUSE_CLUSTER="c")  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="needs CLICKHOUSE_URL"):
         Settings(CLICKHOUSE_CLUSTER="c", CLICKHOUSE_URL="")  # type: ignore[call-arg]
+
+
+def test_only_a_request_that_never_reached_its_node_moves_to_another() -> None:
+    from app.core.errors import ClickHouseUnavailable
+    from app.stores.clickhouse import _never_reached
+
+    refused = ClickHouseUnavailable(
+        "OperationalError: Error HTTPConnectionPool(host='127.0.0.1', port=9): Max retries exceeded (Caused by "
+        "NewConnectionError(...: Failed to establish a new connection: [Errno 111] Connection refused'))"
+    )
+    timed_out = ClickHouseUnavailable("OperationalError: HTTPConnectionPool(host='h', port=8123): Read timed out.")
+    assert _never_reached(refused) and not _never_reached(timed_out)
