@@ -285,6 +285,9 @@ def _open(settings: Settings, dsn: str, db: str) -> Client:
         reason = str(exc).split(" executing HTTP request", 1)[0]
         raise TransientError(f"cannot reach ClickHouse at {_redact(dsn)}/{db}: {reason}") from exc
     with translated_errors():
+        if settings.clickhouse_cluster and not client.min_version(cluster_schema.OLD_ANALYZER_UNTIL):
+            for key, value in cluster_schema.OLD_ANALYZER.items():
+                client.set_client_setting(key, value)
         client.command(f"CREATE DATABASE IF NOT EXISTS `{_identifier(db)}`")
     client.database = db
     return client
