@@ -146,30 +146,34 @@ def _insert_rate(ch: clickhouse.ClickHouse, quick: bool) -> float:
     scratch = clickhouse.ClickHouse(ch.client, "capacity_scratch", embedded=ch.embedded)
     try:
         migrations.migrate(scratch)
-        now = datetime.now(UTC)
-        seconds = INSERT_SECONDS / (5 if quick else 1)
-        done, started = 0, time.perf_counter()
-        rnd = random.Random(3)  # noqa: S311 - synthetic events
-        while time.perf_counter() - started < seconds:
-            batch = [
-                Event(
-                    uuid.uuid4(),
-                    "Image",
-                    rnd.randint(1, 1_000_000),
-                    rnd.randint(1, 100_000),
-                    rnd.randint(1, 100_000),
-                    MetricType.REACTION_LIKE,
-                    1,
-                    now - timedelta(seconds=rnd.randint(0, 86_400)),
-                )
-                for _ in range(BATCH)
-            ]
-            insert_events(scratch, batch)
-            done += BATCH
-        return done / (time.perf_counter() - started)
+        return insert_rate(scratch, INSERT_SECONDS / (5 if quick else 1))
     finally:
         ch.client.database = home
         ch.command("DROP DATABASE IF EXISTS capacity_scratch")
+
+
+def insert_rate(ch: clickhouse.ClickHouse, seconds: float) -> float:
+    """Events per second ``ch`` takes for ``seconds``, in batches of ``BATCH`` reactions (every view included)."""
+    now = datetime.now(UTC)
+    done, started = 0, time.perf_counter()
+    rnd = random.Random(3)  # noqa: S311 - synthetic events
+    while time.perf_counter() - started < seconds:
+        batch = [
+            Event(
+                uuid.uuid4(),
+                "Image",
+                rnd.randint(1, 1_000_000),
+                rnd.randint(1, 100_000),
+                rnd.randint(1, 100_000),
+                MetricType.REACTION_LIKE,
+                1,
+                now - timedelta(seconds=rnd.randint(0, 86_400)),
+            )
+            for _ in range(BATCH)
+        ]
+        insert_events(ch, batch)
+        done += BATCH
+    return done / (time.perf_counter() - started)
 
 
 def plan(f: dict[str, float], site: Site) -> list[tuple[str, str, str]]:

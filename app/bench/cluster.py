@@ -16,21 +16,19 @@ from __future__ import annotations
 import random
 import statistics
 import time
-import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
+from app.bench.capacity import insert_rate
 from app.bench.dataset import DatasetSpec, generate
-from app.core.events import Event, MetricType
 from app.core.metrics import EngagementWeights
 from app.core.settings import Settings
 from app.read.metrics_query import compute_user_metrics
 from app.read.reactions import latest_reactions
 from app.stores import clickhouse, clickhouse_cluster, clickhouse_server, migrations
-from app.stores.clickhouse import ClickHouse, insert_events
+from app.stores.clickhouse import ClickHouse
 
 DATABASE = "usermetrics_bench_cluster"
-BATCH = 500
 PAGE = 100
 
 
@@ -59,29 +57,6 @@ def _spec(quick: bool) -> DatasetSpec:
     return DatasetSpec(events=200_000 if quick else 2_000_000, users=2_000 if quick else 20_000)
 
 
-def _insert_rate(ch: ClickHouse, seconds: float) -> float:
-    now = datetime.now(UTC)
-    rnd = random.Random(5)  # noqa: S311 - synthetic events
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        batch = [
-            Event(
-                uuid.uuid4(),
-                "Image",
-                rnd.randint(1, 1_000_000),
-                rnd.randint(1, 100_000),
-                rnd.randint(1, 100_000),
-                MetricType.REACTION_LIKE,
-                1,
-                now - timedelta(seconds=rnd.randint(0, 86_400)),
-            )
-            for _ in range(BATCH)
-        ]
-        insert_events(ch, batch)
-        done += BATCH
-    return done / (time.perf_counter() - started)
-
-
 def _percentiles(samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
     return statistics.median(ordered), ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
@@ -105,7 +80,7 @@ def _measure(ch: ClickHouse, spec: DatasetSpec, prefix: str, f: dict[str, float]
         reactions.append((time.perf_counter() - started) * 1000)
     f[f"{prefix}_metrics_p50"], f[f"{prefix}_metrics_p99"] = _percentiles(metrics)
     f[f"{prefix}_reactions_p50"], f[f"{prefix}_reactions_p99"] = _percentiles(reactions)
-    f[f"{prefix}_insert"] = _insert_rate(ch, 3.0 if quick else 10.0)
+    f[f"{prefix}_insert"] = insert_rate(ch, 3.0 if quick else 10.0)
 
 
 def run(quick: bool, settings: Settings) -> ClusterResult:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -80,10 +81,22 @@ def follows(n: int, first_actor: int = 100) -> list[E]:
     ]
 
 
+def compute(ch: ClickHouse) -> dict[int, Any]:
+    return compute_user_metrics(ch, USERS, weights=WEIGHTS, window=timedelta(days=BASE.engagement_window_days))
+
+
+def written(ch: ClickHouse, layout: clickhouse_cluster.Layout) -> tuple[list[E], clickhouse_cluster.Node]:
+    """Follows written to the cluster, and the node the handle uses."""
+    history = follows(30)
+    insert_events(ch, [to_event(e) for e in history])
+    assert ch.cluster is not None
+    return history, layout.nodes[ch.cluster.current]
+
+
 def assert_exact(ch: ClickHouse, history: list[E]) -> None:
     oracle = Oracle(now=datetime.now(UTC), excluded=set())
     oracle.apply_all(history)
-    computed = compute_user_metrics(ch, USERS, weights=WEIGHTS, window=timedelta(days=BASE.engagement_window_days))
+    computed = compute(ch)
     for uid in USERS:
         assert_metrics(computed[uid].to_json(), oracle.metrics(uid), uid)
 
@@ -97,13 +110,12 @@ def local_counts(layout: clickhouse_cluster.Layout, db: str) -> dict[int, int]:
 
 def test_a_replica_down_during_writes_and_reads_loses_nothing(ch, cluster):  # type: ignore[no-untyped-def]
     settings, layout = cluster
-    root = CLUSTER_ROOT
     first = follows(40)
     insert_events(ch, [to_event(e) for e in first])
     assert_exact(ch, first)
     # When replica 2 of shard 1 stops
     down = next(n for n in layout.nodes if n.shard == 1 and n.replica == 2)
-    clickhouse_cluster.stop_node(root, down)
+    clickhouse_cluster.stop_node(CLUSTER_ROOT, down)
     # Then reads stay exact (the shard's other replica answers)
     assert_exact(ch, first)
     # And a write reaching that shard fails as transient, to be retried, rather than being stored on one replica
@@ -112,7 +124,7 @@ def test_a_replica_down_during_writes_and_reads_loses_nothing(ch, cluster):  # t
         insert_events(ch, [to_event(e) for e in second])
     assert isinstance(refused.value, TransientError)
     # And after the restart the retried write lands on every replica: nothing lost, the replicas agree
-    clickhouse_cluster.start_node(root, down)
+    clickhouse_cluster.start_node(CLUSTER_ROOT, down)
     insert_events(ch, [to_event(e) for e in second])
     assert_exact(ch, first + second)
     counts = local_counts(layout, settings.clickhouse_db)
@@ -124,35 +136,27 @@ def test_a_replica_down_during_writes_and_reads_loses_nothing(ch, cluster):  # t
 
 def test_the_node_in_use_going_down_moves_reads_to_another(ch, cluster):  # type: ignore[no-untyped-def]
     _, layout = cluster
-    root = CLUSTER_ROOT
-    history = follows(30)
-    insert_events(ch, [to_event(e) for e in history])
-    assert ch.cluster is not None
-    in_use = layout.nodes[ch.cluster.current]
-    clickhouse_cluster.stop_node(root, in_use)
+    history, in_use = written(ch, layout)
+    clickhouse_cluster.stop_node(CLUSTER_ROOT, in_use)
     assert_exact(ch, history)  # the handle moved to the next node
     assert layout.nodes[ch.cluster.current] != in_use
 
 
 def test_an_unreachable_shard_is_an_error_not_a_partial_sum(ch, cluster):  # type: ignore[no-untyped-def]
     _, layout = cluster
-    root = CLUSTER_ROOT
-    history = follows(30)
-    insert_events(ch, [to_event(e) for e in history])
-    assert ch.cluster is not None
-    in_use = layout.nodes[ch.cluster.current]
+    history, in_use = written(ch, layout)
     # When every replica of the other shard stops
     for node in layout.nodes:
         if node.shard != in_use.shard:
-            clickhouse_cluster.stop_node(root, node)
+            clickhouse_cluster.stop_node(CLUSTER_ROOT, node)
     # Then a read fails with a clear, transient error (the reader serves a stale copy or retries), not fewer followers
     with pytest.raises(ClickHouseUnavailable) as failed:
-        compute_user_metrics(ch, USERS, weights=WEIGHTS, window=timedelta(days=30))
+        compute(ch)
     assert isinstance(failed.value, TransientError)
     assert "ALL_CONNECTION_TRIES_FAILED" in str(failed.value) or "NETWORK_ERROR" in str(failed.value)
     # And once the shard is back, the numbers are exact again
     for node in layout.nodes:
-        clickhouse_cluster.start_node(root, node)
+        clickhouse_cluster.start_node(CLUSTER_ROOT, node)
     assert_exact(ch, history)
 
 
