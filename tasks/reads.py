@@ -9,7 +9,7 @@ from app.core import constants as c
 from app.core.ids import check_id, check_ids
 from app.read.excluded import list_excluded, set_excluded
 from app.read.history import metric_history
-from app.read.reactions import latest_reactions
+from app.read.reaction_snapshot import current_reactions
 from app.read.snapshot import user_metrics
 from app.stores import migrations, runtime
 from app.stores.locks import redis_lock
@@ -28,9 +28,10 @@ def query_user_metrics(self: Any, user_ids: list[int], as_of: str | None = None)
 
 @project_task(c.QUERY_REACTIONS, ignore_result=False, max_retries=0, time_limit_s=30)
 def query_reactions(self: Any, user_id: int, image_ids: list[int]) -> dict[str, list[list[Any]]]:
-    """Latest reaction bits of a user on images, from ClickHouse: ``{imageId: [[bit, on, version], ...]}``."""
+    """Latest reaction bits of a user on images, from ClickHouse (the reactions snapshot where it is exact):
+    ``{imageId: [[bit, on, version], ...]}``."""
     user, images = check_id(user_id, "user id"), check_ids(image_ids, "image id")
-    states = latest_reactions(runtime.get().clickhouse, user, images)
+    states = current_reactions(runtime.get(), user, images)
     return {str(image): [[u.bit, u.on, u.version] for u in bits] for image, bits in states.items()}
 
 

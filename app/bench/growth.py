@@ -60,7 +60,7 @@ def run(quick: bool, settings: Settings, trials: int = 30) -> GrowthResult:
         generated = prepare(ch, spec)
         settle(ch)
         with private_runtime(bench_settings, ch, "growth") as rt:
-            take_snapshot(rt, f, generated=bool(generated))
+            take_snapshot(rt, f, generated=bool(generated), reactions=False)
             rnd = random.Random(7)  # noqa: S311 - workload sampling
             measure_misses(rt, f, [[rnd.randint(1, users) for _ in range(100)] for _ in range(trials)])
         ch.close()

@@ -8,7 +8,8 @@ The dataset (10 million events, 100,000 users; ``--quick``: 300,000 and 5,000) i
   each call), served from the metrics snapshot (``snapshot_user_metrics`` runs first, timed), against the full
   computation without it in the same run; and all hits, timed from a separate client process (what a web app
   sees), beside the same hits timed in this process;
-- ``get_user_reactions`` of an active user on 100 images: misses and hits;
+- ``get_user_reactions`` of an active user on 100 images: misses, served from the reactions snapshot, against the
+  latest-state table without it in the same run; and hits;
 - the cache hit rate of a Zipf-distributed read workload (s = 1.1, 20 users per read) after a warm-up of 30
   times its size; the baseline is the naive read of the same users from the raw log (the seed's argMax queries);
 - one user's history over 365 days (a typical user and the most active one).
@@ -41,6 +42,7 @@ from app.ops.simulate import Zipf
 from app.read.history import metric_history
 from app.read.metrics_query import compute_user_metrics
 from app.read.query import UserMetricsQueryService
+from app.read.reaction_snapshot import current_reactions
 from app.read.reactions import UserReactionQueryService, latest_reactions
 from app.stores import clickhouse, migrations
 from app.stores.runtime import Runtime
@@ -119,7 +121,21 @@ class ReadResult:
                 f"goal p99 < {GOALS_MS['metrics_hit']:.0f} ms",
             ),
             ("  the same, timed in the bench process", lat("metrics_hit"), "beside the engine's threads"),
-            ("reactions, 100 images, misses", lat("reactions_miss"), f"goal p99 < {GOALS_MS['reactions_miss']:.0f} ms"),
+            (
+                "reactions snapshot: full run / incremental run",
+                f"{f['reactions_snapshot_full_s']:.1f} s / {f['reactions_snapshot_incremental_s']:.2f} s",
+                f"{f['reaction_keys']:,.0f} latest-state rows",
+            ),
+            (
+                "reactions, 100 images, misses",
+                lat("reactions_miss") + _rows(f, "reactions_miss"),
+                f"goal p99 < {GOALS_MS['reactions_miss']:.0f} ms",
+            ),
+            (
+                "  without the snapshot",
+                lat("reactions_full") + _rows(f, "reactions_full"),
+                f"snapshot {f['reactions_full_p99_ms'] / f['reactions_miss_p99_ms']:.1f}x faster (p99)",
+            ),
             ("reactions, 100 images, hits", lat("reactions_hit"), f"goal p99 < {GOALS_MS['reactions_hit']:.0f} ms"),
             (
                 "hit rate, Zipf reads after warm-up",
@@ -216,6 +232,9 @@ def _measure(rt: Runtime, sizes: ReadSizes, f: Figures) -> None:
     jobs.snapshot_metrics(rt)  # nothing changed since: the incremental run's fixed cost
     f["snapshot_incremental_s"] = time.perf_counter() - started
     started = time.perf_counter()
+    jobs.snapshot_reactions(rt)
+    f["reactions_snapshot_incremental_s"] = time.perf_counter() - started
+    started = time.perf_counter()
     f["timeline_keys"] = jobs.update_timeline(rt, full=True).changed
     f["timeline_rebuild_s"] = time.perf_counter() - started
     f["settle_s"] += settle(rt.clickhouse)  # the rebuild's parts merge before anything is timed
@@ -229,22 +248,26 @@ def _measure(rt: Runtime, sizes: ReadSizes, f: Figures) -> None:
 
     # Reactions of active users (Zipf head) on pages of 100 images they may or may not have reacted to.
     reactors = [int(u) for (u,) in rt.clickhouse.rows(_ACTIVE_REACTORS_SQL, {"n": sizes.trials})]
-    reactions = UserReactionQueryService(r, lambda u, imgs: latest_reactions(rt.clickhouse, u, imgs))
+    reactions = UserReactionQueryService(r, lambda u, imgs: current_reactions(rt, u, imgs))
+    direct = UserReactionQueryService(r, lambda u, imgs: latest_reactions(rt.clickhouse, u, imgs))
     pages = []
     for user in reactors:
         reacted = [int(i) for (i,) in rt.clickhouse.rows(_REACTED_SQL, {"user": user})]
         pages.append((user, reacted + [rnd.randint(1, spec.images) for _ in range(100 - len(reacted))]))
 
-    def reactions_miss(user: int, page: list[int]) -> float:
+    def reactions_miss(reader: UserReactionQueryService, user: int, page: list[int]) -> float:
         r.delete(reactions_cache.flags_key(user), reactions_cache.versions_key(user))  # this user's cache only
-        return _timed(reactions.get_user_reactions, user, page)
+        return _timed(reader.get_user_reactions, user, page)
 
-    for user, page in pages[:3]:  # warm-up, untimed, as for the metrics misses
-        reactions_miss(user, page)
-    gc.collect()
-    rmiss = [reactions_miss(user, page) for user, page in pages]
+    for key, reader in (("reactions_miss", reactions), ("reactions_full", direct)):
+        for user, page in pages[:3]:  # warm-up, untimed, as for the metrics misses
+            reactions_miss(reader, user, page)
+        gc.collect()
+        before = rt.clickhouse.read_rows
+        _put(f, key, [reactions_miss(reader, user, page) for user, page in pages])
+        if not rt.clickhouse.embedded:
+            f[key + "_rows"] = (rt.clickhouse.read_rows - before) / len(pages)
     rhit = _steady(lambda i: reactions.get_user_reactions(*pages[i % len(pages)]), sizes.hit_trials)
-    _put(f, "reactions_miss", rmiss)
     _put(f, "reactions_hit", rhit)
 
     # Hit rate under Zipf reads: warm up with 30 times as many lookups as are measured (a small share of one
@@ -285,7 +308,7 @@ def _measure(rt: Runtime, sizes: ReadSizes, f: Figures) -> None:
     _put(f, "naive", naive)
 
 
-def take_snapshot(rt: Runtime, f: Figures, generated: bool) -> None:
+def take_snapshot(rt: Runtime, f: Figures, generated: bool, reactions: bool = True) -> None:
     """The snapshot the misses read: a full run, timed. Rows inserted within the look-back margin before a run count
     as changed, so a dataset generated just now waits it out first."""
     if generated:
@@ -293,6 +316,10 @@ def take_snapshot(rt: Runtime, f: Figures, generated: bool) -> None:
     started = time.perf_counter()
     f["snapshot_users"] = jobs.snapshot_metrics(rt, full=True).users
     f["snapshot_full_s"] = time.perf_counter() - started
+    if reactions:
+        started = time.perf_counter()
+        f["reaction_keys"] = jobs.snapshot_reactions(rt, full=True).changed
+        f["reactions_snapshot_full_s"] = time.perf_counter() - started
 
 
 def measure_misses(rt: Runtime, f: Figures, batches: list[list[int]]) -> None:
@@ -365,6 +392,7 @@ PLOTTED = {
     "top_full": "most-followed, without the snapshot",
     "reactions_hit": "reactions hits, 100 images",
     "reactions_miss": "reactions misses, 100 images",
+    "reactions_full": "reactions misses, without the snapshot",
     "naive": "metrics from the raw log (baseline)",
 }
 

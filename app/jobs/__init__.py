@@ -19,13 +19,15 @@ the same tick run it once).
   compared with ClickHouse and repaired; the drift ratio is logged and counted.
 - ``snapshot_user_metrics``: every user's metrics as the read path computes them (``userMetricsSnapshot``), kept
   for the users changed since the last run, so that a cache miss reads one row per unchanged user; then the hourly
-  timeline of every user's state counts (``metricTimeline``), so that a history request reads one row per hour.
+  timeline of every user's state counts (``metricTimeline``), so that a history request reads one row per hour;
+  then every user's reaction flags per image (``reactionSnapshot``), so that a reactions miss is a multi-get.
 - ``check_event_buffer``: the event buffer's and the broker's backlog, logged and counted.
 """
 
 from app.jobs.buffer_check import check_event_buffer
 from app.jobs.engagement import INFLIGHT_MARGIN, recompute_engagement
 from app.jobs.ranks import ranked, recompute_ranks
+from app.jobs.reaction_snapshot import snapshot_reactions
 from app.jobs.reconcile import reconcile_caches
 from app.jobs.report import JobReport
 from app.jobs.rewarm import refresh_expiring_caches
@@ -42,6 +44,7 @@ __all__ = [
     "reconcile_caches",
     "refresh_expiring_caches",
     "snapshot_metrics",
+    "snapshot_reactions",
     "snapshot_user_metrics",
     "update_timeline",
 ]

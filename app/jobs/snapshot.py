@@ -29,6 +29,7 @@ from app.core.events import as_utc
 from app.core.metrics import ADDITIVE, EXCLUDED_USERS_SQL, OWNER_STATE_TYPES_SQL, SCORE_SCALE, WEIGHT_SQL
 from app.jobs import engagement_sql
 from app.jobs.engagement import ARRIVALS_KEPT, INFLIGHT_MARGIN, slice_end
+from app.jobs.reaction_snapshot import snapshot_reactions
 from app.jobs.report import JobReport, load_state, save_state
 from app.jobs.report import now as clock
 from app.jobs.timeline import update_timeline
@@ -123,11 +124,17 @@ def basis(rt: Runtime) -> str:
 
 
 def snapshot_user_metrics(rt: Runtime, full: bool | None = None) -> JobReport:
-    """The metrics snapshot, then the hourly timeline of the state counts (``app.jobs.timeline``), in one job: both
-    follow the same changelog, and one lock keeps them from running twice at once."""
+    """The metrics snapshot, then the hourly timeline of the state counts (``app.jobs.timeline``) and the reactions
+    snapshot (``app.jobs.reaction_snapshot``), in one job: all three follow the same changelog, and one lock keeps
+    them from running twice at once."""
     snap = snapshot_metrics(rt, full)
     line = update_timeline(rt, full)
-    return replace(snap, mode=f"{snap.mode}; timeline {line.mode}", seconds=snap.seconds + line.seconds)
+    reactions = snapshot_reactions(rt, full)
+    return replace(
+        snap,
+        mode=f"{snap.mode}; timeline {line.mode}; reactions {reactions.mode}",
+        seconds=snap.seconds + line.seconds + reactions.seconds,
+    )
 
 
 def snapshot_metrics(rt: Runtime, full: bool | None = None) -> JobReport:

@@ -11,7 +11,8 @@ from app.caches.reactions_cache import BitUpdate
 from app.core import constants as c
 from app.core.metrics import UserMetrics
 from app.read.history import HistoryPoint, metric_history
-from app.read.reactions import ReactionSource, latest_reactions
+from app.read.reaction_snapshot import current_reactions
+from app.read.reactions import ReactionSource
 from app.read.snapshot import user_metrics
 from app.stores import clickhouse
 from app.stores.broker import through_worker
@@ -55,7 +56,7 @@ def clickhouse_reaction_source(rt: Runtime) -> ReactionSource:
             }
 
         return via_worker
-    return lambda user_id, image_ids: latest_reactions(rt.clickhouse, user_id, image_ids)
+    return lambda user_id, image_ids: current_reactions(rt, user_id, image_ids)
 
 
 def history_source(rt: Runtime) -> HistorySource:

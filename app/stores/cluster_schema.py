@@ -46,6 +46,7 @@ SHARDING_KEYS: dict[str, str] = {
     "engagementCurrent": "cityHash64(userId)",
     "engagementTrend": "cityHash64(userId)",
     "userMetricsSnapshot": "cityHash64(userId)",
+    "reactionSnapshot": "cityHash64(userId)",
     # One shard: a timeline run is one insert that must apply whole (its rows and its cut), and an insert is whole
     # only within one shard.
     "metricTimeline": "0",
@@ -56,6 +57,7 @@ SHARDING_KEYS: dict[str, str] = {
 # Tables whose single-node engine cannot be sharded or replicated as is: the cluster engine and key instead.
 CLUSTER_ENGINES: dict[str, str] = {
     "userMetricsSnapshot": "ReplacingMergeTree(computedAt) ORDER BY userId",
+    "reactionSnapshot": "ReplacingMergeTree(computedAt) ORDER BY (userId, imageId)",
 }
 
 # Settings of every query in cluster mode:
@@ -84,7 +86,7 @@ OLD_ANALYZER_UNTIL = "26.9"
 _CREATE_TABLE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+)\s*\(", re.S)
 _CREATE_AS = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+) AS (\w+) ENGINE = Memory$", re.S)
 _ENGINE = re.compile(r"ENGINE\s*=\s*(\w+)(\(([^)]*)\))?")
-_ROCKS = re.compile(r"ENGINE\s*=\s*EmbeddedRocksDB\s+PRIMARY KEY \w+", re.S)
+_ROCKS = re.compile(r"ENGINE\s*=\s*EmbeddedRocksDB\s+PRIMARY KEY (\w+|\([\w, ]+\))", re.S)
 _VIEW = re.compile(r"^CREATE MATERIALIZED VIEW IF NOT EXISTS (\w+) TO (\w+) AS", re.S)
 _ALTER = re.compile(r"^ALTER TABLE (\w+)\b", re.S)
 _INSERT = re.compile(r"^INSERT INTO (\w+)\b", re.S)

@@ -1,0 +1,165 @@
+"""The reactions snapshot (``snapshot_reactions`` and the miss path that reads it): for any history of reactions,
+redelivered and reordered, split around full and incremental runs, every image served on a miss carries the
+oracle's flags and the version of the latest event of each bit; images with a reaction after the last run are read
+from the latest-state table; unchanged images come from the snapshot. An interrupted full run and a lost table are
+never read as users without reactions."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app import jobs
+from app.caches.reactions_cache import BIT_OF, NO_VERSION
+from app.core.events import MetricType
+from app.jobs import reaction_snapshot as job
+from app.read.reaction_snapshot import current_reactions, from_snapshot
+from app.read.reactions import UserReactionQueryService, latest_reactions
+from app.stores.clickhouse import insert_events
+from app.stores.runtime import Runtime
+from tests.integration.test_read_properties import REACTION_METRICS, to_event
+from tests.oracle import E, Oracle
+from tests.stack import wipe_clickhouse
+
+USERS = (1, 2, 3)
+IMAGES = (100, 101, 102, 103)
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture()
+def no_margin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No look-back margin: the embedded engine has no insert in flight, and a test's rows all arrive within seconds
+    of a run (with the 10 s margin every image would count as changed and nothing came from the snapshot)."""
+    monkeypatch.setattr(job, "INFLIGHT_MARGIN", timedelta(0))
+
+
+@st.composite
+def a_reaction(draw: Any) -> E:
+    image = draw(st.sampled_from(IMAGES))
+    # Few distinct seconds: ties on createdAt happen and are broken by eventId.
+    at = NOW - timedelta(hours=draw(st.integers(0, 3)), seconds=draw(st.integers(0, 1)))
+    metric = draw(st.sampled_from(REACTION_METRICS))
+    on = 1 if draw(st.booleans()) else -1
+    return E(str(draw(st.uuids())), "Image", image, draw(st.sampled_from(USERS)), 9, metric, on, at)
+
+
+def _latest_versions(history: list[E]) -> dict[tuple[int, int, int], str]:
+    """(user, image, bit) -> the version of its latest event, as the cache writes it (latest createdAt, then id)."""
+    out: dict[tuple[int, int, int], tuple[datetime, str]] = {}
+    for e in history:
+        key = (e.user_id, e.entity_id, BIT_OF[MetricType(e.metric_type)])
+        if key not in out or (e.at, e.event_id) > out[key]:
+            out[key] = (e.at, e.event_id)
+    return {k: f"{int(at.timestamp() * 1000):015d}:{eid}" for k, (at, eid) in out.items()}
+
+
+def _assert_served(rt: Runtime, history: list[E]) -> None:
+    oracle = Oracle(now=datetime.now(UTC), excluded=set())
+    oracle.apply_all(history)
+    versions = _latest_versions(history)
+    for user in USERS:
+        states = current_reactions(rt, user, IMAGES)
+        assert states == latest_reactions(rt.clickhouse, user, IMAGES)  # the same answer, bit for bit
+        for image, bits in states.items():
+            assert sum(b.bit for b in bits if b.on) == oracle.reactions(user, image), (user, image)
+            for b in bits:
+                assert b.version == versions.get((user, image, b.bit), NO_VERSION), (user, image, b)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(history=st.lists(a_reaction(), min_size=1, max_size=40, unique_by=lambda e: e.event_id), data=st.data())
+def test_misses_served_from_the_snapshot_match_the_oracle(clean, no_margin, history, data):  # type: ignore[no-untyped-def]
+    clean.redis.flushdb()  # one fixture for every example: each starts from nothing
+    wipe_clickhouse(clean)
+    dupes = data.draw(st.lists(st.sampled_from(history), max_size=10))
+    delivery = data.draw(st.permutations(history + dupes))
+    a, b = sorted(data.draw(st.lists(st.integers(0, len(delivery)), min_size=2, max_size=2)))
+    first, middle, last = delivery[:a], delivery[a:b], delivery[b:]
+    insert_events(clean.clickhouse, [to_event(e) for e in first])
+    assert jobs.snapshot_reactions(clean).mode == "full"
+    insert_events(clean.clickhouse, [to_event(e) for e in middle])
+    if data.draw(st.booleans(), label="incremental run"):
+        report = jobs.snapshot_reactions(clean)
+        assert report.mode == "incremental" and report.changed == len({(e.user_id, e.entity_id) for e in middle})
+        pending = last
+    else:
+        pending = middle + last
+    insert_events(clean.clickhouse, [to_event(e) for e in last])
+
+    for user in USERS:
+        served, rest = from_snapshot(clean, user, IMAGES)
+        assert {e.entity_id for e in pending if e.user_id == user} == set(rest)  # arrivals since: never stale
+        assert set(served) | set(rest) == set(IMAGES)
+    _assert_served(clean, history)
+    # And a cache miss through the query service serves the same flags
+    service = UserReactionQueryService(clean.redis, lambda u, imgs: current_reactions(clean, u, imgs))
+    oracle = Oracle(now=datetime.now(UTC), excluded=set())
+    oracle.apply_all(history)
+    for user in USERS:
+        assert service.get_user_reactions(user, IMAGES) == {i: oracle.reactions(user, i) for i in IMAGES}
+
+
+def _like(user: int, image: int, on: int = 1, at: datetime | None = None) -> E:
+    return E(str(uuid.uuid4()), "Image", image, user, 9, "ReactionLike", on, at or NOW - timedelta(hours=1))
+
+
+def test_an_interrupted_full_run_resumes_and_readers_wait_for_it(
+    clean: Runtime, no_margin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full run that runs out of its budget stops after a range of users; readers do not use the snapshot until a
+    later run has finished it, from where it stopped."""
+    rt = clean
+    history = [_like(u, 100 + u) for u in range(1, 7)]
+    insert_events(rt.clickhouse, [to_event(e) for e in history])
+    monkeypatch.setattr(job, "FULL_CHUNK_ROWS", 2)
+    monkeypatch.setattr(job, "BUDGET_SHARE", 0.0)  # out of budget after the first range
+    assert jobs.snapshot_reactions(rt).mode == "full (to be resumed)"
+    assert from_snapshot(rt, 1, [101]) == ({}, [101])
+    monkeypatch.setattr(job, "BUDGET_SHARE", 0.8)
+    report = jobs.snapshot_reactions(rt)
+    assert report.mode == "full" and report.changed == 4  # users 3..6: the first range was users 1 and 2
+    for u in range(1, 7):
+        served, rest = from_snapshot(rt, u, [100 + u, 200])
+        assert rest == [] and [b.on for b in served[100 + u]] == [True, False, False, False]
+        assert not any(b.on for b in served[200])
+
+
+def test_a_snapshot_table_lost_under_a_ready_state_is_not_read_as_no_reactions(clean: Runtime, no_margin: Any) -> None:
+    """The table is emptied (a replaced server, a dropped table migrated again) while the job's state still says
+    ready: readers go to the latest-state table, not serve zeros for the images without a row."""
+    rt = clean
+    insert_events(rt.clickhouse, [to_event(_like(1, 100))])
+    assert jobs.snapshot_reactions(rt).mode == "full"
+    assert from_snapshot(rt, 1, [100])[0][100][0].on
+    rt.clickhouse.truncate("reactionSnapshot")
+    assert from_snapshot(rt, 1, [100]) == ({}, [100])
+    assert current_reactions(rt, 1, [100])[100][0].on
+    assert jobs.snapshot_reactions(rt).mode == "full"  # the job sees it too, and rebuilds
+    assert from_snapshot(rt, 1, [100])[0][100][0].on
+
+
+def test_a_late_event_older_than_the_snapshot_row_changes_nothing(clean: Runtime, no_margin: Any) -> None:
+    """A redelivered or late event older than the latest one arrives after the run: the image is read from the
+    latest-state table until the next run, which rewrites the same row; the flags never go back."""
+    rt = clean
+    insert_events(rt.clickhouse, [to_event(_like(1, 100, 1, NOW))])
+    jobs.snapshot_reactions(rt)
+    insert_events(rt.clickhouse, [to_event(_like(1, 100, -1, NOW - timedelta(days=1)))])
+    assert from_snapshot(rt, 1, [100]) == ({}, [100])
+    assert current_reactions(rt, 1, [100])[100][0].on
+    assert jobs.snapshot_reactions(rt).changed == 1
+    served, rest = from_snapshot(rt, 1, [100])
+    assert rest == [] and served[100][0].on
+
+
+def test_the_job_runs_with_the_snapshot_job(clean: Runtime, no_margin: Any) -> None:
+    """``snapshot_user_metrics`` (the beat's task) keeps the reactions snapshot too."""
+    insert_events(clean.clickhouse, [to_event(_like(2, 100))])
+    assert jobs.snapshot_user_metrics(clean).mode.endswith("reactions full")
+    assert jobs.snapshot_user_metrics(clean).mode.endswith("reactions incremental")
+    assert from_snapshot(clean, 2, [100])[0][100][0].on
