@@ -1,15 +1,19 @@
 -- Every user's reactions per image as the latest-state table resolves them, kept by the snapshot job
--- (app/jobs/reaction_snapshot.py), so that a reactions miss is one key-value lookup per image instead of a read of
--- the user's range of `stateByActor`: a user with 190,000 state keys spreads a page of 100 images over about 140
--- granules, and the cost grew with the user's activity (p50 10 ms, p99 18-23 ms on the 10M-event benchmark, 5 ms
--- of it fixed) where a multi-get of 100 keys costs about 3 ms whoever the user is.
--- One row per (user, image) with any reaction event: `flags` (Like 1, Heart 2, Laugh 4, Cry 8) and, in the same bit
--- order, the version of the event that set each bit as the cache writes it ('0': no event for that bit). A row is
--- exact when written and stays exact until a reaction event of its key arrives; a reader serves it only when
--- nothing of the key arrived after the job's last slice (the `eventArrivals` changelog) and resolves the others from
--- `stateByActor`. A key without a row has no reaction event at all. Row (0, 0) carries, in `versions[1]`, the
--- generation of the last finished full run, so that a table lost or recreated under a state saying "ready" is
--- never read as users without reactions. One job run writes at a time (its lock): the last write is the newest.
+-- (app/jobs/reaction_snapshot.py), so that a reactions miss is one key-value multi-get instead of a read of the
+-- user's range of `stateByActor`: a user with 190,000 state keys spreads a page of 100 images over about 140
+-- granules, and that read's cost grew with the user's activity (p50 10 ms, p99 18-23 ms on the 10M-event
+-- benchmark), where a multi-get costs the same whoever the user is.
+-- Two kinds of rows, both keyed by (userId, imageId):
+-- - a state row (imageId > 0), written by the job: `flags` (Like 1, Heart 2, Laugh 4, Cry 8) and, in the same bit
+--   order, the version of the event that set each bit as the cache writes it ('0': no event for that bit). It is
+--   exact when written and stays exact until a reaction event of its key arrives.
+-- - an arrival mark (imageId = -image), written by the view below with every reaction: `computedAt` is the
+--   arrival time of the key's latest insert. A reader serves a state row only when the mark is not later than the
+--   job's last slice (the same changelog position the job's `eventArrivals` slice ends at), and reads the others
+--   from `stateByActor`; so one multi-get answers both "what was the state" and "did it change since".
+-- A key with neither row has no reaction event at all. Row (0, 0) carries, in `versions[1]`, the generation of the
+-- last finished full run, so that a table lost or recreated under a state saying "ready" is never read as users
+-- without reactions. One job run writes at a time (its lock): the last write of a state row is the newest.
 CREATE TABLE IF NOT EXISTS reactionSnapshot
 (
     userId      Int64,
@@ -20,3 +24,10 @@ CREATE TABLE IF NOT EXISTS reactionSnapshot
 )
 ENGINE = EmbeddedRocksDB
 PRIMARY KEY (userId, imageId);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS reactionArrivalMarksMv TO reactionSnapshot AS
+SELECT userId, -entityId AS imageId, toUInt8(0) AS flags, CAST([], 'Array(String)') AS versions,
+       max(insertedAt) AS computedAt
+FROM entityMetricEvents
+WHERE metricType IN ('ReactionLike', 'ReactionHeart', 'ReactionLaugh', 'ReactionCry') AND entityType = 'Image'
+GROUP BY userId, entityId;

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from app.bench import plots
 from app.bench.dataset import DatasetSpec, location
-from app.bench.harness import private_runtime
-from app.bench.read import Figures, measure_misses, prepare, settle, take_snapshot
+from app.bench.harness import Figures, private_runtime
+from app.bench.read import measure_misses, prepare, settle, take_snapshot
 from app.core.settings import Settings
 from app.stores import clickhouse
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,3 +246,33 @@ def private_runtime(settings: Settings, ch: ClickHouse, name: str) -> Iterator[R
             yield rt
         finally:
             embedded_redis.stop(pid)
+
+
+class Figures(dict[str, float]):
+    """The printed figures, and the latencies behind each (for the plots)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.samples: dict[str, list[float]] = {}
+
+
+def timed(fn: Callable[..., Any], *args: Any) -> float:
+    """Milliseconds ``fn(*args)`` took."""
+    started = time.perf_counter()
+    fn(*args)
+    return (time.perf_counter() - started) * 1000
+
+
+def steady(call: Callable[[int], Any], n: int) -> list[float]:
+    """Latencies of ``call(i)`` after a short untimed warm-up and a garbage collection."""
+    for i in range(min(20, n)):
+        call(i)
+    gc.collect()
+    return [timed(call, i) for i in range(n)]
+
+
+def put(f: Figures, key: str, values: list[float]) -> None:
+    """``values``' p50 and p99 as ``key``'s figures, and the values themselves for the plots."""
+    f[f"{key}_p50_ms"] = percentile(values, 50)
+    f[f"{key}_p99_ms"] = percentile(values, 99)
+    f.samples[key] = values

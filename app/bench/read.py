@@ -35,15 +35,14 @@ from rich.progress import Progress
 from app import jobs
 from app.bench import plots
 from app.bench.dataset import DatasetSpec, existing, generate, location
-from app.bench.harness import percentile, private_runtime
-from app.caches import metrics_cache, reactions_cache
+from app.bench.harness import Figures, percentile, private_runtime, put, steady, timed
+from app.bench.read_reactions import measure_reactions
+from app.caches import metrics_cache
 from app.core.settings import Settings
 from app.ops.simulate import Zipf
 from app.read.history import metric_history
 from app.read.metrics_query import compute_user_metrics
 from app.read.query import UserMetricsQueryService
-from app.read.reaction_snapshot import current_reactions
-from app.read.reactions import UserReactionQueryService, latest_reactions
 from app.stores import clickhouse, migrations
 from app.stores.runtime import Runtime
 
@@ -65,14 +64,6 @@ class ReadSizes:
         if quick:
             return cls(DatasetSpec(events=300_000, users=5_000), trials=15, hit_trials=100, zipf_reads=300)
         return cls(DatasetSpec(events=10_000_000, users=100_000), trials=60, hit_trials=500, zipf_reads=2_000)
-
-
-class Figures(dict[str, float]):
-    """The printed figures, and the latencies behind each (for the plots)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.samples: dict[str, list[float]] = {}
 
 
 @dataclass
@@ -166,12 +157,6 @@ def _rows(f: dict[str, float], key: str) -> str:
     return "" if rows is None else f", {rows:,.0f} rows read"
 
 
-def _timed(fn: Callable[..., Any], *args: Any) -> float:
-    started = time.perf_counter()
-    fn(*args)
-    return (time.perf_counter() - started) * 1000
-
-
 def prepare(ch: clickhouse.ClickHouse, spec: DatasetSpec) -> float:
     """Reuse the dataset if this database holds it, else generate it (with a progress bar). Returns seconds."""
     migrations.migrate(ch)
@@ -242,33 +227,11 @@ def _measure(rt: Runtime, sizes: ReadSizes, f: Figures) -> None:
     jobs.update_timeline(rt)
     f["timeline_incremental_s"] = time.perf_counter() - started
     measure_misses(rt, f, batches)
-    hit = _steady(lambda i: service.get_user_metrics(batches[i % len(batches)]), sizes.hit_trials)
-    _put(f, "metrics_hit", hit)
-    _put(f, "client_hit", _client_hits(rt, batches, sizes.hit_trials))
+    hit = steady(lambda i: service.get_user_metrics(batches[i % len(batches)]), sizes.hit_trials)
+    put(f, "metrics_hit", hit)
+    put(f, "client_hit", _client_hits(rt, batches, sizes.hit_trials))
 
-    # Reactions of active users (Zipf head) on pages of 100 images they may or may not have reacted to.
-    reactors = [int(u) for (u,) in rt.clickhouse.rows(_ACTIVE_REACTORS_SQL, {"n": sizes.trials})]
-    reactions = UserReactionQueryService(r, lambda u, imgs: current_reactions(rt, u, imgs))
-    direct = UserReactionQueryService(r, lambda u, imgs: latest_reactions(rt.clickhouse, u, imgs))
-    pages = []
-    for user in reactors:
-        reacted = [int(i) for (i,) in rt.clickhouse.rows(_REACTED_SQL, {"user": user})]
-        pages.append((user, reacted + [rnd.randint(1, spec.images) for _ in range(100 - len(reacted))]))
-
-    def reactions_miss(reader: UserReactionQueryService, user: int, page: list[int]) -> float:
-        r.delete(reactions_cache.flags_key(user), reactions_cache.versions_key(user))  # this user's cache only
-        return _timed(reader.get_user_reactions, user, page)
-
-    for key, reader in (("reactions_miss", reactions), ("reactions_full", direct)):
-        for user, page in pages[:3]:  # warm-up, untimed, as for the metrics misses
-            reactions_miss(reader, user, page)
-        gc.collect()
-        before = rt.clickhouse.read_rows
-        _put(f, key, [reactions_miss(reader, user, page) for user, page in pages])
-        if not rt.clickhouse.embedded:
-            f[key + "_rows"] = (rt.clickhouse.read_rows - before) / len(pages)
-    rhit = _steady(lambda i: reactions.get_user_reactions(*pages[i % len(pages)]), sizes.hit_trials)
-    _put(f, "reactions_hit", rhit)
+    measure_reactions(rt, f, sizes.trials, sizes.hit_trials, spec.images, rnd)
 
     # Hit rate under Zipf reads: warm up with 30 times as many lookups as are measured (a small share of one
     # cache TTL of a busy site's traffic), filled in batches of 500 users, then measure.
@@ -298,14 +261,14 @@ def _measure(rt: Runtime, sizes: ReadSizes, f: Figures) -> None:
         ("top_raw", top, lambda u, m, s: raw(u, m, s, datetime.now(UTC))),
     ):
         for metric in HISTORY_METRICS:  # each metric's median of three; the figure is the slowest metric's
-            runs = [_timed(read, user, metric, start) for _ in range(3)]
+            runs = [timed(read, user, metric, start) for _ in range(3)]
             f[f"history_{name}_{metric}_ms"] = percentile(runs, 50)
         f[f"history_{name}_ms"] = max(f[f"history_{name}_{m}_ms"] for m in HISTORY_METRICS)
 
     # Baseline, last (its scans would disturb the other phases): the same users' metrics from the raw log, the
     # seed's argMax queries, which is what every read cost before the aggregate tables.
-    naive = [_timed(_raw_log_metrics, rt, users) for users in batches]
-    _put(f, "naive", naive)
+    naive = [timed(_raw_log_metrics, rt, users) for users in batches]
+    put(f, "naive", naive)
 
 
 def take_snapshot(rt: Runtime, f: Figures, generated: bool, reactions: bool = True) -> None:
@@ -344,8 +307,8 @@ def misses(rt: Runtime, f: Figures, key: str, call: Callable[[list[int]], Any], 
     for users in work:
         # The users' hashes only: the rest of the cache database (the jobs' state among it) stays, as in production.
         rt.redis.delete(*{metrics_cache.metrics_key(u) for u in users})
-        times.append(_timed(call, users))
-    _put(f, key, times)
+        times.append(timed(call, users))
+    put(f, key, times)
     if not rt.clickhouse.embedded:  # the embedded engine reports no rows read
         f[key + "_rows"] = (rt.clickhouse.read_rows - before) / len(work)
 
@@ -365,22 +328,8 @@ def _client_hits(rt: Runtime, batches: list[list[int]], n: int) -> list[float]:
     return [float(x) for x in json.loads(out.stdout)]
 
 
-def _steady(call: Callable[[int], Any], n: int) -> list[float]:
-    """Latencies of ``call(i)`` after a short untimed warm-up and a garbage collection."""
-    for i in range(min(20, n)):
-        call(i)
-    gc.collect()
-    return [_timed(call, i) for i in range(n)]
-
-
 def _raw_log_metrics(rt: Runtime, users: list[int]) -> None:
     compute_user_metrics(rt.clickhouse, users, weights=rt.weights, window=rt.window, as_of=datetime.now(UTC))
-
-
-def _put(f: Figures, key: str, values: list[float]) -> None:
-    f[f"{key}_p50_ms"] = percentile(values, 50)
-    f[f"{key}_p99_ms"] = percentile(values, 99)
-    f.samples[key] = values
 
 
 # Plotted paths: sample key -> label.
@@ -407,14 +356,6 @@ def draw(result: ReadResult, directory: Path, shape: str) -> Path | None:
 MOST_FOLLOWED_SQL = """
 SELECT ownerId FROM stateByOwner FINAL WHERE metricType = 'Follow' AND isOn
 GROUP BY ownerId ORDER BY count() DESC, ownerId LIMIT 100
-"""
-_ACTIVE_REACTORS_SQL = """
-SELECT userId FROM stateByActor
-WHERE metricType = 'ReactionLike' AND userId < 1000
-GROUP BY userId ORDER BY count() DESC LIMIT {n:UInt32}
-"""
-_REACTED_SQL = """
-SELECT DISTINCT entityId FROM stateByActor WHERE userId = {user:Int64} AND metricType = 'ReactionLike' LIMIT 50
 """
 _TYPICAL_AND_TOP_SQL = """
 SELECT toInt64(quantileExact(0.5)(ownerId)), toInt64(topK(1)(ownerId)[1])

@@ -5,10 +5,16 @@ reactions miss looks up one key per image instead of reading the user's range of
 A row is ``stateByActor``'s latest state of the key's four reactions at the run's time, with the version of each
 bit. It stays exact until a reaction event of that (user, image) arrives. Each run rewrites the keys with a reaction
 in the changelog slice since the last run (``eventArrivals``, the same slice rules as the metrics snapshot), inside
-the engine (one ``INSERT ... SELECT``); readers resolve every key with a later arrival from ``stateByActor``.
+the engine (one ``INSERT ... SELECT``). A view marks every key's latest arrival in the same table (sql/0011);
+readers resolve every key marked after the run's slice from ``stateByActor``.
 
-A full run (first run, arrivals expired, the table not the one the state describes) empties the table and rewrites
-every key with a reaction event, a range of users at a time; it resumes where it stopped if it is interrupted or
+Why a mark that a later write may overwrite with an earlier time is still safe: the marks of two inserts of one key
+can land out of order only while both inserts run; a run's slice never passes the start of an insert still running
+(``slice_end``), and an insert's marks are written before it ends; so by the time a slice passes an arrival, that
+arrival's key is in the slice and is rewritten from the latest state, which then holds it.
+
+A full run (first run, arrivals expired, the table not the one the state describes) rewrites every key with a
+reaction event, a range of users at a time; it resumes where it stopped if it is interrupted or
 runs out of its time budget. Until it has finished, readers do not use the table (``ready`` is 0).
 """
 
@@ -118,8 +124,9 @@ def snapshot_reactions(rt: Runtime, full: bool | None = None) -> JobReport:
         )
     else:
         full_until, after_user, generation = until, 0, str(secrets.randbits(62) + 1)
+        # Every key with a reaction event gets its state row rewritten (events are never deleted from the log), and
+        # the arrival marks stay: readers need them for the inserts landing while this run goes on.
         save_state(r, JOB, {"ready": 0, "full_next": 0, "full_until": full_until.isoformat(), "generation": generation})
-        ch.truncate(TABLE)  # rows of keys whose events are gone would otherwise outlive them
     deadline = started + rt.settings.job_time_limit_s * BUDGET_SHARE
     written = 0
     while True:
