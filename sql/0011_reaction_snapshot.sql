@@ -4,10 +4,10 @@
 -- granules, and that read's cost grew with the user's activity (p50 10 ms, p99 18-23 ms on the 10M-event
 -- benchmark), where a multi-get costs the same whoever the user is.
 -- Two kinds of rows, both keyed by (userId, imageId):
--- - a state row (imageId > 0), written by the job: `flags` (Like 1, Heart 2, Laugh 4, Cry 8) and, in the same bit
+-- - a state row (userId > 0), written by the job: `flags` (Like 1, Heart 2, Laugh 4, Cry 8) and, in the same bit
 --   order, the version of the event that set each bit as the cache writes it ('0': no event for that bit). It is
 --   exact when written and stays exact until a reaction event of its key arrives.
--- - an arrival mark (imageId = -image), written by the view below with every reaction: `computedAt` is the
+-- - an arrival mark (userId = -user), written by the view below with every reaction: `computedAt` is the
 --   arrival time of the key's latest insert. A reader serves a state row only when the mark is not later than the
 --   job's last slice (the same changelog position the job's `eventArrivals` slice ends at), and reads the others
 --   from `stateByActor`; so one multi-get answers both "what was the state" and "did it change since".
@@ -26,7 +26,7 @@ ENGINE = EmbeddedRocksDB
 PRIMARY KEY (userId, imageId);
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS reactionArrivalMarksMv TO reactionSnapshot AS
-SELECT userId, -entityId AS imageId, toUInt8(0) AS flags, CAST([], 'Array(String)') AS versions,
+SELECT -userId AS userId, entityId AS imageId, toUInt8(0) AS flags, CAST([], 'Array(String)') AS versions,
        max(insertedAt) AS computedAt
 FROM entityMetricEvents
 WHERE metricType IN ('ReactionLike', 'ReactionHeart', 'ReactionLaugh', 'ReactionCry') AND entityType = 'Image'

@@ -119,6 +119,9 @@ def generate(ch: ClickHouse, spec: DatasetSpec, progress: Callable[[int], None] 
     return now
 
 
+BULK_TIMEOUT_S = 600.0
+
+
 def location(settings: Settings, name: str, server: str | None = None) -> Settings:
     """Where a benchmark dataset lives: an embedded engine under ``$DATA_DIR/bench/<name>``, or with ``server``
     (``http://host:port``) a database of its own on that server. Either keeps the dataset for the next run."""
@@ -126,4 +129,6 @@ def location(settings: Settings, name: str, server: str | None = None) -> Settin
         url = f"chdb://{settings.data_path / 'bench' / name}"
     else:
         url = f"{server.rstrip('/')}/usermetrics_bench_{name.replace('-', '_')}"
-    return settings.model_copy(update={"clickhouse_url": url})
+    # Generating and merging millions of rows takes statements far longer than a request's timeout.
+    timeout = max(settings.clickhouse_timeout_s, BULK_TIMEOUT_S)
+    return settings.model_copy(update={"clickhouse_url": url, "clickhouse_timeout_s": timeout})
