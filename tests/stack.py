@@ -3,9 +3,10 @@
 Importing this module starts what it needs (a private ``redis-server`` unless ``REDIS_URL`` is set) and points
 this process's settings at it; the unit tests never import it.
 
-Redis: ``REDIS_URL`` when set (the machine's server), else a private ``redis-server`` started here. The broker
-and the caches get separate databases so a test can flush the cache database without unbinding the broker's
-queues. Broker: that Redis, or RabbitMQ when ``CELERY_BROKER_URL`` is an ``amqp://`` URL.
+Redis: ``REDIS_URL`` when set (the machine's server, or a Redis Cluster: ``redis+cluster://``), else a private
+``redis-server`` started here. The broker and the caches get separate databases so a test can flush the cache
+database without unbinding the broker's queues; with a Redis Cluster the caches are the cluster and the Redis broker
+database is on a private server. Broker: that Redis, or RabbitMQ when ``CELERY_BROKER_URL`` is an ``amqp://`` URL.
 ClickHouse: embedded (the real engine in-process through chdb on a temporary path, one per test session) unless
 ``CLICKHOUSE_URL`` names a server; then the session, and every process a test starts, gets a database of its own
 on that server, dropped at the end. Tables are truncated between tests. Workers: Celery's in-process test worker.
@@ -39,16 +40,17 @@ def with_db(url: str, db: int) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, ""))
 
 
-def _base_redis_url() -> str:
-    configured = os.environ.get("REDIS_URL")
-    if configured:
-        return configured
+def _private_redis_url() -> str:
     from app.core.settings import Settings
     from app.stores import embedded_redis
 
     url, pid = embedded_redis.start(Settings(DATA_DIR=str(_ROOT / "embedded")))
     atexit.register(embedded_redis.stop, pid)
     return url
+
+
+def _base_redis_url() -> str:
+    return os.environ.get("REDIS_URL") or _private_redis_url()
 
 
 def _server_bases() -> list[str]:
@@ -98,9 +100,12 @@ def process_env(name: str, drop: tuple[str, ...] = ()) -> dict[str, str]:
 
 
 BASE_REDIS_URL = _base_redis_url()
-CACHE_REDIS_URL = with_db(BASE_REDIS_URL, 15)
+# A Redis Cluster (``redis+cluster://``) holds the caches only: it has one database, and Celery has no transport for
+# it, so the Redis broker database lives on a private standalone server.
+REDIS_CLUSTER = BASE_REDIS_URL.split("://", 1)[0].endswith("+cluster")
+CACHE_REDIS_URL = BASE_REDIS_URL if REDIS_CLUSTER else with_db(BASE_REDIS_URL, 15)
 # A Redis broker database for tests that need the Redis transport itself (its lists, its unacked hash).
-BROKER_REDIS_URL = with_db(BASE_REDIS_URL, 14)
+BROKER_REDIS_URL = with_db(_private_redis_url() if REDIS_CLUSTER else BASE_REDIS_URL, 14)
 _configured_broker = os.environ.get("CELERY_BROKER_URL", "")
 BROKER_URL = _configured_broker if _configured_broker.startswith("amqp") else BROKER_REDIS_URL
 BROKER_IS_REDIS = BROKER_URL == BROKER_REDIS_URL

@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from app.caches import metrics_cache
+from app.caches.metrics_cache import metrics_key
 from app.core import constants as c
 from app.read.excluded import list_excluded
 from app.read.query import UserMetricsQueryService
@@ -162,7 +163,7 @@ def test_clickhouse_capacity_errors_keep_events_buffered_and_reads_stale_then_re
         with clickhouse_out_of_memory(clean):
             # And while every query fails for lack of memory, a reader whose cache expired gets the last known
             # values marked stale instead of zeros or an error
-            clean.redis.delete("user:metrics:920")
+            clean.redis.delete(metrics_key(920))
             got = UserMetricsQueryService(clean).get_user_metrics([920])
             assert got.stale == {920} and got.unavailable == set()
             assert got[920].follower_count == 3

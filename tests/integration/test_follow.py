@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.caches import metrics_cache
+from app.caches.metrics_cache import metrics_key, version_key
 from app.core.errors import ValidationError
 from app.read.query import UserMetricsQueryService
 from tests.oracle import E, Oracle
@@ -32,7 +33,7 @@ def test_follow_reaches_clickhouse_and_cache(clean, producer):  # type: ignore[n
     got = cached(clean, 1, 2, 3)
     assert got[2] is not None and got[2].follower_count == 2
     assert got[1] is not None and got[1].following_count == 1
-    for key in ("user:metrics:1", "user:metrics:2", "user:metrics:3"):
+    for key in (metrics_key(1), metrics_key(2), metrics_key(3)):
         assert 0 < clean.redis.ttl(key) <= 3600
 
 
@@ -91,12 +92,12 @@ def test_producer_refuses_bad_input_and_enqueues_nothing(clean, producer, kwargs
 def test_query_service_fills_cache_on_miss(clean, producer):  # type: ignore[no-untyped-def]
     producer.record_follow(31, 32)
     wait_drained(clean)
-    clean.redis.delete("user:metrics:32", "user:metrics:v:32")
+    clean.redis.delete(metrics_key(32), version_key(32))
     service = UserMetricsQueryService(clean)
     got = service.get_user_metrics([32, 32, 999])
     assert list(got) == [32, 999]
     assert got[32].follower_count == 1 and got[999].follower_count == 0
-    assert clean.redis.hget("user:metrics:32", "followerCount") == "1"
+    assert clean.redis.hget(metrics_key(32), "followerCount") == "1"
     assert service.get_user_follower_count(32) == 1
 
 

@@ -15,6 +15,8 @@ from typing import Any
 import jsonschema
 import pytest
 
+from app.caches.metrics_cache import metrics_key
+from app.caches.reactions_cache import flags_key
 from app.core import constants as c
 from app.core.errors import PermanentError, ValidationError
 from app.core.events import Event, MetricType
@@ -154,7 +156,7 @@ def test_reactions_of_a_wrapped_id_are_not_user_913s(clean: Runtime) -> None:
     assert query.get_user_reactions(913, [1]) == {1: 2}
     with pytest.raises(ValidationError, match=str(WRAPS_TO_913)):
         query.get_user_reactions(WRAPS_TO_913, [1])
-    assert not clean.redis.exists(f"reactions:{WRAPS_TO_913}")
+    assert not clean.redis.exists(flags_key(WRAPS_TO_913))
 
 
 CLI_BAD_IDS = [
@@ -332,8 +334,8 @@ def test_dead_letters_list_json_is_strict_json(cli: Callable[..., Run]) -> None:
 
 
 def test_user_metrics_json_is_strict_json_for_a_corrupt_cached_hash(clean: Runtime, cli: Callable[..., Run]) -> None:
-    clean.redis.hset("user:metrics:5", mapping={"followerCount": "3", "engagementScore": "NaN"})
-    clean.redis.hset("user:metrics:6", mapping={"followerCount": "1", "engagementScore": "-Infinity"})
+    clean.redis.hset(metrics_key(5), mapping={"followerCount": "3", "engagementScore": "NaN"})
+    clean.redis.hset(metrics_key(6), mapping={"followerCount": "1", "engagementScore": "-Infinity"})
     run = cli("user-metrics", "5", "6", "--json")
     assert run.exit_code == 0, run
     got = strict_json(run.out)

@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from app import jobs
 from app.caches import metrics_cache
+from app.caches.metrics_cache import metrics_key
+from app.caches.reactions_cache import flags_key
 from app.core import constants as c
 from app.core.metrics import SCORE_SCALE, UserMetrics
 from app.core.paths import REPO
@@ -115,13 +117,13 @@ def test_ranks_follow_the_definition_with_ties_and_zeros(clean: Runtime) -> None
     )
     service = UserMetricsQueryService(clean)
     service.get_user_metrics([1, 3, 4])  # cached hashes
-    clean.redis.hset("user:metrics:3", "rank", "9")  # a stale rank: the user's score is now 0
+    clean.redis.hset(metrics_key(3), "rank", "9")  # a stale rank: the user's score is now 0
     report = jobs.recompute_ranks(clean)
     assert report.users == 4
     expected = {4: 1, 1: 2, 2: 3, 10: 4, 3: None}
     assert {u: service.get_user_rank(u) for u in expected} == expected
-    assert clean.redis.hget("user:metrics:1", "rank") == "2" and clean.redis.hget("user:metrics:4", "rank") == "1"
-    assert clean.redis.hget("user:metrics:3", "rank") is None and not clean.redis.exists("user:metrics:2")
+    assert clean.redis.hget(metrics_key(1), "rank") == "2" and clean.redis.hget(metrics_key(4), "rank") == "1"
+    assert clean.redis.hget(metrics_key(3), "rank") is None and not clean.redis.exists(metrics_key(2))
     assert 0 < clean.redis.ttl(c.LEADERBOARD_KEY) <= c.LEADERBOARD_TTL_S
 
 
@@ -159,10 +161,10 @@ def test_reconcile_repairs_corruption_and_a_flushed_redis(clean: Runtime) -> Non
     insert_events(clean.clickhouse, [follow(1, 2), follow(3, 2), follow(2, 1)])
     service = UserMetricsQueryService(clean)
     service.get_user_metrics([1, 2])
-    clean.redis.hset("user:metrics:2", "followerCount", "999")  # a lost or doubled increment
+    clean.redis.hset(metrics_key(2), "followerCount", "999")  # a lost or doubled increment
     report = jobs.reconcile_caches(clean, sample=10)
     assert report.changed == 1 and report.users == 2 and report.drift_ratio == 0.5
-    assert clean.redis.hget("user:metrics:2", "followerCount") == "2"
+    assert clean.redis.hget(metrics_key(2), "followerCount") == "2"
     assert float(clean.redis.hget(c.COUNTER_KEY, "reconcile_drift_ratio") or 0) == 0.5
     # After FLUSHALL: one cycle of the jobs and reads give correct values and a board again
     clean.redis.flushdb()
@@ -179,14 +181,14 @@ def test_refresh_rewarms_hot_users_before_expiry_and_leaves_cold_ones(clean: Run
     insert_events(clean.clickhouse, [follow(1, 2), follow(3, 5)])
     UserMetricsQueryService(clean).get_user_metrics([2])  # read recently: hot
     metrics_cache.write(clean.redis, 1, {5: UserMetrics(follower_count=1)})  # cached but never read: cold
-    clean.redis.hset("reactions:2", "100", "0")
-    clean.redis.expire("reactions:2", 10)
-    for key in ("user:metrics:2", "user:metrics:5"):
+    clean.redis.hset(flags_key(2), "100", "0")
+    clean.redis.expire(flags_key(2), 10)
+    for key in (metrics_key(2), metrics_key(5)):
         clean.redis.pexpire(key, 2000)
     report = jobs.refresh_expiring_caches(clean)
     assert report.users == 1
-    assert clean.redis.ttl("user:metrics:2") > 3500 and clean.redis.ttl("reactions:2") > 600_000
-    assert clean.redis.pttl("user:metrics:5") <= 2000
+    assert clean.redis.ttl(metrics_key(2)) > 3500 and clean.redis.ttl(flags_key(2)) > 600_000
+    assert clean.redis.pttl(metrics_key(5)) <= 2000
 
 
 def test_exporter_serves_counters_prometheus_can_scrape(clean: Runtime) -> None:
@@ -249,4 +251,4 @@ def test_a_freshly_filled_hash_carries_the_rank_from_the_board(clean: Runtime) -
     clean.redis.zadd(c.LEADERBOARD_KEY, {"7": 3.0, "8": 3.0, "9": 1.0})
     got = UserMetricsQueryService(clean).get_user_metrics([8, 9, 10])
     assert (got[8].rank, got[9].rank, got[10].rank) == (2, 3, None)
-    assert clean.redis.hget("user:metrics:8", "rank") == "2" and clean.redis.hget("user:metrics:10", "rank") is None
+    assert clean.redis.hget(metrics_key(8), "rank") == "2" and clean.redis.hget(metrics_key(10), "rank") is None

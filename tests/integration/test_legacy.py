@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, delete, insert, select, update
 
+from app.caches.metrics_cache import metrics_key
 from app.core.events import Event, MetricType
 from app.core.settings import load_settings
 from app.legacy import db
@@ -195,7 +196,7 @@ def test_dual_read_serves_postgres_and_logs_a_planted_discrepancy(
     postgres = Runtime(
         clean.settings.model_copy(update={"user_metrics_read_source": "postgres"}), clickhouse=clean.clickhouse
     )
-    clean.redis.delete(f"user:metrics:{target}")
+    clean.redis.delete(metrics_key(target))
     assert UserMetricsQueryService(postgres).get_user_metrics([target])[target].follower_count == expected
 
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from app.caches.reactions_cache import BitUpdate
+from app.caches.metrics_cache import metrics_key
+from app.caches.reactions_cache import BitUpdate, flags_key
 from app.core import constants as c
 from app.core.events import Event, MetricType
 from app.core.metrics import UserMetrics
@@ -70,12 +71,12 @@ def test_miss_fill_hit_expiry_and_unknown_users(clean: Runtime) -> None:
     first = service.get_user_metrics([2, 1, 2, 404])
     assert list(first) == [2, 1, 404] and source.calls == [[1, 2, 404]]
     assert first[2].follower_count == 2 and first[1].follower_count == 1 and first[404] == UserMetrics()
-    assert 3500 < clean.redis.ttl("user:metrics:2") <= c.USER_METRICS_TTL_S
-    assert clean.redis.hgetall("user:metrics:2")["followerCount"] == "2"
+    assert 3500 < clean.redis.ttl(metrics_key(2)) <= c.USER_METRICS_TTL_S
+    assert clean.redis.hgetall(metrics_key(2))["followerCount"] == "2"
     # A hit does not ask ClickHouse
     assert service.get_user_metrics([1, 2, 404]) == first and len(source.calls) == 1
     # After expiry the next read is a miss again, for that user only
-    clean.redis.pexpire("user:metrics:1", 1)
+    clean.redis.pexpire(metrics_key(1), 1)
     time.sleep(0.05)
     assert service.get_user_metrics([1, 2])[1].follower_count == 1
     assert source.calls[1:] == [[1]]
@@ -106,7 +107,7 @@ def test_concurrent_misses_cause_one_clickhouse_query(clean: Runtime) -> None:
 def test_clickhouse_down_serves_last_values_marked_stale(clean: Runtime) -> None:
     insert_events(clean.clickhouse, [follow(1, 2), follow(3, 2)])
     UserMetricsQueryService(clean).get_user_metrics([2])
-    clean.redis.delete("user:metrics:2")  # the hash expired; ClickHouse is now unreachable
+    clean.redis.delete(metrics_key(2))  # the hash expired; ClickHouse is now unreachable
     broken = down_clickhouse(clean)
     service = UserMetricsQueryService(broken)
     got = service.get_user_metrics([2, 5])
@@ -144,11 +145,11 @@ def test_reactions_cache_first_negative_caching_and_ttl_renewal(clean: Runtime) 
 
     service = UserReactionQueryService(clean.redis, source)
     assert service.get_user_reactions(1, [100, 101, 100]) == {100: 9, 101: 0}
-    assert clean.redis.hgetall("reactions:1") == {"100": "9", "101": "0"}  # the absence is cached as 0
-    clean.redis.expire("reactions:1", 100)
+    assert clean.redis.hgetall(flags_key(1)) == {"100": "9", "101": "0"}  # the absence is cached as 0
+    clean.redis.expire(flags_key(1), 100)
     assert service.get_user_reactions(1, [101, 100]) == {101: 0, 100: 9}
     assert calls == [[100, 101]]  # the second read was all hits
-    assert clean.redis.ttl("reactions:1") > 604_000  # renewed on read
+    assert clean.redis.ttl(flags_key(1)) > 604_000  # renewed on read
     with pytest.raises(ValueError, match="at most 1000"):
         service.get_user_reactions(1, range(1001))
 
@@ -179,12 +180,12 @@ def test_excluded_users_cli_changes_what_counts(clean: Runtime, run_cli: Any) ->
     assert UserMetricsQueryService(clean).get_user_metrics([2])[2].follower_count == 2
     assert run_cli("excluded-users", "add", "3", "--reason", "farm").exit_code == 0
     assert clean.redis.zscore(c.METRICS_DIRTY_KEY, "2") is not None  # the cached owner is queued for a recompute
-    clean.redis.delete("user:metrics:2")
+    clean.redis.delete(metrics_key(2))
     assert UserMetricsQueryService(clean).get_user_metrics([2])[2].follower_count == 1
     listed = run_cli("excluded-users", "list", "--json")
     assert [e["userId"] for e in __import__("json").loads(listed.output)] == [3]
     assert run_cli("excluded-users", "remove", "3").exit_code == 0
-    clean.redis.delete("user:metrics:2")
+    clean.redis.delete(metrics_key(2))
     assert UserMetricsQueryService(clean).get_user_metrics([2])[2].follower_count == 2
 
 

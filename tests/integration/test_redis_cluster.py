@@ -2,7 +2,7 @@
 many slots, the read path end to end, the rank swap, and a master killed right after buffer appends.
 
 The cluster runs on the machine's ``redis-server`` (skipped where it or ``redis-cli`` is missing). The mode is the
-process's (``app.core.keys``): it is switched back to standalone when the module ends.
+process's (``app.core.keys``): it is switched back to the session's when the module ends.
 """
 
 from __future__ import annotations
@@ -46,12 +46,13 @@ USERS = list(range(1, 301))  # spread over many slots and all three masters
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings whose data dir holds the running cluster (its URL is ``redis_cluster.running_url``)."""
     settings = Settings(DATA_DIR=str(tmp_path_factory.mktemp("cluster")))
+    mode = keys.in_cluster()  # the session's own cache may be a cluster too
     redis_cluster.start(settings)
     try:
         yield settings
     finally:
         redis_cluster.stop(settings)
-        keys.use_cluster(False)
+        keys.use_cluster(mode)
 
 
 @pytest.fixture()

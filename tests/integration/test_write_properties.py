@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.caches import metrics_cache
+from app.caches.metrics_cache import metrics_key
 from app.core.events import derive_event_id
 from app.read.metrics_query import compute_user_metrics
 from app.read.reactions import UserReactionQueryService, latest_reactions
@@ -194,7 +195,7 @@ def test_every_metric_and_reaction_matches_the_oracle(clean, producer, history, 
 
     assert_computed_and_cached_match(clean, oracle, context=history)
     for uid in USERS:
-        assert 0 < clean.redis.ttl(f"user:metrics:{uid}") <= 3600
+        assert 0 < clean.redis.ttl(metrics_key(uid)) <= 3600
 
     # Cached reactions (written by the flusher) and reads through the query service equal the oracle.
     for uid in USERS:
