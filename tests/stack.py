@@ -49,10 +49,6 @@ def _private_redis_url() -> str:
     return url
 
 
-def _base_redis_url() -> str:
-    return os.environ.get("REDIS_URL") or _private_redis_url()
-
-
 def _server_bases() -> list[str]:
     """The configured ClickHouse servers without their database path (a cluster lists several)."""
     configured = os.environ.get("CLICKHOUSE_URL", "")
@@ -99,13 +95,14 @@ def process_env(name: str, drop: tuple[str, ...] = ()) -> dict[str, str]:
     return env
 
 
-BASE_REDIS_URL = _base_redis_url()
+_CONFIGURED_REDIS = os.environ.get("REDIS_URL", "")
 # A Redis Cluster (``redis+cluster://``) holds the caches only: it has one database, and Celery has no transport for
-# it, so the Redis broker database lives on a private standalone server.
-REDIS_CLUSTER = BASE_REDIS_URL.split("://", 1)[0].endswith("+cluster")
-CACHE_REDIS_URL = BASE_REDIS_URL if REDIS_CLUSTER else with_db(BASE_REDIS_URL, 15)
+# it. The Redis broker database and the tests that need a database of their own then use a private standalone server.
+REDIS_CLUSTER = _CONFIGURED_REDIS.split("://", 1)[0].endswith("+cluster")
+BASE_REDIS_URL = _CONFIGURED_REDIS if _CONFIGURED_REDIS and not REDIS_CLUSTER else _private_redis_url()
+CACHE_REDIS_URL = _CONFIGURED_REDIS if REDIS_CLUSTER else with_db(BASE_REDIS_URL, 15)
 # A Redis broker database for tests that need the Redis transport itself (its lists, its unacked hash).
-BROKER_REDIS_URL = with_db(_private_redis_url() if REDIS_CLUSTER else BASE_REDIS_URL, 14)
+BROKER_REDIS_URL = with_db(BASE_REDIS_URL, 14)
 _configured_broker = os.environ.get("CELERY_BROKER_URL", "")
 BROKER_URL = _configured_broker if _configured_broker.startswith("amqp") else BROKER_REDIS_URL
 BROKER_IS_REDIS = BROKER_URL == BROKER_REDIS_URL

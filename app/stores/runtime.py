@@ -72,7 +72,10 @@ class Runtime:
             if self._redis is not None:
                 # Idle connections only: a thread still holding one (a task that picked this runtime up while it
                 # was current) finishes its command instead of reading from a socket closed under it.
-                self._redis.connection_pool.disconnect(inuse_connections=False)
+                if redis_store.is_cluster(self._redis):  # a pool per node; the client closes them all
+                    self._redis.close()
+                else:
+                    self._redis.connection_pool.disconnect(inuse_connections=False)
                 self._redis = None
 
 

@@ -22,6 +22,7 @@ from app.caches import metrics_cache
 from app.caches.metrics_cache import metrics_key
 from app.caches.reactions_cache import flags_key
 from app.core import constants as c
+from app.core import keys
 from app.core.metrics import SCORE_SCALE, UserMetrics
 from app.core.paths import REPO
 from app.jobs.engagement import mark_phase
@@ -124,7 +125,7 @@ def test_ranks_follow_the_definition_with_ties_and_zeros(clean: Runtime) -> None
     assert {u: service.get_user_rank(u) for u in expected} == expected
     assert clean.redis.hget(metrics_key(1), "rank") == "2" and clean.redis.hget(metrics_key(4), "rank") == "1"
     assert clean.redis.hget(metrics_key(3), "rank") is None and not clean.redis.exists(metrics_key(2))
-    assert 0 < clean.redis.ttl(c.LEADERBOARD_KEY) <= c.LEADERBOARD_TTL_S
+    assert 0 < clean.redis.ttl(keys.leaderboard()) <= c.LEADERBOARD_TTL_S
 
 
 def test_rank_swap_is_atomic_under_concurrent_readers(clean: Runtime) -> None:
@@ -134,7 +135,7 @@ def test_rank_swap_is_atomic_under_concurrent_readers(clean: Runtime) -> None:
 
     def read() -> None:
         while not stop.is_set():
-            seen.add(int(clean.redis.zcard(c.LEADERBOARD_KEY)))
+            seen.add(int(clean.redis.zcard(keys.leaderboard())))
 
     def load(n: int) -> None:
         clean.clickhouse.truncate("engagementCurrent")
@@ -172,7 +173,7 @@ def test_reconcile_repairs_corruption_and_a_flushed_redis(clean: Runtime) -> Non
     jobs.recompute_ranks(clean)
     jobs.reconcile_caches(clean)
     assert service.get_user_metrics([2])[2].follower_count == 2
-    assert clean.redis.zcard(c.LEADERBOARD_KEY) == 2
+    assert clean.redis.zcard(keys.leaderboard()) == 2
 
 
 def test_refresh_rewarms_hot_users_before_expiry_and_leaves_cold_ones(clean: Runtime) -> None:
@@ -248,7 +249,7 @@ def test_two_real_beats_drive_every_job_once_per_interval(clean: Runtime, tmp_pa
 
 
 def test_a_freshly_filled_hash_carries_the_rank_from_the_board(clean: Runtime) -> None:
-    clean.redis.zadd(c.LEADERBOARD_KEY, {"7": 3.0, "8": 3.0, "9": 1.0})
+    clean.redis.zadd(keys.leaderboard(), {"7": 3.0, "8": 3.0, "9": 1.0})
     got = UserMetricsQueryService(clean).get_user_metrics([8, 9, 10])
     assert (got[8].rank, got[9].rank, got[10].rank) == (2, 3, None)
     assert clean.redis.hget(metrics_key(8), "rank") == "2" and clean.redis.hget(metrics_key(10), "rank") is None

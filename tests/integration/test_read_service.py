@@ -18,6 +18,7 @@ import pytest
 from app.caches.metrics_cache import metrics_key
 from app.caches.reactions_cache import BitUpdate, flags_key
 from app.core import constants as c
+from app.core import keys
 from app.core.events import Event, MetricType
 from app.core.metrics import UserMetrics
 from app.read.query import UserMetricsQueryService
@@ -168,8 +169,8 @@ def test_cache_service_set_clear_populate(clean: Runtime) -> None:
 
 
 def test_rank_reads_the_leaderboard_with_ties_by_lower_id(clean: Runtime) -> None:
-    clean.redis.zadd(c.LEADERBOARD_KEY, {"5": 10, "3": 7.5, "8": 7.5, "2": 0})
-    clean.redis.expire(c.LEADERBOARD_KEY, 60)
+    clean.redis.zadd(keys.leaderboard(), {"5": 10, "3": 7.5, "8": 7.5, "2": 0})
+    clean.redis.expire(keys.leaderboard(), 60)
     service = UserMetricsQueryService(clean)
     assert [service.get_user_rank(u) for u in (5, 3, 8, 2, 99)] == [1, 2, 3, None, None]
 
