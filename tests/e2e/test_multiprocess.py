@@ -23,11 +23,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kombu import Connection, Exchange, Queue
 
+from app.caches.reactions_cache import flags_key
 from app.core import constants as c
-from app.core import failpoints
+from app.core import failpoints, keys
 from app.core.paths import REPO
 from app.core.settings import Settings
 from app.read.query import UserMetricsQueryService
+from app.stores import redis_cluster
 from app.stores.runtime import Runtime
 from app.write.producer import EventProducer
 from tasks.config import celery_config
@@ -44,6 +46,7 @@ from tests.stack import (
     AMQP_URL,
     BASE_REDIS_URL,
     BROKER_URL,
+    REDIS_CLUSTER,
     ROOT,
     SERVER_MODE,
     process_env,
@@ -57,7 +60,7 @@ pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(not SERVER_MODE, reason="several worker processes need a ClickHouse server"),
 ]
-CACHE_URL = with_db(BASE_REDIS_URL, 9)
+
 CELERY = [sys.executable, "-m", "celery", "-A", "tasks.celery_app:celery_app"]
 TICK_S = 2
 
@@ -118,11 +121,24 @@ def worker_argv(name: str, queues: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def shape() -> Iterator[Shape]:
+    """The Procfile's processes on a cache of their own: a database of the session's Redis, or, when the session's
+    cache is a Redis Cluster, a local Redis Cluster of their own (the acceptance paths in cluster mode)."""
+    if not REDIS_CLUSTER:
+        yield from _shape(with_db(BASE_REDIS_URL, 9))
+        return
+    cluster = Settings(DATA_DIR=str(ROOT / "procfile-redis-cluster"))
+    try:
+        yield from _shape(redis_cluster.start(cluster))
+    finally:
+        redis_cluster.stop(cluster)
+
+
+def _shape(cache_url: str) -> Iterator[Shape]:
     broker = shape_broker()
     purge(broker)
     env = process_env("procfile")
     env.update(
-        REDIS_URL=CACHE_URL,
+        REDIS_URL=cache_url,
         CELERY_BROKER_URL=broker,
         DATA_DIR=str(ROOT / "procfile"),
         LOG_LEVEL="WARNING",
@@ -137,7 +153,7 @@ def shape() -> Iterator[Shape]:
         FAILPOINTS=failpoints.JOB_RUNNING,  # held from the test through Redis (app/core/failpoints.py)
     )
     cfg = Settings(
-        CLICKHOUSE_URL=env["CLICKHOUSE_URL"], REDIS_URL=CACHE_URL, CELERY_BROKER_URL=broker, DATA_DIR=env["DATA_DIR"]
+        CLICKHOUSE_URL=env["CLICKHOUSE_URL"], REDIS_URL=cache_url, CELERY_BROKER_URL=broker, DATA_DIR=env["DATA_DIR"]
     )
     app = Celery("procfile-producer")
     app.config_from_object(celery_config(cfg))
@@ -225,7 +241,7 @@ def test_two_beats_run_every_job_at_most_once_per_tick_and_the_board_matches(sha
         shape.start(name, [*CELERY, "beat", "--schedule", str(ROOT / f"procfile-{name}-schedule")])
 
     def board() -> dict[str, float]:
-        return {str(k): float(v) for k, v in shape.rt.redis.zrange(c.LEADERBOARD_KEY, 0, -1, withscores=True)}
+        return {str(k): float(v) for k, v in shape.rt.redis.zrange(keys.leaderboard(), 0, -1, withscores=True)}
 
     try:
         wait_until(lambda: board() == {"11": 3.0, "12": 2.0, "13": 2.0}, "the board from the beat-driven jobs", 60)
@@ -317,7 +333,7 @@ def test_hot_keys_written_by_two_worker_processes_stay_exact(shape: Shape) -> No
     for m in sent + rnd.sample(sent, 40):  # with redeliveries
         producer.send(m["type"], **{k: v for k, v in m.items() if k != "type"})
     oracle = settled_at_the_oracle(shape, oracle_events(sent), timeout_s=90)
-    assert shape.rt.redis.exists(f"reactions:{reactor}")  # served from the cache the flushers kept
+    assert shape.rt.redis.exists(flags_key(reactor))  # served from the cache the flushers kept
     flags = reactions.get_user_reactions(reactor, [image, late_image])
     assert dict(flags) == {i: oracle.reactions(reactor, i) for i in (image, late_image)}
     assert jobs.reconcile_caches(shape.rt, sample=0).drift_ratio == 0.0

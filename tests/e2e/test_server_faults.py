@@ -17,6 +17,7 @@ import pytest
 import redis
 from kombu import Connection, Exchange, Queue
 
+from app.caches.metrics_cache import metrics_key
 from app.core import constants as c
 from app.core.paths import REPO
 from app.core.settings import Settings
@@ -168,7 +169,7 @@ def test_clickhouse_server_restart_mid_run_loses_nothing_and_reads_go_stale_then
         assert clickhouse_server.stop(paths)
         publish_downloads(broker_url, 500, first_user=5000)
         time.sleep(3)
-        rt.redis.delete(*[f"user:metrics:{o}" for o in OWNERS])  # the hashes expired meanwhile
+        rt.redis.delete(*[metrics_key(o) for o in OWNERS])  # the hashes expired meanwhile
         during = UserMetricsQueryService(rt).get_user_metrics(list(OWNERS))
         # Then readers get the last known values, marked stale
         assert during.stale == set(OWNERS) and during.unavailable == set()
