@@ -1,6 +1,6 @@
 """The reactions snapshot: every user's reaction flags per image (``reactionSnapshot``, sql/0011), so that a
 reactions miss looks up one key per image instead of reading the user's range of ``stateByActor``
-(``app.read.reactions.current_reactions``).
+(``app.read.reaction_snapshot.current_reactions``).
 
 A row is ``stateByActor``'s latest state of the key's four reactions at the run's time, with the version of each
 bit. It stays exact until a reaction event of that (user, image) arrives. Each run rewrites the keys with a reaction
