@@ -26,10 +26,10 @@ from datetime import datetime
 
 from app.caches.reactions_cache import BIT_OF, NO_VERSION
 from app.core.events import as_utc
-from app.jobs import engagement_sql
 from app.jobs.engagement import ARRIVALS_KEPT, INFLIGHT_MARGIN, slice_end
 from app.jobs.report import JobReport, load_state, save_state
 from app.jobs.report import now as clock
+from app.stores import cluster_schema
 from app.stores.clickhouse import ClickHouse
 from app.stores.runtime import Runtime
 
@@ -79,13 +79,13 @@ SELECT max(userId), count() FROM (
 )
 """  # noqa: S608
 FULL_SQL = _rows_sql("userId > {after:Int64} AND userId <= {upto:Int64}")
+ENGINE_NOW_SQL = "SELECT now64(3, 'UTC')"  # the changelog's clock (``insertedAt``), which slices are cut on
 GENERATION_SQL = f"SELECT versions FROM {TABLE} WHERE userId = 0 AND imageId = 0"  # noqa: S608
 
 
 def table_sql(sql: str, ch: ClickHouse) -> str:
-    """``sql`` reading the table as this deployment keeps it: a key-value table on one server, a replacing table read
-    with ``FINAL`` in cluster mode (``app.stores.cluster_schema.CLUSTER_ENGINES``)."""
-    return sql if ch.cluster is None else sql.replace(f"FROM {TABLE}", f"FROM {TABLE} FINAL")
+    """``sql`` reading the table as this deployment keeps it (``cluster_schema.as_deployed``)."""
+    return cluster_schema.as_deployed(sql, TABLE, ch.cluster is not None)
 
 
 def recorded_generation(ch: ClickHouse) -> list[str]:
@@ -98,8 +98,7 @@ def snapshot_reactions(rt: Runtime, full: bool | None = None) -> JobReport:
     r, ch = rt.redis, rt.clickhouse
     now = clock(rt)
     state = load_state(r, JOB)
-    _, engine_now = ch.rows(engagement_sql.EXCLUDED_SET_SQL)[0]
-    until = slice_end(ch, as_utc(engine_now))
+    until = slice_end(ch, as_utc(ch.rows(ENGINE_NOW_SQL)[0][0]))
     inserted_after = datetime.fromisoformat(state.get("inserted_after", "1970-01-01T00:00:00+00:00"))
     must = (
         state.get("ready") != "1"

@@ -34,6 +34,7 @@ from app.jobs.report import JobReport, load_state, save_state
 from app.jobs.report import now as clock
 from app.jobs.timeline import update_timeline
 from app.read.metrics_query import USERS_PER_QUERY, compute_user_metrics
+from app.stores import cluster_schema
 from app.stores.clickhouse import ClickHouse
 from app.stores.runtime import Runtime
 
@@ -84,9 +85,8 @@ GENERATION_SQL = "SELECT engagement FROM userMetricsSnapshot WHERE userId = 0"
 
 
 def snapshot_sql(sql: str, ch: ClickHouse) -> str:
-    """``sql`` reading the snapshot table as this deployment keeps it: a key-value table on one server, a replacing
-    table read with ``FINAL`` in cluster mode (``app.stores.cluster_schema.CLUSTER_ENGINES``)."""
-    return sql if ch.cluster is None else sql.replace("FROM userMetricsSnapshot", "FROM userMetricsSnapshot FINAL")
+    """``sql`` reading the snapshot table as this deployment keeps it (``cluster_schema.as_deployed``)."""
+    return cluster_schema.as_deployed(sql, "userMetricsSnapshot", ch.cluster is not None)
 
 
 EXPIRING_SQL = """

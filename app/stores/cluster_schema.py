@@ -60,6 +60,13 @@ CLUSTER_ENGINES: dict[str, str] = {
     "reactionSnapshot": "ReplacingMergeTree(computedAt) ORDER BY (userId, imageId)",
 }
 
+
+def as_deployed(sql: str, table: str, clustered: bool) -> str:
+    """``sql`` reading ``table`` (one of ``CLUSTER_ENGINES``) as this deployment keeps it: a key-value table on one
+    server, its replacing twin read with ``FINAL`` in cluster mode."""
+    return sql.replace(f"FROM {table}", f"FROM {table} FINAL") if clustered else sql
+
+
 # Settings of every query in cluster mode:
 # - inserts into a Distributed table return once every shard has the rows (the default queues them for a
 #   background sender, which would acknowledge an event before it is stored);
