@@ -11,8 +11,9 @@
 --   arrival time of the key's latest insert. A reader serves a state row only when the mark is not later than the
 --   job's last slice (the same changelog position the job's `eventArrivals` slice ends at), and reads the others
 --   from `stateByActor`; so one multi-get answers both "what was the state" and "did it change since".
--- A key with neither row has no reaction event at all. Row (0, 0) carries, in `versions[1]`, the generation of the
--- last finished full run, so that a table lost or recreated under a state saying "ready" is never read as users
+-- A key with neither row has no reaction event at all. Row (0, 0), written after every run's rows, carries in
+-- `versions` the generation of the last finished full run and the changelog position (ms) up to which the state
+-- rows are exact: readers need nothing else, and a table lost or recreated (no such row) is never read as users
 -- without reactions. One job run writes at a time (its lock): the last write of a state row is the newest.
 CREATE TABLE IF NOT EXISTS reactionSnapshot
 (

@@ -160,11 +160,13 @@ def wipe_clickhouse(rt: Runtime) -> None:
 def clean(rt: Runtime) -> Runtime:
     """A clean slate: empty cache database and empty ClickHouse tables."""
     from app.core import constants as c
+    from app.read.reactions import FILLS
 
     # Let the worker's refresher finish what an earlier test queued (it writes hashes before it unqueues them).
     deadline = time.monotonic() + 10
     while rt.redis.zcard(c.METRICS_DIRTY_KEY) and time.monotonic() < deadline:
         time.sleep(0.02)
+    FILLS.drain()  # and the reactions fills an earlier test's reads left queued
     rt.redis.flushdb()
     wipe_clickhouse(rt)
     return rt

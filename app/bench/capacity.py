@@ -126,7 +126,7 @@ def _redis_costs(rt: Runtime, spec: DatasetSpec, f: dict[str, float], quick: boo
     r.flushdb()
     before = int(r.info("memory")["used_memory"])
     readers = rnd.sample(range(1, spec.users + 1), REACTION_USERS // (10 if quick else 1))
-    reactions = UserReactionQueryService(r, lambda u, imgs: latest_reactions(rt.clickhouse, u, imgs))
+    reactions = UserReactionQueryService(r, lambda u, imgs: latest_reactions(rt.clickhouse, u, imgs), fills=None)
     for user in readers:  # pages as a reader sees them: some images reacted to, the rest not
         reacted = [int(i) for (i,) in rt.clickhouse.rows(_REACTED_SQL, {"user": user})]
         reactions.get_user_reactions(user, reacted + [rnd.randint(1, spec.images) for _ in range(PAGE - len(reacted))])

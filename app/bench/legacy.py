@@ -216,7 +216,7 @@ def _measure(rt: Runtime, eng: Engine, spec: LegacySpec, f: dict[str, float]) ->
         reactors = [int(u) for (u,) in conn.execute(select(ImageReaction.userId).distinct().limit(30))]
     pages = [(u, [rnd.randint(1, spec.users * 3) for _ in range(100)]) for u in reactors]
     f["pg_reactions_p50_ms"] = percentile([_ms(legacy_reactions, eng, u, p) for u, p in pages], 50)
-    reactions = UserReactionQueryService(rt.redis, clickhouse_reaction_source(rt))
+    reactions = UserReactionQueryService(rt.redis, clickhouse_reaction_source(rt), fills=None)
     for u, p in pages:
         reactions.get_user_reactions(u, p)  # fill
     counter = StatementCounter(eng)

@@ -53,7 +53,9 @@ def reactions(
     """A user's reactions on images as bit flags (Like=1, Heart=2, Laugh=4, Cry=8): cache first."""
     user_id, image_ids = ids([user_id], "user id")[0], ids(image_ids, "image id")
     with refusing_bad_input(), command_runtime() as rt:
-        found = UserReactionQueryService(rt.redis, reaction_source(rt)).get_user_reactions(user_id, image_ids)
+        # One read and out: fill the cache before the connections close.
+        reader = UserReactionQueryService(rt.redis, reaction_source(rt), fills=None)
+        found = reader.get_user_reactions(user_id, image_ids)
     if found.unavailable:
         err.print(f"[yellow]ClickHouse unreachable: images {sorted(found.unavailable)} unknown[/yellow]")
     if as_json:

@@ -15,7 +15,14 @@ arrival's key is in the slice and is rewritten from the latest state, which then
 
 A full run (first run, arrivals expired, the table not the one the state describes) rewrites every key with a
 reaction event, a range of users at a time; it resumes where it stopped if it is interrupted or
-runs out of its time budget. Until it has finished, readers do not use the table (``ready`` is 0).
+runs out of its time budget.
+
+What readers need to know lives in the table itself, so that a miss is one multi-get and no Redis call: row
+``SENTINEL`` holds the generation of the last finished full run and the changelog position (``inserted_after``,
+ms) up to which every key's row is exact. Every run writes it after its rows. A table without it (never finished,
+or lost and recreated) is not read. A full run started under an earlier one's row (the job's state lost, a forced
+run) leaves that row in place until it finishes: the row's position stays true, since the run only rewrites rows
+with the latest state, and keys that arrived after that position are read from ``stateByActor`` anyway.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ TABLE = "reactionSnapshot"
 COLUMNS = ["userId", "imageId", "flags", "versions", "computedAt"]
 BUDGET_SHARE = 0.8  # of JOB_TIME_LIMIT_S, after which a full run stops and resumes in the next run
 FULL_CHUNK_ROWS = 1_000_000  # latest-state rows per statement of a full run
-SENTINEL = (0, 0)  # user and image ids are positive: row (0, 0) carries the generation of the last full run
+SENTINEL = (0, 0)  # ids are positive: row (0, 0) is the generation of the last full run and the exact position
 REACTIONS = sorted(m.value for m in BIT_OF)
 BITS = sorted(BIT_OF.values())
 BIT_OF_NAME = {bit: metric.value for metric, bit in BIT_OF.items()}
@@ -92,6 +99,12 @@ def recorded_generation(ch: ClickHouse) -> list[str]:
     return [str(v[0]) if v else "" for (v,) in ch.rows(table_sql(GENERATION_SQL, ch))]
 
 
+def _mark_exact(ch: ClickHouse, generation: str, inserted_after: datetime, now: datetime) -> None:
+    """Row ``SENTINEL``, written after a run's rows: the generation, and the position up to which rows are exact."""
+    position = str(int(inserted_after.timestamp() * 1000))
+    ch.insert(TABLE, [[*SENTINEL, 1, [generation, position], now]], COLUMNS)
+
+
 def snapshot_reactions(rt: Runtime, full: bool | None = None) -> JobReport:
     """The reactions snapshot (see the module's text); ``full`` forces a full run."""
     started = time.perf_counter()
@@ -111,6 +124,7 @@ def snapshot_reactions(rt: Runtime, full: bool | None = None) -> JobReport:
         arrived = int(ch.rows(ARRIVED_COUNT_SQL, window)[0][0])
         if arrived:
             ch.command(INCREMENTAL_SQL, window)
+        _mark_exact(ch, state["generation"], until - INFLIGHT_MARGIN, now)
         save_state(r, JOB, {"inserted_after": (until - INFLIGHT_MARGIN).isoformat(), "now": now.isoformat()})
         return JobReport("snapshot_reactions", "incremental", changed=arrived, seconds=time.perf_counter() - started)
 
@@ -140,9 +154,9 @@ def snapshot_reactions(rt: Runtime, full: bool | None = None) -> JobReport:
             return JobReport(
                 "snapshot_reactions", "full (to be resumed)", changed=written, seconds=time.perf_counter() - started
             )
-    ch.insert(TABLE, [[*SENTINEL, 0, [generation], now]], COLUMNS)
     # Keys whose events arrived since the full run began were written after their arrival, or will be by the next
     # run: the next slice starts where the full run's did.
+    _mark_exact(ch, generation, full_until - INFLIGHT_MARGIN, now)
     save_state(
         r,
         JOB,

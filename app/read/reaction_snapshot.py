@@ -1,22 +1,20 @@
 """A user's reactions on a page of images on a cache miss: the reactions snapshot where it is exact, the latest-state
 table for the rest (``app.jobs.reaction_snapshot``).
 
-One multi-get reads, for each image of the page, the job's state row, the view's arrival mark, and the row that
-names the table's generation (sql/0011). An image is served from the snapshot when the snapshot is complete
-(``ready``) and is the table the job's state describes, and its arrival mark is not later than the job's last slice;
-an image with neither row then has no reaction event at all. The other images are read from ``stateByActor``
-(``latest_reactions``), as before the snapshot. The cost does not depend on how many reactions the user has.
+One multi-get reads, for each image of the page, the job's state row and the view's arrival mark, and the row that
+says up to which changelog position the rows are exact (sql/0011). An image is served from the snapshot when that
+row exists and the image's arrival mark is not later than its position; an image with neither row then has no
+reaction event at all. The other images, and every image while the table has no such row, are read from
+``stateByActor`` (``latest_reactions``). The cost does not depend on how many reactions the user has, and the miss
+needs nothing from Redis: the snapshot is used while Redis is down too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 
 from app.caches.reactions_cache import ALL_BITS, NO_VERSION, BitUpdate
-from app.core.errors import REDIS_DOWN
-from app.jobs.reaction_snapshot import BITS, JOB, SENTINEL, TABLE, table_sql
-from app.jobs.report import load_state
+from app.jobs.reaction_snapshot import BITS, SENTINEL, TABLE, table_sql
 from app.read.reactions import latest_reactions
 from app.stores.runtime import Runtime
 
@@ -38,22 +36,17 @@ def current_reactions(rt: Runtime, user_id: int, image_ids: Sequence[int]) -> di
 
 def from_snapshot(rt: Runtime, user_id: int, images: Sequence[int]) -> tuple[dict[int, list[BitUpdate]], list[int]]:
     """The images the snapshot serves exactly, and the others."""
-    try:
-        state = load_state(rt.redis, JOB)
-    except REDIS_DOWN:  # the job's state is unknown: read everything from the latest-state table
-        return {}, list(images)
-    if not images or state.get("ready") != "1":
-        return {}, list(images)
+    if not images:
+        return {}, []
     ch = rt.clickhouse
-    # The page's state rows (user, image), their marks (-user, image) and the generation row (0, 0): one
-    # multi-get of 3 x (1 + the page) keys (a smaller key set than marks under negative image ids would make).
+    # The page's state rows (user, image), their marks (-user, image) and the position row (0, 0): one multi-get of
+    # 3 x (1 + the page) keys (a smaller key set than marks under negative image ids would make).
     params = {"users": [SENTINEL[0], user_id, -user_id], "images": [SENTINEL[1], *images]}
     rows = ch.rows(table_sql(READ_SQL, ch), params)
-    generation = [str(v[0]) for u, i, _, v, _ in rows if (u, i) == SENTINEL and v]
-    if generation != [state.get("generation")]:  # another table than the state's: read everything
+    exact_until = [int(v[1]) for u, i, _, v, _ in rows if (u, i) == SENTINEL and len(v) > 1]
+    if not exact_until:  # no full run has finished on this table: read everything from the latest-state table
         return {}, list(images)
-    after_ms = int(datetime.fromisoformat(state["inserted_after"]).timestamp() * 1000)
-    arrived = {int(i) for u, i, _, _, at in rows if u == -user_id and int(at) > after_ms}
+    arrived = {int(i) for u, i, _, _, at in rows if u == -user_id and int(at) > exact_until[0]}
     found = {int(i): (int(flags), versions) for u, i, flags, versions, _ in rows if u == user_id}
     served: dict[int, list[BitUpdate]] = {}
     rest: list[int] = []

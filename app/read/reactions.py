@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -86,6 +88,44 @@ class UserReactionCacheService:
         reactions_cache.merge(self.redis, {user_id: [u for bits in states.values() for u in bits]})
 
 
+class CacheFills:
+    """Cache fills run after the reader has its answer, on one thread of their own.
+
+    A reactions fill is a version merge (``reactions_cache.merge``): an older state never overwrites a newer one, so
+    it is as correct a moment later as it is before the answer, and the caller need not wait for it (the merge was
+    about a third of a miss). At most ``limit`` fills wait; past that a fill runs in the caller, which slows readers
+    down instead of letting the queue grow. A fill that fails (Redis unreachable) is dropped: the next read misses
+    again. ``drain`` waits for the fills queued so far (a command-line read, before it closes its connections).
+    """
+
+    def __init__(self, limit: int = 256) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-fill")
+        self._slots = threading.BoundedSemaphore(limit)
+
+    def submit(self, fill: Callable[[], object]) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._run(fill, release=False)
+            return
+        self._pool.submit(self._run, fill, True)
+
+    def _run(self, fill: Callable[[], object], release: bool) -> None:
+        try:
+            fill()
+        except REDIS_DOWN as exc:
+            log.warning("cache fill dropped, Redis unreachable: %s", exc)
+        except Exception:  # the reader has its answer; a failed fill must not vanish without a trace
+            log.exception("cache fill failed")
+        finally:
+            if release:
+                self._slots.release()
+
+    def drain(self) -> None:
+        self._pool.submit(lambda: None).result()
+
+
+FILLS = CacheFills()  # the process's fill thread, shared by every query service that defers its fills
+
+
 class ReactionsResult(dict[int, int]):
     """``{imageId: flags}``; ``unavailable`` images were not cached and ClickHouse could not be reached (their 0 is
     not real)."""
@@ -100,11 +140,15 @@ class UserReactionQueryService:
 
     Redis unreachable: everything is read from ClickHouse. ClickHouse unreachable: cached images are served, the
     others are reported in ``unavailable``. Neither raises.
+
+    The misses are written to the cache after the answer is returned, on ``fills`` (``FILLS`` by default); with
+    ``fills=None`` before it.
     """
 
-    def __init__(self, redis: RedisClient, source: ReactionSource) -> None:
+    def __init__(self, redis: RedisClient, source: ReactionSource, fills: CacheFills | None = FILLS) -> None:
         self.cache = UserReactionCacheService(redis)
         self.source = source
+        self.fills = fills
 
     def get_user_reactions(self, user_id: int, image_ids: Sequence[int]) -> ReactionsResult:
         ids = list(dict.fromkeys(image_ids))
@@ -128,9 +172,18 @@ class UserReactionQueryService:
                 out.unavailable.update(misses)
                 states = {}
             if states and redis_up:
-                with contextlib.suppress(*REDIS_DOWN):
-                    reactions_cache.merge(self.cache.redis, {user_id: [u for bits in states.values() for u in bits]})
+                self._fill(user_id, [u for bits in states.values() for u in bits])
             found.update({image: flags_of(bits) for image, bits in states.items()})
         for i in ids:
             out[i] = found.get(i, 0)
         return out
+
+    def _fill(self, user_id: int, updates: list[BitUpdate]) -> None:
+        def fill() -> None:
+            reactions_cache.merge(self.cache.redis, {user_id: updates})
+
+        if self.fills is None:
+            with contextlib.suppress(*REDIS_DOWN):
+                fill()
+        else:
+            self.fills.submit(fill)

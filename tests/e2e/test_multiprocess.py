@@ -296,7 +296,9 @@ def test_hot_keys_written_by_two_worker_processes_stay_exact(shape: Shape) -> No
     from app.read.reactions import UserReactionQueryService, latest_reactions
 
     reset(shape)
-    reactions = UserReactionQueryService(shape.rt.redis, lambda u, imgs: latest_reactions(shape.rt.clickhouse, u, imgs))
+    reactions = UserReactionQueryService(
+        shape.rt.redis, lambda u, imgs: latest_reactions(shape.rt.clickhouse, u, imgs), fills=None
+    )
     rnd = random.Random(14)
     reactor, (image, late_image) = 3, IMAGES  # owned by users 1 and 2
     UserMetricsQueryService(shape.rt).get_user_metrics(USERS)  # cached hashes the flushers must keep current

@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 
 from app.caches.metrics_cache import metrics_key
-from app.caches.reactions_cache import BitUpdate, flags_key
+from app.caches.reactions_cache import BitUpdate, flags_key, versions_key
 from app.core import constants as c
 from app.core import keys
 from app.core.events import Event, MetricType
 from app.core.metrics import UserMetrics
 from app.read.query import UserMetricsQueryService
-from app.read.reactions import UserReactionQueryService, latest_reactions
+from app.read.reactions import FILLS, CacheFills, UserReactionQueryService, latest_reactions
 from app.read.sources import metrics_source
 from app.stores.clickhouse import insert_events
 from app.stores.runtime import Runtime
@@ -117,7 +117,7 @@ def test_clickhouse_down_serves_last_values_marked_stale(clean: Runtime) -> None
     # Reactions: cached images are served, the others are reported unknown; nothing raises
     reactions = UserReactionQueryService(broken.redis, lambda u, imgs: latest_reactions(broken.clickhouse, u, imgs))
     UserReactionQueryService(
-        clean.redis, lambda u, imgs: latest_reactions(clean.clickhouse, u, imgs)
+        clean.redis, lambda u, imgs: latest_reactions(clean.clickhouse, u, imgs), fills=None
     ).get_user_reactions(7, [100])
     out = reactions.get_user_reactions(7, [100, 101])
     assert out == {100: 0, 101: 0} and out.unavailable == {101}
@@ -146,6 +146,7 @@ def test_reactions_cache_first_negative_caching_and_ttl_renewal(clean: Runtime) 
 
     service = UserReactionQueryService(clean.redis, source)
     assert service.get_user_reactions(1, [100, 101, 100]) == {100: 9, 101: 0}
+    FILLS.drain()  # the misses are cached after the answer
     assert clean.redis.hgetall(flags_key(1)) == {"100": "9", "101": "0"}  # the absence is cached as 0
     clean.redis.expire(flags_key(1), 100)
     assert service.get_user_reactions(1, [101, 100]) == {101: 0, 100: 9}
@@ -153,6 +154,38 @@ def test_reactions_cache_first_negative_caching_and_ttl_renewal(clean: Runtime) 
     assert clean.redis.ttl(flags_key(1)) > 604_000  # renewed on read
     with pytest.raises(ValueError, match="at most 1000"):
         service.get_user_reactions(1, range(1001))
+
+
+def test_reactions_fills_come_after_the_answer_and_overflow_runs_in_the_caller(
+    clean: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    insert_events(
+        clean.clickhouse, [reaction(1, 100, MetricType.REACTION_HEART), reaction(2, 100, MetricType.REACTION_CRY)]
+    )
+    fills, gate = CacheFills(limit=2), threading.Event()
+    fills.submit(lambda: gate.wait(10))  # the fill thread is busy: one slot left
+    service = UserReactionQueryService(
+        clean.redis, lambda u, imgs: latest_reactions(clean.clickhouse, u, imgs), fills=fills
+    )
+    assert service.get_user_reactions(1, [100, 101]) == {100: 2, 101: 0}
+    assert clean.redis.hgetall(flags_key(1)) == {}  # answered; its fill waits in the queue
+    assert service.get_user_reactions(2, [100]) == {100: 8}
+    assert clean.redis.hgetall(flags_key(2)) == {"100": "8"}  # no slot left: filled before the answer
+    gate.set()
+    fills.drain()
+    assert clean.redis.hgetall(flags_key(1)) == {"100": "2", "101": "0"}
+
+    # A fill that fails is logged and dropped, and frees its slot: the next read misses and fills again.
+    def unreachable() -> None:
+        raise ConnectionError("Redis went away")
+
+    fills.submit(unreachable)
+    fills.drain()
+    assert "cache fill dropped" in caplog.text
+    clean.redis.delete(flags_key(1), versions_key(1))
+    assert service.get_user_reactions(1, [100]) == {100: 2}
+    fills.drain()
+    assert clean.redis.hgetall(flags_key(1)) == {"100": "2"}
 
 
 def test_cache_service_set_clear_populate(clean: Runtime) -> None:
