@@ -1,6 +1,7 @@
 """``python -m app bench read --growth``: cache misses at 1M, 10M and 30M events (100,000 users; ``--quick``: 100,000
 to 1M events and 5,000 users), with and without the metrics snapshot, for 100 random and the 100 most-followed
-users: the snapshot's cost should stay flat while the full computation grows with the keys the users own.
+users, and reactions misses of the most active reactors' pages with and without the reactions snapshot: a snapshot's
+cost should stay flat while the full computation grows with the keys the users own.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from app.bench import plots
 from app.bench.dataset import DatasetSpec, location
 from app.bench.harness import Figures, private_runtime
 from app.bench.read import measure_misses, prepare, settle, take_snapshot
+from app.bench.read_reactions import measure_reactions
 from app.core.settings import Settings
 from app.stores import clickhouse
 
@@ -33,14 +35,32 @@ class GrowthResult:
             out.append(
                 (
                     f"{f['events']:,.0f} events",
-                    f"snapshot {cell('metrics_miss')}; full {cell('metrics_full')}",
+                    f"metrics, 100 random users: snapshot {cell('metrics_miss')}; full {cell('metrics_full')}",
                     f"most-followed: snapshot {cell('top_miss')}; full {cell('top_full')}",
+                )
+            )
+            out.append(
+                (
+                    "",
+                    f"reactions, 100 images: snapshot {cell('reactions_miss')}; latest-state {cell('reactions_full')}",
+                    f"the most active reactor: {f['top_reactor_keys']:,.0f} reaction keys",
                 )
             )
         return out
 
+    def figures(self) -> dict[str, Figures]:
+        return {f"{f['events']:.0f}": f for f in self.points}
+
 
 GROWTH_EVENTS = (1_000_000, 10_000_000, 30_000_000)
+REACTION_HIT_TRIALS = 50
+# The reaction keys (image, reaction) of the most active of the reactors whose pages are measured.
+TOP_REACTOR_SQL = """
+SELECT max(keys) FROM (
+    SELECT count() AS keys FROM stateByActor
+    WHERE metricType LIKE 'Reaction%' AND entityType = 'Image' AND userId < 1000 GROUP BY userId
+)
+"""
 GROWTH_EVENTS_QUICK = (100_000, 300_000, 1_000_000)
 
 
@@ -60,9 +80,11 @@ def run(quick: bool, settings: Settings, trials: int = 30) -> GrowthResult:
         generated = prepare(ch, spec)
         settle(ch)
         with private_runtime(bench_settings, ch, "growth") as rt:
-            take_snapshot(rt, f, generated=bool(generated), reactions=False)
+            take_snapshot(rt, f, generated=bool(generated))
             rnd = random.Random(7)  # noqa: S311 - workload sampling
             measure_misses(rt, f, [[rnd.randint(1, users) for _ in range(100)] for _ in range(trials)])
+            measure_reactions(rt, f, trials, REACTION_HIT_TRIALS, spec.images, rnd)
+            f["top_reactor_keys"] = float(rt.clickhouse.rows(TOP_REACTOR_SQL)[0][0])
         ch.close()
         out.points.append(f)
     return out

@@ -62,8 +62,11 @@ def growth(rows: Sequence[Mapping[str, float]], path: Path, title: str) -> Path 
         ("metrics_full", "100 random users, full computation", "--o"),
         ("top_miss", "100 most-followed users, snapshot", "-s"),
         ("top_full", "100 most-followed users, full computation", "--s"),
+        ("reactions_miss", "reactions, 100 images, snapshot", "-^"),
+        ("reactions_full", "reactions, 100 images, latest-state table", "--^"),
     ):
-        ax.plot(events, [r[f"{key}_p99_ms"] for r in rows], style, label=f"{label} (p99)")
+        if all(f"{key}_p99_ms" in r for r in rows):
+            ax.plot(events, [r[f"{key}_p99_ms"] for r in rows], style, label=f"{label} (p99)")
     ax.axhline(50.0, linestyle=":", color="grey", linewidth=0.8)
     ax.set_xscale("log")
     ax.set_yscale("log")

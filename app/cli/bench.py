@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,7 +15,7 @@ from app.cli.root import bench_cli
 from app.core.settings import load_settings
 
 
-def _print_bench(title: str, rows: list[tuple[str, str, str]], figures: dict[str, float], as_json: bool) -> None:
+def _print_bench(title: str, rows: list[tuple[str, str, str]], figures: Mapping[str, Any], as_json: bool) -> None:
     if as_json:
         print(to_json(figures))
         return
@@ -102,7 +102,7 @@ def bench_read(
 
         result = growth_bench.run(quick, settings)
         curve = growth_bench.draw_growth(result, directory)
-        _print_bench("read: misses against the log's size", result.rows(), {}, as_json)
+        _print_bench("read: misses against the log's size", result.rows(), result.figures(), as_json)
         if curve and not as_json:
             console.print(f"figure: {curve}")
         return
