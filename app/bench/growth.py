@@ -64,8 +64,9 @@ SELECT max(keys) FROM (
 GROWTH_EVENTS_QUICK = (100_000, 300_000, 1_000_000)
 
 
-def run(quick: bool, settings: Settings, trials: int = 30) -> GrowthResult:
-    """Misses of 100 random and of the 100 most-followed users against the size of the log, users fixed."""
+def run(quick: bool, settings: Settings, server: str | None = None, trials: int = 30) -> GrowthResult:
+    """Misses of 100 random and of the 100 most-followed users, and of the most active reactors' pages, against the
+    size of the log, users fixed; on the embedded engine, or with ``server`` (``http://host:port``) on a server."""
     users = 5_000 if quick else 100_000
     out = GrowthResult()
     for events in GROWTH_EVENTS_QUICK if quick else GROWTH_EVENTS:
@@ -73,7 +74,7 @@ def run(quick: bool, settings: Settings, trials: int = 30) -> GrowthResult:
         name = {(10_000_000, 100_000): "events", (300_000, 5_000): "events-quick"}.get(
             (events, users), f"events-{events}-{users}"
         )
-        bench_settings = location(settings, name, None)
+        bench_settings = location(settings, name, server)
         ch = clickhouse.connect(bench_settings)
         f = Figures()
         f["events"] = events
@@ -90,5 +91,7 @@ def run(quick: bool, settings: Settings, trials: int = 30) -> GrowthResult:
     return out
 
 
-def draw_growth(result: GrowthResult, directory: Path) -> Path | None:
-    return plots.growth(result.points, directory / "read-growth.png", "cache misses against the size of the log")
+def draw_growth(result: GrowthResult, directory: Path, shape: str = "embedded") -> Path | None:
+    """``read-growth.png`` for the embedded engine, ``read-growth-server.png`` for a server."""
+    name = "read-growth.png" if shape == "embedded" else f"read-growth-{shape}.png"
+    return plots.growth(result.points, directory / name, f"cache misses against the size of the log, {shape}")

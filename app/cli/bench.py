@@ -84,7 +84,10 @@ def bench_read(
     clickhouse_url: Annotated[str | None, typer.Option(help=_SERVER_URL_HELP)] = None,
     server: Annotated[bool, typer.Option("--server", help=_SERVER_HELP)] = False,
     growth: Annotated[
-        bool, typer.Option("--growth", help="Misses at 1M, 10M and 30M events instead (--quick: 100k to 1M)")
+        bool,
+        typer.Option(
+            "--growth", help="Misses at 1M, 10M and 30M events instead (--quick: 100k to 1M); with a server, both"
+        ),
     ] = False,
     plots: Annotated[
         Path | None, typer.Option(help="Where to draw the PNG figures (default: $DATA_DIR/bench/plots)")
@@ -100,11 +103,18 @@ def bench_read(
     if growth:
         from app.bench import growth as growth_bench
 
-        result = growth_bench.run(quick, settings)
-        curve = growth_bench.draw_growth(result, directory)
-        _print_bench("read: misses against the log's size", result.rows(), result.figures(), as_json)
-        if curve and not as_json:
-            console.print(f"figure: {curve}")
+        results = {"embedded": growth_bench.run(quick, settings)}
+        with _bench_server(clickhouse_url, server) as url:
+            if url is not None:
+                results["server"] = growth_bench.run(quick, settings, url)
+        if as_json:
+            print(to_json({shape: result.figures() for shape, result in results.items()}))
+            return
+        for shape, result in results.items():
+            _print_bench(f"read: misses against the log's size, {shape}", result.rows(), {}, False)
+            curve = growth_bench.draw_growth(result, directory, shape)
+            if curve:
+                console.print(f"figure: {curve}")
         return
     embedded = read.run(quick, settings)
     with _bench_server(clickhouse_url, server) as url:

@@ -118,11 +118,13 @@ NEW_SQL = f"INSERT INTO engagementNew ({_CONTRIB_COLUMNS}, computedAt)" + _contr
 # alone, every version of a key together: a superset of the changed keys (the same user's other reactions on the
 # same image, say), which is harmless: the new rows recompute an unchanged key from its stored latest event (an
 # additive event that did not arrive again keeps its contribution while inside the window), so its difference is 0.
+# WHERE, not PREWHERE (the engine moves the condition there itself): in cluster mode the 24.3+ analyzer does not make
+# an IN in PREWHERE global, so each shard read its own empty engagementChanged and the run counted every key again.
 OLD_SQL = f"""
 INSERT INTO engagementOld ({_CONTRIB_COLUMNS}, computedAt)
 SELECT {_CONTRIB_COLUMNS}, computedAt
 FROM engagementContrib FINAL
-PREWHERE (entityId, userId) IN (SELECT entityId, userId FROM engagementChanged)
+WHERE (entityId, userId) IN (SELECT entityId, userId FROM engagementChanged)
 """  # noqa: S608
 # Per owner: new contributions of the changed keys minus what they contributed before, and the current score.
 DELTA_SQL = """

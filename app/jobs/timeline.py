@@ -98,9 +98,10 @@ SELECT DISTINCT entityType, entityId, metricType, userId FROM eventArrivals
 WHERE insertedAt > {{after:DateTime64(3, 'UTC')}} AND insertedAt <= {{until:DateTime64(3, 'UTC')}}
   AND metricType IN {STATE_TYPES_SQL}
 """  # noqa: S608
+FRESH_SQL = TRANSITIONS_SQL.format(where=f"(entityType, entityId, metricType, userId) IN ({_CHANGED})")
 DIFF_SQL = f"""
 WITH
-    fresh AS ({TRANSITIONS_SQL.format(where=f"(entityType, entityId, metricType, userId) IN ({_CHANGED})")}),
+    fresh AS ({FRESH_SQL}),
     stored AS (
         SELECT {_KEY}, hour, delta FROM {TABLE} FINAL
         WHERE kind = 'key' AND subject IN (SELECT subject FROM fresh)
@@ -116,6 +117,24 @@ WHERE kind IN ('cell', 'day') AND subject IN (SELECT subject FROM fresh)
       SELECT subject, metric, hour FROM fresh UNION ALL SELECT subject, metric, hour FROM stored
       UNION ALL SELECT subject, metric, toStartOfDay(hour) FROM fresh
       UNION ALL SELECT subject, metric, toStartOfDay(hour) FROM stored)
+"""  # noqa: S608
+
+# In cluster mode DIFF_SQL's IN over ``stored`` nests a GLOBAL IN in another one's subquery, which the query analyzer
+# of ClickHouse 24.3+ refuses ("Invalid local IN function name globalIn"). There the same rows come in three round
+# trips, each IN over a temporary table the client sends along: the fresh changes, then the stored changes of those
+# keys, then the cells both touch.
+FRESH_STRUCTURE = (
+    "subject Int64, metric String, keyType String, entityType String, entityId Int64, actor Int64, hour DateTime('UTC')"
+)
+STORED_SQL = f"""
+SELECT 'old', {_KEY}, hour, delta FROM {TABLE} FINAL
+WHERE kind = 'key' AND subject IN (SELECT subject FROM _fresh) AND ({_KEY}) IN (SELECT {_KEY} FROM _fresh)
+"""  # noqa: S608
+CELLS_STRUCTURE = "subject Int64, metric String, hour DateTime('UTC')"
+CELLS_SQL = f"""
+SELECT toString(kind), subject, metric, '', '', 0, 0, hour, delta FROM {TABLE} FINAL
+WHERE kind IN ('cell', 'day') AND subject IN (SELECT subject FROM _cells)
+  AND (subject, metric, hour) IN (SELECT subject, metric, hour FROM _cells)
 """  # noqa: S608
 
 # A rebuild, one family of state types at a time and one share of its keys at a time (shares are disjoint, and each
@@ -167,7 +186,7 @@ def update_timeline(rt: Runtime, full: bool | None = None) -> JobReport:
     new: dict[Key, dict[datetime, int]] = defaultdict(dict)
     old: dict[Key, dict[datetime, int]] = defaultdict(dict)
     cells: dict[tuple[str, int, str, datetime], int] = {}
-    for src, subject, metric, key_type, entity_type, entity_id, actor, hour, delta in ch.rows(DIFF_SQL, params):
+    for src, subject, metric, key_type, entity_type, entity_id, actor, hour, delta in _diff_rows(ch, params):
         key = (int(subject), str(metric), str(key_type), str(entity_type), int(entity_id), int(actor))
         if src == "new":
             new[key][as_utc(hour)] = int(delta)
@@ -202,6 +221,21 @@ def update_timeline(rt: Runtime, full: bool | None = None) -> JobReport:
         changed=len(rows) - 1,
         seconds=time.perf_counter() - started,
     )
+
+
+def _diff_rows(ch: ClickHouse, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """DIFF_SQL's rows: the changed keys' changes now ('new') and stored ('old'), and the cells they touch."""
+    if ch.cluster is None:
+        return ch.rows(DIFF_SQL, params)
+    fresh = [("new", *row) for row in ch.rows(FRESH_SQL, params)]
+    if not fresh:
+        return []
+    stored = ch.rows_with_table(STORED_SQL, "_fresh", FRESH_STRUCTURE, [row[1:8] for row in fresh])
+    touched = set()
+    for row in fresh + stored:
+        subject, metric, hour = row[1], row[2], as_utc(row[7])
+        touched.update({(subject, metric, hour), (subject, metric, hour.replace(hour=0))})
+    return fresh + stored + ch.rows_with_table(CELLS_SQL, "_cells", CELLS_STRUCTURE, sorted(touched))
 
 
 def rebuild(ch: ClickHouse, until: datetime, excluded_set: str, version: int) -> int:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, TypeVar, cast
 
@@ -233,6 +234,23 @@ class ClickHouse:
             out.extend(self.rows(sql.replace("{values}", f"{{_values:Array({type_})}}"), bound))
         return out
 
+    def rows_with_table(
+        self,
+        sql: str,
+        name: str,
+        structure: str,
+        rows: Sequence[Sequence[Any]],
+        parameters: dict[str, Any] | None = None,
+    ) -> list[tuple[Any, ...]]:
+        """Rows of ``sql`` with ``rows`` sent along as the temporary table ``name`` (columns ``structure``, e.g.
+        ``"a Int64, b String"``): one round trip however many rows. A server only (the embedded engine takes no
+        external data)."""
+        if self.embedded:
+            raise TypeError("the embedded engine takes no external data")
+        data = ExternalData(file_name=name, data=_tsv(rows), structure=structure, fmt="TSV")
+        result: Any = self._run(lambda client: client.query(sql, parameters=parameters, external_data=data))
+        return [tuple(row) for row in result.result_rows]
+
     def insert(
         self,
         table: str,
@@ -255,6 +273,19 @@ class ClickHouse:
     def close(self) -> None:
         with self._lock:
             self.client.close()
+
+
+def _tsv(rows: Sequence[Sequence[Any]]) -> bytes:
+    """``rows`` as TabSeparated: strings escaped, datetimes in UTC to the second."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, datetime):
+            utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+            return utc.strftime("%Y-%m-%d %H:%M:%S")
+        text = str(value)
+        return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+
+    return "".join("\t".join(map(cell, row)) + "\n" for row in rows).encode()
 
 
 @dataclass
@@ -285,9 +316,6 @@ def _open(settings: Settings, dsn: str, db: str) -> Client:
         reason = str(exc).split(" executing HTTP request", 1)[0]
         raise TransientError(f"cannot reach ClickHouse at {_redact(dsn)}/{db}: {reason}") from exc
     with translated_errors():
-        if settings.clickhouse_cluster and not client.min_version(cluster_schema.OLD_ANALYZER_UNTIL):
-            for key, value in cluster_schema.OLD_ANALYZER.items():
-                client.set_client_setting(key, value)
         client.command(f"CREATE DATABASE IF NOT EXISTS `{_identifier(db)}`")
     client.database = db
     return client

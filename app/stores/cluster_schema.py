@@ -82,13 +82,6 @@ CLUSTER_QUERY_SETTINGS: dict[str, int] = {
     "prefer_global_in_and_join": 1,
     "skip_unavailable_shards": 0,
 }
-# The query analyzer of ClickHouse 24.3+ refuses a GLOBAL IN nested in another one's subquery ("Invalid local IN
-# function name globalIn", measured on 26.7), which the timeline job's diff query has; the previous analyzer runs
-# it, and every query of the project passes its tests with it. Servers from 26.9 on no longer have the previous
-# analyzer (the setting is refused): there, cluster mode runs with the new one and the timeline's incremental run
-# is not supported yet.
-OLD_ANALYZER = {"enable_analyzer": "0"}
-OLD_ANALYZER_UNTIL = "26.9"
 
 _CREATE_TABLE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+)\s*\(", re.S)
 _CREATE_AS = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+) AS (\w+) ENGINE = Memory$", re.S)

@@ -69,6 +69,24 @@ def test_engagement_full_and_incremental_match_the_oracle(clean, history, data):
             assert jobs.recompute_engagement(clean).mode == "incremental"
 
 
+def test_a_run_rereading_the_last_runs_arrivals_moves_no_score(clean: Runtime) -> None:
+    """Each incremental run re-reads the last 10 s of the changelog (inserts in flight). A key already counted is
+    read back from the stored contributions and nets to zero. Found in cluster mode: an IN in PREWHERE over the
+    node-local scratch table was not made global by the 24.3+ analyzer, the stored row was never read, and the like
+    counted twice."""
+    from tests.oracle import E
+
+    now = datetime.now(UTC) - timedelta(minutes=1)
+    assert jobs.recompute_engagement(clean).mode == "full"
+    insert_events(clean.clickhouse, [to_event(E(str(uuid.uuid4()), "Image", 102, 1, 4, "ReactionLike", 1, now))])
+    assert jobs.recompute_engagement(clean).mode == "incremental"
+    liked = {u: s for u, s in current_scores(clean).items() if s}
+    assert list(liked) == [4] and liked[4] > 0
+    insert_events(clean.clickhouse, [to_event(E(str(uuid.uuid4()), "User", 2, 1, 2, "Follow", -1, now))])
+    assert jobs.recompute_engagement(clean).mode == "incremental"  # its slice holds the like again
+    assert {u: s for u, s in current_scores(clean).items() if s} == liked
+
+
 def test_engagement_trend_is_recorded_and_unchanged_scores_are_not(clean: Runtime) -> None:
     from tests.oracle import E
 

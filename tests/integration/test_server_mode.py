@@ -96,3 +96,21 @@ def test_one_flush_of_thousands_of_distinct_entities_binds_its_parameters_in_chu
     wait_events(clean, 6000, timeout_s=120)
     got = compute_user_metrics(clean.clickhouse, [1, 2, 3], weights=clean.weights, window=clean.window)
     assert [got[u].download_count for u in (1, 2, 3)] == [2000, 2000, 2000]
+
+
+def test_rows_sent_as_a_temporary_table_arrive_as_they_were(rt) -> None:  # type: ignore[no-untyped-def]
+    """``rows_with_table`` (the cluster timeline's diff sends its keys this way): strings with tabs, newlines and
+    backslashes and datetimes with or without a zone arrive unchanged; the embedded engine refuses it clearly."""
+    from datetime import UTC, datetime
+
+    rows = [(1, "a\tb", datetime(2026, 1, 2, 3, tzinfo=UTC)), (2, "c\\nd\ne", datetime(2026, 1, 2, 4))]
+    sql = "SELECT n, s, t FROM _sent ORDER BY n"
+    if rt.clickhouse.embedded:
+        with pytest.raises(TypeError, match="external data"):
+            rt.clickhouse.rows_with_table(sql, "_sent", "n Int64, s String, t DateTime('UTC')", rows)
+        return
+    got = rt.clickhouse.rows_with_table(sql, "_sent", "n Int64, s String, t DateTime('UTC')", rows)
+    assert [(n, s, t.replace(tzinfo=UTC)) for n, s, t in got] == [
+        (1, "a\tb", datetime(2026, 1, 2, 3, tzinfo=UTC)),
+        (2, "c\\nd\ne", datetime(2026, 1, 2, 4, tzinfo=UTC)),
+    ]
