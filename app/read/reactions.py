@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -99,8 +100,15 @@ class CacheFills:
     """
 
     def __init__(self, limit: int = 256) -> None:
+        self._limit = limit
+        self._start()
+        # A forked child (a prefork worker, a preloading web server) has none of its parent's threads: it starts its
+        # own.
+        os.register_at_fork(after_in_child=self._start)
+
+    def _start(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-fill")
-        self._slots = threading.BoundedSemaphore(limit)
+        self._slots = threading.BoundedSemaphore(self._limit)
 
     def submit(self, fill: Callable[[], object]) -> None:
         if not self._slots.acquire(blocking=False):

@@ -188,6 +188,29 @@ def test_reactions_fills_come_after_the_answer_and_overflow_runs_in_the_caller(
     assert clean.redis.hgetall(flags_key(1)) == {"100": "2"}
 
 
+def test_a_forked_child_gets_a_fill_thread_of_its_own(clean: Runtime) -> None:
+    """A prefork worker or a preloading web server forks after the parent filled through the fill thread: the
+    child's fills still run (it does not inherit a dead thread)."""
+    import multiprocessing
+
+    fills = CacheFills()
+    fills.submit(lambda: clean.redis.set("test:fill:parent", 1, ex=60))
+    fills.drain()
+
+    def child() -> None:
+        r = Runtime(clean.settings).redis  # its own connections
+        fills.submit(lambda: r.set("test:fill:child", 1, ex=60))
+        fills.drain()
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(20)
+    if process.is_alive():  # its fill never ran
+        process.kill()
+    assert process.exitcode == 0
+    assert clean.redis.get("test:fill:child") == "1"
+
+
 def test_cache_service_set_clear_populate(clean: Runtime) -> None:
     from app.read.reactions import UserReactionCacheService
 
