@@ -102,7 +102,7 @@ def recorded_generation(ch: ClickHouse) -> list[str]:
 def _mark_exact(ch: ClickHouse, generation: str, inserted_after: datetime, now: datetime) -> None:
     """Row ``SENTINEL``, written after a run's rows: the generation, and the position up to which rows are exact."""
     position = str(int(inserted_after.timestamp() * 1000))
-    ch.insert(TABLE, [[*SENTINEL, 1, [generation, position], now]], COLUMNS)
+    ch.insert(TABLE, [[*SENTINEL, 0, [generation, position], now]], COLUMNS)
 
 
 def snapshot_reactions(rt: Runtime, full: bool | None = None) -> JobReport:

@@ -222,12 +222,8 @@ class ClickHouse:
         if not values:
             return []
         if not self.embedded:
-            data = ExternalData(
-                file_name="_values", data="\n".join(map(str, values)).encode(), structure=f"v {type_}", fmt="TSV"
-            )
             query = sql.replace("{values}", "(SELECT v FROM _values)")
-            result: Any = self._run(lambda client: client.query(query, parameters=parameters, external_data=data))
-            return [tuple(row) for row in result.result_rows]
+            return self.rows_with_table(query, "_values", f"v {type_}", [(v,) for v in values], parameters)
         out: list[tuple[Any, ...]] = []
         for part in chunked(values, EMBEDDED_PARAM_CHUNK):
             bound = {**(parameters or {}), "_values": list(part)}
