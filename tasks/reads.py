@@ -7,12 +7,12 @@ from typing import Any
 
 from app.core import constants as c
 from app.core.ids import check_id, check_ids
-from app.read.excluded import list_excluded, set_excluded
 from app.read.history import metric_history
-from app.read.reaction_snapshot import current_reactions
-from app.read.snapshot import user_metrics
+from app.read.metrics_miss import user_metrics
+from app.read.reactions_miss import current_reactions
 from app.stores import migrations, runtime
 from app.stores.locks import redis_lock
+from app.write.excluded import list_excluded, set_excluded
 from tasks.base import project_task
 
 

@@ -18,10 +18,10 @@ import threading
 
 from billiard.process import current_process
 
-from app.caches.refresher import Refresher
 from app.stores import migrations, runtime
 from app.stores.locks import redis_lock
 from app.write.flusher import Flusher
+from app.write.refresher import Refresher
 
 log = logging.getLogger(__name__)
 

@@ -160,7 +160,7 @@ def wipe_clickhouse(rt: Runtime) -> None:
 def clean(rt: Runtime) -> Runtime:
     """A clean slate: empty cache database and empty ClickHouse tables."""
     from app.core import constants as c
-    from app.read.reactions import FILLS
+    from app.read.reactions_service import FILLS
 
     # Let the worker's refresher finish what an earlier test queued (it writes hashes before it unqueues them).
     deadline = time.monotonic() + 10
@@ -276,7 +276,7 @@ def wait_events(rt: Runtime, n: int, timeout_s: float = 20.0) -> None:
 
 def prime(rt: Runtime, *user_ids: int) -> None:
     """Put users' hashes in the cache (as a reader would), so that the write path must keep them current."""
-    from app.read.query import UserMetricsQueryService
+    from app.read.metrics_service import UserMetricsQueryService
 
     UserMetricsQueryService(rt).get_user_metrics(user_ids)
 

@@ -168,7 +168,7 @@ def read_noting(r: RedisClient, user_ids: Iterable[int], now_s: float) -> dict[i
 # fill lock from before it takes its snapshot version until after its write. Readers that miss the same user wait
 # for that result instead of querying too, and the flusher marks a user dirty while its lock is held even though no
 # hash exists yet: an event that lands after the snapshot's query began is then recomputed once the stale snapshot
-# is written (``app.caches.refresher``).
+# is written (``app.write.refresher``).
 _RELEASE_SCRIPT = """
 local n = 0
 for i, key in ipairs(KEYS) do
@@ -210,3 +210,53 @@ def release_fill_locks(r: RedisClient, user_ids: list[int], token: str) -> None:
     """Release the locks ``token`` holds among ``user_ids`` (another holder's lock is left alone)."""
     calls = [([fill_lock_key(uid) for uid in group], [token]) for group in per_slot(r, user_ids)]
     run_script(r, _RELEASE_SCRIPT, calls)
+
+
+# Only cached hashes are touched: a user without one gets everything on the next read anyway. Users and values come
+# as two comma-joined strings (a value '' deletes the field): two arguments however many users, cheap to send.
+_SET_FIELD_IF_CACHED = """
+local users, values = {}, {}
+for u in string.gmatch(ARGV[1], '[^,]+') do users[#users + 1] = u end
+for v in string.gmatch(ARGV[2] .. ',', '([^,]*),') do values[#values + 1] = v end
+local n = 0
+for i = 1, #users do
+  local key = KEYS[1] .. users[i]
+  if redis.call('EXISTS', key) == 1 then
+    if values[i] == '' then redis.call('HDEL', key, KEYS[2]) else redis.call('HSET', key, KEYS[2], values[i]) end
+    n = n + 1
+  end
+end
+return n
+"""
+_METRICS_PREFIX = c.USER_METRICS_KEY.removesuffix("{user_id}")
+# Cluster mode: KEYS are the hashes (one slot), ARGV[1] the field, then one value per hash.
+_SET_FIELD_IF_CACHED_KEYS = """
+local n = 0
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    local v = ARGV[i + 1]
+    if v == '' then redis.call('HDEL', KEYS[i], ARGV[1]) else redis.call('HSET', KEYS[i], ARGV[1], v) end
+    n = n + 1
+  end
+end
+return n
+"""
+CHUNK = 5000  # users per script call
+
+
+def set_field_if_cached(r: RedisClient, field: str, values: Mapping[int, str]) -> int:
+    """HSET ``field`` on the cached ``user:metrics`` hashes among ``values`` ('' deletes it); returns how many."""
+    if is_cluster(r):  # one call per slot, each naming its users' hashes
+        calls = [
+            ([keys.of_user(c.USER_METRICS_KEY, u) for u in group], [field, *(values[u] for u in group)])
+            for group in per_slot(r, values)
+        ]
+        return sum(int(n) for n in run_script(r, _SET_FIELD_IF_CACHED_KEYS, calls))
+    script = r.register_script(_SET_FIELD_IF_CACHED)
+    items = list(values.items())
+    done = 0
+    for i in range(0, len(items), CHUNK):
+        chunk = items[i : i + CHUNK]
+        users = ",".join(str(u) for u, _ in chunk)
+        done += int(script(keys=[_METRICS_PREFIX, field], args=[users, ",".join(v for _, v in chunk)]))
+    return done

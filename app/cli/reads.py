@@ -11,11 +11,11 @@ from app.cli.common import command_runtime, console, err, ids, parse_time, refus
 from app.cli.root import cli, excluded_cli
 from app.core.events import ReactionFlag
 from app.core.metrics import UserMetrics
-from app.read import excluded
 from app.read.history import METRICS as HISTORY_METRICS
-from app.read.query import UserMetricsQueryService
-from app.read.reactions import UserReactionQueryService
+from app.read.metrics_service import UserMetricsQueryService
+from app.read.reactions_service import UserReactionQueryService
 from app.read.sources import reaction_source
+from app.write import excluded
 
 
 @cli.command("user-metrics")

@@ -1,5 +1,5 @@
 """The metric model: what a user's numbers are, the engagement weights and score scale, and the SQL fragments that
-every query computing them shares (``app.read.metrics_query``, ``app.jobs.engagement``, ``app.read.history``).
+every query computing them shares (``app.derived.metrics_from_log``, ``app.jobs.engagement``, ``app.read.history``).
 
 Definitions (docs/architecture.md, "Metrics"): counts of state keys that are on (followers, following, uploads by
 type, reactions received), sums of additive events (downloads, generations) and the engagement score: the weighted

@@ -9,24 +9,23 @@ Scores live in ``engagementCurrent`` (a view keeps the trend in ``engagementTren
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from app.caches.metrics_cache import set_field_if_cached
 from app.core import failpoints
 from app.core.errors import TransientError
 from app.core.events import as_utc
 from app.core.metrics import ADDITIVE, EXCLUDED_USERS_SQL, OWNER_STATE_TYPES_SQL, SCORE_SCALE, WEIGHT_SQL, format_score
+from app.derived.changelog import ChangelogJob, Slice, run_on_changelog
+from app.derived.job_state import JobReport, load_state, save_state
+from app.derived.job_state import now as clock
 from app.jobs import engagement_sql as q
-from app.jobs.report import JobReport, load_state, save_state, set_field_if_cached
-from app.jobs.report import now as clock
 from app.stores.clickhouse import ClickHouse
 from app.stores.runtime import Runtime
 
-INFLIGHT_MARGIN = timedelta(seconds=10)  # inserts stamped this long before a run may still be landing
-ARRIVALS_KEPT = timedelta(days=6)  # eventArrivals keeps 7 (sql/0006)
 # Past this many changed keys an incremental run is no cheaper than a full one.
 INCREMENTAL_MAX_KEYS = 500_000
 
@@ -49,9 +48,7 @@ def _full_engagement(rt: Runtime, now: datetime, stamp: datetime) -> Scores:
     return scores, set(scores) | set(previous), previous
 
 
-def _incremental_engagement(
-    rt: Runtime, now: datetime, stamp: datetime, until: datetime, state: Mapping[str, str]
-) -> Scores | None:
+def _incremental_engagement(rt: Runtime, now: datetime, stamp: datetime, run: Slice) -> Scores | None:
     """Recompute the changed keys only and move their owners' scores by the difference; None: too many changes."""
     ch = rt.clickhouse
     failovers = ch.failovers
@@ -59,8 +56,8 @@ def _incremental_engagement(
         "since": now - rt.window,
         "stamp": stamp,
         "additive": ADDITIVE,
-        "inserted_after": datetime.fromisoformat(state["inserted_after"]),
-        "arrived_until": until,
+        "inserted_after": run.after,
+        "arrived_until": run.until,
         **rt.weights.params(),
     }
     for table in ("engagementChanged", "engagementNew", "engagementOld"):
@@ -87,18 +84,6 @@ def mark_phase(rt: Runtime, phase: str) -> None:
     save_state(rt.redis, "engagement", {"contrib": phase})
 
 
-def slice_end(ch: ClickHouse, engine_now: datetime) -> datetime:
-    """Where this run's changelog slice ends, on the engine's clock: now, or just before the start of the oldest
-    insert still running (server mode), whose rows carry its start time but are not all visible yet."""
-    if ch.embedded:
-        return engine_now
-    sql = q.INFLIGHT_INSERT_AGE_SQL
-    if ch.cluster is not None:  # an insert may be running on any node
-        sql = sql.replace("FROM system.processes", f"FROM clusterAllReplicas('{ch.cluster.name}', system.processes)")
-    running_s = float(ch.rows(sql)[0][0])
-    return engine_now - timedelta(seconds=running_s, milliseconds=1) if running_s > 0 else engine_now
-
-
 def take_stamp(ch: ClickHouse, now: datetime) -> datetime:
     """This run's version for what it writes: ``now``, or just above the newest earlier stamp or stored score when
     the clock stepped back (one run at a time: the job lock), recorded before anything is written."""
@@ -107,59 +92,72 @@ def take_stamp(ch: ClickHouse, now: datetime) -> datetime:
     return stamp
 
 
-def recompute_engagement(rt: Runtime, full: bool | None = None) -> JobReport:
-    """Engagement scores for the window. ``full=None`` decides; ``False`` still runs full when it must (first run,
-    excluded users or weights changed, contributions not in step with the scores after an interrupted run)."""
-    started = time.perf_counter()
-    r, ch = rt.redis, rt.clickhouse
-    now = clock(rt)
-    state = load_state(r, "engagement")
-    runs = int(state.get("runs", 0))
-    excluded_set, engine_now = ch.rows(q.EXCLUDED_SET_SQL)[0]
-    until = slice_end(ch, as_utc(engine_now))
-    weights = json.dumps(rt.weights.params(), sort_keys=True, default=str)
-    must = (
-        not state
-        or state.get("contrib") != "ok"
-        or state.get("excluded_set") != excluded_set
-        or state.get("weights") != weights
-        or datetime.fromisoformat(state.get("inserted_after", "1970-01-01T00:00:00+00:00"))
-        < until - ARRIVALS_KEPT  # arrivals since then are gone
-    )
-    if full is None:
-        full = must or runs % rt.settings.engagement_full_every == 0
-    full = full or must
-    stamp = take_stamp(ch, now)
-    result = None if full else _incremental_engagement(rt, now, stamp, until, state)
-    if result is None:
-        full = True
+class Engagement(ChangelogJob):
+    """The engagement job on the changelog (see the module's text)."""
+
+    name = "engagement"
+
+    def __init__(self, rt: Runtime) -> None:
+        self.now = clock(rt)
+        self.state = load_state(rt.redis, self.name)
+        self.runs = int(self.state.get("runs", 0))
+        self.weights = json.dumps(rt.weights.params(), sort_keys=True, default=str)
+        self.stamp: datetime | None = None
+
+    def position(self, rt: Runtime, engine_now: datetime) -> datetime | None:
+        after = self.state.get("inserted_after")
+        return datetime.fromisoformat(after) if after else None
+
+    def stale(self, rt: Runtime, run: Slice) -> bool:
+        return (
+            self.state.get("contrib") != "ok"
+            or self.state.get("excluded_set") != run.excluded_set
+            or self.state.get("weights") != self.weights
+        )
+
+    def incremental(self, rt: Runtime, run: Slice) -> JobReport | None:
+        result = _incremental_engagement(rt, self.now, self._stamp(rt), run)
+        return None if result is None else self._record(rt, run, "incremental", result)
+
+    def full(self, rt: Runtime, run: Slice) -> JobReport:
+        stamp = self._stamp(rt)
         mark_phase(rt, "writing")
-        scores, considered, previous = _full_engagement(rt, now, stamp)
-    else:
+        return self._record(rt, run, "full", _full_engagement(rt, self.now, stamp))
+
+    def _stamp(self, rt: Runtime) -> datetime:
+        if self.stamp is None:
+            self.stamp = take_stamp(rt.clickhouse, self.now)
+        return self.stamp
+
+    def _record(self, rt: Runtime, run: Slice, mode: str, result: Scores) -> JobReport:
         scores, considered, previous = result
-    changed = {u: scores.get(u, 0) for u in considered if scores.get(u, 0) != previous.get(u, 0)}
-    cached = _record_scores(rt, changed, stamp)
-    save_state(
-        r,
-        "engagement",
-        {
-            "runs": runs + 1,
-            "now": now.isoformat(),
-            # Inserts stamped up to a few seconds before now may still be landing; look back a little next time.
-            "inserted_after": (until - INFLIGHT_MARGIN).isoformat(),
-            "excluded_set": excluded_set,
-            "weights": weights,
-            "contrib": "ok",
-        },
-    )
-    return JobReport(
-        "recompute_engagement",
-        "full" if full else "incremental",
-        users=len(considered),
-        changed=len(changed),
-        cached_updated=cached,
-        seconds=time.perf_counter() - started,
-    )
+        changed = {u: scores.get(u, 0) for u in considered if scores.get(u, 0) != previous.get(u, 0)}
+        cached = _record_scores(rt, changed, self._stamp(rt))
+        save_state(
+            rt.redis,
+            self.name,
+            {
+                "runs": self.runs + 1,
+                "now": self.now.isoformat(),
+                "inserted_after": run.next_after.isoformat(),
+                "excluded_set": run.excluded_set,
+                "weights": self.weights,
+                "contrib": "ok",
+            },
+        )
+        return JobReport(
+            "recompute_engagement", mode, users=len(considered), changed=len(changed), cached_updated=cached
+        )
+
+
+def recompute_engagement(rt: Runtime, full: bool | None = None) -> JobReport:
+    """Engagement scores for the window. ``full=None`` decides (full every ``ENGAGEMENT_FULL_EVERY`` runs);
+    ``False`` still runs full when it must (first run, excluded users or weights changed, contributions not in step
+    with the scores after an interrupted run, arrivals expired)."""
+    job = Engagement(rt)
+    if full is None:
+        full = job.runs % rt.settings.engagement_full_every == 0
+    return run_on_changelog(rt, job, full)
 
 
 def _record_scores(rt: Runtime, changed: Mapping[int, int], stamp: datetime) -> int:

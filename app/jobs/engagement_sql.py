@@ -152,15 +152,6 @@ SCORES_FROM_CONTRIB_SQL = (
 )
 
 CURRENT_SCORES_SQL = "SELECT userId, score FROM engagementCurrent FINAL WHERE score != 0"
-# Server mode: how long the oldest insert still running has been running (0 when none). Its rows are stamped when
-# it started but land as it goes: a run's slice must end before that start, or a later run would look back too
-# little to see them (the embedded engine runs one statement at a time: no insert is ever in flight during a run).
-# Inserts of other databases on the same server (another deployment) do not hold this one back.
-INFLIGHT_INSERT_AGE_SQL = """
-SELECT coalesce(maxOrNull(elapsed), 0) FROM system.processes
-WHERE query_kind = 'Insert' AND current_database = currentDatabase()
-"""
-
 # This run's stamp (sql/0008): the job's clock, but above every earlier stamp and stored score, so that what this
 # run writes wins in the ReplacingMergeTrees even when the clock stepped back.
 STAMP_SQL = """
@@ -169,13 +160,4 @@ SELECT greatest(
     (SELECT max(stamp) FROM engagementRuns) + toIntervalMillisecond(1),
     (SELECT max(computedAt) FROM engagementCurrent) + toIntervalMillisecond(1)
 )
-"""
-
-# The effective excluded set, as an order-free fingerprint (and its size): any change to the set changes it, whatever
-# time a writer stamped on the change (``max(changedAt)`` missed a change stamped at or below the current maximum).
-# With the engine's clock, which bounds the changelog slice of this run.
-EXCLUDED_SET_SQL = """
-SELECT toString(groupBitXor(cityHash64(userId))) || '/' || toString(count()), now64(3, 'UTC')
-FROM excludedUsers FINAL
-WHERE excluded = 1
 """

@@ -7,10 +7,11 @@ import time
 import uuid
 from collections.abc import Mapping
 
+from app.caches.metrics_cache import CHUNK, set_field_if_cached
 from app.core import constants as c
 from app.core import keys
 from app.core.metrics import SCORE_SCALE
-from app.jobs.report import CHUNK, JobReport, set_field_if_cached
+from app.derived.job_state import JobReport
 from app.stores.redis_store import run_script
 from app.stores.runtime import Runtime
 

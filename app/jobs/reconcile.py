@@ -11,8 +11,8 @@ from datetime import datetime, timedelta
 from app.caches import metrics_cache
 from app.core import constants as c
 from app.core.metrics import UserMetrics
-from app.jobs.report import JobReport, load_state, now, save_state
-from app.read.metrics_query import compute_user_metrics
+from app.derived.job_state import JobReport, load_state, now, save_state
+from app.derived.metrics_from_log import compute_user_metrics
 from app.stores import counters
 from app.stores.redis_store import server_time_us
 from app.stores.runtime import Runtime

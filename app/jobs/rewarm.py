@@ -6,10 +6,11 @@ from __future__ import annotations
 import time
 
 from app.caches import metrics_cache, reactions_cache
-from app.caches.refresher import refresh_users
+from app.caches.metrics_cache import CHUNK
 from app.core import constants as c
-from app.jobs.report import CHUNK, JobReport
+from app.derived.job_state import JobReport
 from app.stores.runtime import Runtime
+from app.write.refresher import refresh_users
 
 
 def refresh_expiring_caches(rt: Runtime) -> JobReport:

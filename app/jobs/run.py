@@ -16,7 +16,7 @@ from typing import Any
 
 from app.core import constants as c
 from app.core import failpoints
-from app.jobs.report import JobReport
+from app.derived.job_state import JobReport
 from app.stores import counters
 from app.stores.locks import redis_lock
 from app.stores.redis_store import server_time_us

@@ -17,35 +17,21 @@ whole log, one family of keys at a time; it writes the cut last, and readers use
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from app.core import failpoints
 from app.core.events import REACTION_TYPES, STATE_TYPES, as_utc
 from app.core.metrics import EXCLUDED_USERS_SQL
-from app.jobs import engagement_sql
-from app.jobs.engagement import ARRIVALS_KEPT, INFLIGHT_MARGIN, slice_end
-from app.jobs.report import JobReport
+from app.derived import changelog
+from app.derived.changelog import ChangelogJob, Slice, run_on_changelog
+from app.derived.job_state import JobReport
+from app.derived.tables import TIMELINE_COLUMNS, TIMELINE_TABLE, cut_row, read_cut
 from app.stores.clickhouse import ClickHouse
 from app.stores.runtime import Runtime
 
-TABLE = "metricTimeline"
-COLUMNS = [
-    "subject",
-    "metric",
-    "kind",
-    "keyType",
-    "entityType",
-    "entityId",
-    "actor",
-    "hour",
-    "delta",
-    "note",
-    "version",
-]
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+TABLE, COLUMNS = TIMELINE_TABLE, TIMELINE_COLUMNS
 # Past this many rows a run rebuilds instead: an insert is applied whole only while the engine keeps it one block
 # (up to ``min_insert_block_size_rows``, about a million rows).
 INCREMENTAL_MAX_ROWS = 500_000
@@ -82,14 +68,6 @@ FROM (
     WHERE metricType IN {STATE_TYPES_SQL} AND {{where}}
     GROUP BY {_KEY}, hour
 )
-"""  # noqa: S608
-
-CUT_WHERE = "subject = 0 AND metric = '' AND kind = 'cut'"
-CUT_SQL = f"""
-SELECT argMax(delta, version), argMax(note, version), max(version)
-FROM {TABLE}
-WHERE {CUT_WHERE}
-HAVING count() > 0
 """  # noqa: S608
 
 # The keys of the changelog slice: their changes now, their stored changes, and the stored cells those touch.
@@ -162,65 +140,71 @@ FAMILIES = (["Follow"], ["Upload"], sorted(m.value for m in REACTION_TYPES.value
 Key = tuple[int, str, str, str, int, int]
 
 
-def read_cut(ch: ClickHouse) -> tuple[datetime, str, int] | None:
-    """The position the table is exact up to, the excluded set it was computed with, and its version."""
-    rows = ch.rows(CUT_SQL)
-    if not rows:
-        return None
-    cut_ms, note, version = rows[0]
-    return EPOCH + timedelta(milliseconds=int(cut_ms)), str(note), int(version)
+class Timeline(ChangelogJob):
+    """The timeline on the changelog (see the module's text): its position is the table's own cut."""
+
+    name = "timeline"
+
+    def __init__(self) -> None:
+        self.cut: tuple[datetime, str, int] | None = None
+        self.version = 0
+
+    def position(self, rt: Runtime, engine_now: datetime) -> datetime | None:
+        self.cut = read_cut(rt.clickhouse)
+        self.version = max(int(engine_now.timestamp() * 1000), (self.cut[2] + 1) if self.cut else 0)
+        return self.cut[0] - changelog.INFLIGHT_MARGIN if self.cut else None
+
+    def stale(self, rt: Runtime, run: Slice) -> bool:
+        return self.cut is not None and self.cut[1] != run.excluded_set
+
+    def full(self, rt: Runtime, run: Slice) -> JobReport:
+        keys = rebuild(rt.clickhouse, run.until, run.excluded_set, self.version)
+        return JobReport("update_timeline", "rebuild", changed=keys)
+
+    def incremental(self, rt: Runtime, run: Slice) -> JobReport | None:
+        ch, version, until, excluded_set = rt.clickhouse, self.version, run.until, run.excluded_set
+        params = run.params()
+        new: dict[Key, dict[datetime, int]] = defaultdict(dict)
+        old: dict[Key, dict[datetime, int]] = defaultdict(dict)
+        cells: dict[tuple[str, int, str, datetime], int] = {}
+        for src, subject, metric, key_type, entity_type, entity_id, actor, hour, delta in _diff_rows(ch, params):
+            key = (int(subject), str(metric), str(key_type), str(entity_type), int(entity_id), int(actor))
+            if src == "new":
+                new[key][as_utc(hour)] = int(delta)
+            elif src == "old":
+                old[key][as_utc(hour)] = int(delta)
+            else:
+                cells[(str(src), key[0], key[1], as_utc(hour))] = int(delta)
+        rows: list[list[Any]] = []
+        moved: dict[tuple[str, int, str, datetime], int] = defaultdict(int)
+        for key, changes in new.items():
+            stored = old.get(key, {})
+            for hour in changes.keys() | stored.keys():
+                now_delta, was = changes.get(hour, 0), stored.get(hour, 0)
+                if now_delta != was:
+                    rows.append([*key[:2], "key", *key[2:], hour, now_delta, "", version])
+                    moved[("cell", key[0], key[1], hour)] += now_delta - was
+                    moved[("day", key[0], key[1], hour.replace(hour=0))] += now_delta - was
+        for (kind, subject, metric, hour), change in moved.items():
+            if change:
+                total = cells.get((kind, subject, metric, hour), 0) + change
+                rows.append([subject, metric, kind, "", "", 0, 0, hour, total, "", version])
+        rows.append(cut_row(until, excluded_set, version))
+        if len(rows) > INCREMENTAL_MAX_ROWS:  # a bulk import: one insert must stay one block, whole or nothing
+            return None
+        failpoints.hit(failpoints.TIMELINE_BEFORE_INSERT)
+        ch.insert(TABLE, rows, COLUMNS)
+        return JobReport(
+            "update_timeline",
+            "incremental",
+            users=len({k[0] for k in new}),
+            changed=len(rows) - 1,
+        )
 
 
 def update_timeline(rt: Runtime, full: bool | None = None) -> JobReport:
-    started = time.perf_counter()
-    ch = rt.clickhouse
-    excluded_set, engine_now = ch.rows(engagement_sql.EXCLUDED_SET_SQL)[0]
-    engine_now = as_utc(engine_now)
-    until = slice_end(ch, engine_now)
-    cut = read_cut(ch)
-    version = max(int(engine_now.timestamp() * 1000), (cut[2] + 1) if cut else 0)
-    if full or cut is None or cut[1] != excluded_set or cut[0] < until - ARRIVALS_KEPT:
-        keys = rebuild(ch, until, str(excluded_set), version)
-        return JobReport("update_timeline", "rebuild", changed=keys, seconds=time.perf_counter() - started)
-    params = {"after": cut[0] - INFLIGHT_MARGIN, "until": until}
-    new: dict[Key, dict[datetime, int]] = defaultdict(dict)
-    old: dict[Key, dict[datetime, int]] = defaultdict(dict)
-    cells: dict[tuple[str, int, str, datetime], int] = {}
-    for src, subject, metric, key_type, entity_type, entity_id, actor, hour, delta in _diff_rows(ch, params):
-        key = (int(subject), str(metric), str(key_type), str(entity_type), int(entity_id), int(actor))
-        if src == "new":
-            new[key][as_utc(hour)] = int(delta)
-        elif src == "old":
-            old[key][as_utc(hour)] = int(delta)
-        else:
-            cells[(str(src), key[0], key[1], as_utc(hour))] = int(delta)
-    rows: list[list[Any]] = []
-    moved: dict[tuple[str, int, str, datetime], int] = defaultdict(int)
-    for key, changes in new.items():
-        stored = old.get(key, {})
-        for hour in changes.keys() | stored.keys():
-            now_delta, was = changes.get(hour, 0), stored.get(hour, 0)
-            if now_delta != was:
-                rows.append([*key[:2], "key", *key[2:], hour, now_delta, "", version])
-                moved[("cell", key[0], key[1], hour)] += now_delta - was
-                moved[("day", key[0], key[1], hour.replace(hour=0))] += now_delta - was
-    for (kind, subject, metric, hour), change in moved.items():
-        if change:
-            total = cells.get((kind, subject, metric, hour), 0) + change
-            rows.append([subject, metric, kind, "", "", 0, 0, hour, total, "", version])
-    rows.append(_cut_row(until, str(excluded_set), version))
-    if len(rows) > INCREMENTAL_MAX_ROWS:  # a bulk import: one insert must stay one block, whole or nothing
-        keys = rebuild(ch, until, str(excluded_set), version)
-        return JobReport("update_timeline", "rebuild", changed=keys, seconds=time.perf_counter() - started)
-    failpoints.hit(failpoints.TIMELINE_BEFORE_INSERT)
-    ch.insert(TABLE, rows, COLUMNS)
-    return JobReport(
-        "update_timeline",
-        "incremental",
-        users=len({k[0] for k in new}),
-        changed=len(rows) - 1,
-        seconds=time.perf_counter() - started,
-    )
+    """The timeline (see the module's text); ``full`` forces a rebuild."""
+    return run_on_changelog(rt, Timeline(), full)
 
 
 def _diff_rows(ch: ClickHouse, params: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -250,9 +234,5 @@ def rebuild(ch: ClickHouse, until: datetime, excluded_set: str, version: int) ->
     shares = 1 + keys // ROWS_PER_SHARE
     for share in range(shares):
         ch.command(REBUILD_CELLS_SQL, {"version": version, "share_count": shares, "share": share})
-    ch.insert(TABLE, [_cut_row(until, excluded_set, version)], COLUMNS)
+    ch.insert(TABLE, [cut_row(until, excluded_set, version)], COLUMNS)
     return keys
-
-
-def _cut_row(until: datetime, excluded_set: str, version: int) -> list[Any]:
-    return [0, "", "cut", "", "", 0, 0, EPOCH, int((until - EPOCH) / timedelta(milliseconds=1)), excluded_set, version]

@@ -130,7 +130,7 @@ def backfill(
 def _exclude_legacy_users(rt: Runtime, eng: Engine) -> int:
     excluded = excluded_legacy_users(eng)
     if excluded:
-        from app.read.excluded import set_excluded
+        from app.write.excluded import set_excluded
 
         by_reason: dict[str, list[int]] = {}
         for u, reason in excluded.items():
@@ -275,7 +275,7 @@ def reset_checkpoints(ch: ClickHouse) -> None:
 def warm_caches(rt: Runtime, eng: Engine, per_call: int = 2000) -> int:
     """Fill the metric caches of every legacy user (what the first reads after a cutover would do); returns how
     many users."""
-    from app.read.query import UserMetricsQueryService
+    from app.read.metrics_service import UserMetricsQueryService
 
     with eng.connect() as conn:
         ids = [int(u) for (u,) in conn.execute(select(User.id))]

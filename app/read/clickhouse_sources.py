@@ -11,9 +11,9 @@ from app.caches.reactions_cache import BitUpdate
 from app.core import constants as c
 from app.core.metrics import UserMetrics
 from app.read.history import HistoryPoint, metric_history
-from app.read.reaction_snapshot import current_reactions
-from app.read.reactions import ReactionSource
-from app.read.snapshot import user_metrics
+from app.read.metrics_miss import user_metrics
+from app.read.reactions_miss import current_reactions
+from app.read.reactions_service import ReactionSource
 from app.stores import clickhouse
 from app.stores.broker import through_worker
 from app.stores.runtime import Runtime

@@ -19,7 +19,7 @@ from app.core.metrics import UserMetrics
 from app.legacy.baseline import FIELDS, legacy_reactions, legacy_user_metrics
 from app.legacy.db import engine
 from app.read.clickhouse_sources import clickhouse_metrics_source, clickhouse_reaction_source
-from app.read.reactions import ReactionSource
+from app.read.reactions_service import ReactionSource
 from app.stores import counters
 from app.stores.runtime import Runtime
 

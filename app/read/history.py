@@ -26,9 +26,8 @@ from typing import Any
 from app.core.errors import ValidationError
 from app.core.events import ENGAGEMENT_SCALE, REACTION_TYPES, as_utc
 from app.core.metrics import EXCLUDED_USERS_SQL
-from app.jobs import engagement_sql
-from app.jobs.engagement import ARRIVALS_KEPT, INFLIGHT_MARGIN
-from app.jobs.timeline import CUT_WHERE, EPOCH
+from app.derived.changelog import ARRIVALS_KEPT, EPOCH, EXCLUDED_FINGERPRINT_SQL, INFLIGHT_MARGIN
+from app.derived.tables import CUT_WHERE
 from app.stores.clickhouse import ClickHouse, chunked
 
 INTERVALS = {"hour": "toStartOfHour", "day": "toStartOfDay", "week": "toMonday", "month": "toStartOfMonth"}
@@ -111,7 +110,7 @@ SELECT 'cut' AS part, toDateTime(0, 'UTC') AS at, argMax(delta, version) AS valu
 FROM metricTimeline WHERE {CUT_WHERE}
 UNION ALL
 SELECT 'excluded', toDateTime(0, 'UTC'), 0, fp, '', 0, 0
-FROM ({engagement_sql.EXCLUDED_SET_SQL.replace(", now64(3, 'UTC')", " AS fp")})
+FROM ({EXCLUDED_FINGERPRINT_SQL})
 UNION ALL
 SELECT 'delta', toDateTime({{bucket}}(hour), 'UTC') AS b, sum(d), '', '', 0, 0
 FROM (

@@ -15,7 +15,7 @@ from app.read.clickhouse_sources import (
     clickhouse_reaction_source,
     history_source,
 )
-from app.read.reactions import ReactionSource
+from app.read.reactions_service import ReactionSource
 from app.stores.runtime import Runtime
 
 __all__ = ["HistorySource", "MetricsSource", "history_source", "metrics_source", "reaction_source"]

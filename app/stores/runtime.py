@@ -45,7 +45,7 @@ class Runtime:
         self._lock = threading.Lock()
         self.weights = EngagementWeights.from_settings(settings.engagement_weights)
         self.window = timedelta(days=settings.engagement_window_days)
-        # The jobs' clock (``app.jobs.report.now``): Redis's, one for every worker; a test injects its own here.
+        # The jobs' clock (``app.derived.job_state.now``): Redis's, one for every worker; a test injects its own here.
         self.clock: Callable[[], datetime] | None = None
 
     @property

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import redis
 
 from app.caches import reactions_cache
-from app.caches.refresher import mark_dirty
 from app.core import constants as c
 from app.core.backoff import jittered_delay
 from app.core.errors import REDIS_DOWN, PermanentError, classify
@@ -32,6 +31,7 @@ from app.stores.clickhouse import insert_events
 from app.stores.runtime import Runtime
 from app.write import buffer, deadletters, event_ids, owners
 from app.write.buffer import Entry
+from app.write.refresher import mark_dirty
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from app.core import constants as c
 from app.core import failpoints, keys
 from app.core.paths import REPO
 from app.core.settings import Settings
-from app.read.query import UserMetricsQueryService
+from app.read.metrics_service import UserMetricsQueryService
 from app.stores import redis_cluster
 from app.stores.runtime import Runtime
 from app.write.producer import EventProducer
@@ -292,8 +292,8 @@ def test_hot_keys_written_by_two_worker_processes_stay_exact(shape: Shape) -> No
     both processes' flushers took part."""
     import random
 
-    from app import jobs
-    from app.read.reactions import UserReactionQueryService, latest_reactions
+    from app.jobs.reconcile import reconcile_caches
+    from app.read.reactions_service import UserReactionQueryService, latest_reactions
 
     reset(shape)
     reactions = UserReactionQueryService(
@@ -338,6 +338,6 @@ def test_hot_keys_written_by_two_worker_processes_stay_exact(shape: Shape) -> No
     assert shape.rt.redis.exists(flags_key(reactor))  # served from the cache the flushers kept
     flags = reactions.get_user_reactions(reactor, [image, late_image])
     assert dict(flags) == {i: oracle.reactions(reactor, i) for i in (image, late_image)}
-    assert jobs.reconcile_caches(shape.rt, sample=0).drift_ratio == 0.0
+    assert reconcile_caches(shape.rt, sample=0).drift_ratio == 0.0
     consumers: Any = shape.rt.redis.xinfo_consumers(c.EVENT_STREAM_KEY, c.EVENT_STREAM_GROUP)
     assert len(consumers) >= 2, consumers  # both worker processes' flushers read the buffer

@@ -21,7 +21,7 @@ from app.caches.metrics_cache import metrics_key
 from app.core import constants as c
 from app.core.paths import REPO
 from app.core.settings import Settings
-from app.read.query import UserMetricsQueryService
+from app.read.metrics_service import UserMetricsQueryService
 from app.stores import clickhouse_server
 from app.stores.broker import queue_stats
 from app.stores.clickhouse_server import ServerPaths

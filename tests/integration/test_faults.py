@@ -18,10 +18,10 @@ import redis
 from app.caches import metrics_cache
 from app.caches.metrics_cache import metrics_key
 from app.core import constants as c
-from app.read.excluded import list_excluded
-from app.read.query import UserMetricsQueryService
+from app.read.metrics_service import UserMetricsQueryService
 from app.stores.runtime import Runtime
 from app.write import buffer, deadletters
+from app.write.excluded import list_excluded
 from tests.raw import publish_raw
 from tests.stack import BROKER_IS_REDIS, BROKER_URL, prime, wait_drained, wait_until
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from app.caches import metrics_cache
 from app.caches.metrics_cache import metrics_key, version_key
 from app.core.errors import ValidationError
-from app.read.query import UserMetricsQueryService
+from app.read.metrics_service import UserMetricsQueryService
 from tests.oracle import E, Oracle
 from tests.stack import prime, wait_drained, wait_events, wipe_clickhouse
 

@@ -23,12 +23,12 @@ from app.core.events import Event, MetricType
 from app.core.ids import MAX_ID, check_id, check_ids
 from app.core.payloads import PAYLOADS
 from app.ops import schemas
-from app.read.excluded import list_excluded
-from app.read.query import UserMetricsQueryService
-from app.read.reactions import UserReactionCacheService, UserReactionQueryService, latest_reactions
+from app.read.metrics_service import UserMetricsQueryService
+from app.read.reactions_service import UserReactionCacheService, UserReactionQueryService, latest_reactions
 from app.stores.clickhouse import insert_events
 from app.stores.runtime import Runtime
 from app.write import deadletters, ingest
+from app.write.excluded import list_excluded
 
 WRAPS_TO_913 = 2**64 + 913  # 18446744073709552529: read as user 913 by an Int64 parameter
 RANGE = "1 to 2**63-1"

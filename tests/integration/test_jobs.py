@@ -17,7 +17,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
-from app import jobs
 from app.caches import metrics_cache
 from app.caches.metrics_cache import metrics_key
 from app.caches.reactions_cache import flags_key
@@ -25,9 +24,12 @@ from app.core import constants as c
 from app.core import keys
 from app.core.metrics import SCORE_SCALE, UserMetrics
 from app.core.paths import REPO
-from app.jobs.engagement import mark_phase
+from app.jobs.engagement import mark_phase, recompute_engagement
+from app.jobs.ranks import recompute_ranks
+from app.jobs.reconcile import reconcile_caches
+from app.jobs.rewarm import refresh_expiring_caches
 from app.ops.exporter import StatsCollector
-from app.read.query import UserMetricsQueryService
+from app.read.metrics_service import UserMetricsQueryService
 from app.stores.clickhouse import insert_events
 from app.stores.runtime import Runtime
 from tests.integration.test_read_properties import USERS, an_event, to_event
@@ -49,7 +51,7 @@ def test_engagement_full_and_incremental_match_the_oracle(clean, history, data):
     first, steps = history[:cut], [history[cut:cut2], history[cut2:]]
     insert_events(clean.clickhouse, [to_event(e) for e in first + first[:2]])  # with redeliveries
     UserMetricsQueryService(clean).get_user_metrics(USERS)  # cached hashes get the new scores
-    report = jobs.recompute_engagement(clean)
+    report = recompute_engagement(clean)
     assert report.mode == "full"
     seen = list(first)
     for step in [*steps, None]:
@@ -66,7 +68,7 @@ def test_engagement_full_and_incremental_match_the_oracle(clean, history, data):
             again = data.draw(st.lists(st.sampled_from(seen), max_size=3)) if seen else []
             insert_events(clean.clickhouse, [to_event(e) for e in step + again])
             seen += step
-            assert jobs.recompute_engagement(clean).mode == "incremental"
+            assert recompute_engagement(clean).mode == "incremental"
 
 
 def test_a_run_rereading_the_last_runs_arrivals_moves_no_score(clean: Runtime) -> None:
@@ -77,13 +79,13 @@ def test_a_run_rereading_the_last_runs_arrivals_moves_no_score(clean: Runtime) -
     from tests.oracle import E
 
     now = datetime.now(UTC) - timedelta(minutes=1)
-    assert jobs.recompute_engagement(clean).mode == "full"
+    assert recompute_engagement(clean).mode == "full"
     insert_events(clean.clickhouse, [to_event(E(str(uuid.uuid4()), "Image", 102, 1, 4, "ReactionLike", 1, now))])
-    assert jobs.recompute_engagement(clean).mode == "incremental"
+    assert recompute_engagement(clean).mode == "incremental"
     liked = {u: s for u, s in current_scores(clean).items() if s}
     assert list(liked) == [4] and liked[4] > 0
     insert_events(clean.clickhouse, [to_event(E(str(uuid.uuid4()), "User", 2, 1, 2, "Follow", -1, now))])
-    assert jobs.recompute_engagement(clean).mode == "incremental"  # its slice holds the like again
+    assert recompute_engagement(clean).mode == "incremental"  # its slice holds the like again
     assert {u: s for u, s in current_scores(clean).items() if s} == liked
 
 
@@ -92,8 +94,8 @@ def test_engagement_trend_is_recorded_and_unchanged_scores_are_not(clean: Runtim
 
     now = datetime.now(UTC)
     insert_events(clean.clickhouse, [to_event(E(str(uuid.uuid4()), "Image", 1, 2, 1, "Download", 3, now))])
-    jobs.recompute_engagement(clean)
-    jobs.recompute_engagement(clean)  # nothing changed: nothing recorded
+    recompute_engagement(clean)
+    recompute_engagement(clean)  # nothing changed: nothing recorded
     rows = clean.clickhouse.rows("SELECT userId, score FROM engagementTrend ORDER BY computedAt")
     assert rows == [(1, 3 * SCORE_SCALE)]
     points = UserMetricsQueryService(clean).get_user_metric_history(1, "engagementScore", now - timedelta(days=1))
@@ -112,18 +114,18 @@ def test_incremental_engagement_drops_keys_leaving_the_window_and_an_interrupted
     now = datetime.now(UTC)
     # One follow leaves the 30-day window three seconds from now, the other stays.
     insert_events(clean.clickhouse, [follow(2, now - clean.window + timedelta(seconds=3)), follow(3, now)])
-    assert jobs.recompute_engagement(clean).mode == "full"
+    assert recompute_engagement(clean).mode == "full"
     assert current_scores(clean)[7] == 2 * weight
     time.sleep(3.5)
-    assert jobs.recompute_engagement(clean).mode == "incremental"
+    assert recompute_engagement(clean).mode == "incremental"
     assert current_scores(clean)[7] == weight
     # A run that died between its two writes leaves contributions and scores apart: the next run is full.
     mark_phase(clean, "writing")
     insert_events(clean.clickhouse, [follow(4, datetime.now(UTC))])
-    assert jobs.recompute_engagement(clean, full=False).mode == "full"
+    assert recompute_engagement(clean, full=False).mode == "full"
     assert current_scores(clean)[7] == 2 * weight
     insert_events(clean.clickhouse, [follow(5, datetime.now(UTC))])
-    assert jobs.recompute_engagement(clean).mode == "incremental"
+    assert recompute_engagement(clean).mode == "incremental"
     assert current_scores(clean)[7] == 3 * weight
 
 
@@ -137,7 +139,7 @@ def test_ranks_follow_the_definition_with_ties_and_zeros(clean: Runtime) -> None
     service = UserMetricsQueryService(clean)
     service.get_user_metrics([1, 3, 4])  # cached hashes
     clean.redis.hset(metrics_key(3), "rank", "9")  # a stale rank: the user's score is now 0
-    report = jobs.recompute_ranks(clean)
+    report = recompute_ranks(clean)
     assert report.users == 4
     expected = {4: 1, 1: 2, 2: 3, 10: 4, 3: None}
     assert {u: service.get_user_rank(u) for u in expected} == expected
@@ -161,13 +163,13 @@ def test_rank_swap_is_atomic_under_concurrent_readers(clean: Runtime) -> None:
         clean.clickhouse.insert("engagementCurrent", rows, ["userId", "score", "computedAt"])
 
     load(sizes[0])
-    jobs.recompute_ranks(clean)
+    recompute_ranks(clean)
     reader = threading.Thread(target=read)
     reader.start()
     try:
         for i in range(4):
             load(sizes[(i + 1) % 2])
-            jobs.recompute_ranks(clean)
+            recompute_ranks(clean)
     finally:
         stop.set()
         reader.join()
@@ -181,15 +183,15 @@ def test_reconcile_repairs_corruption_and_a_flushed_redis(clean: Runtime) -> Non
     service = UserMetricsQueryService(clean)
     service.get_user_metrics([1, 2])
     clean.redis.hset(metrics_key(2), "followerCount", "999")  # a lost or doubled increment
-    report = jobs.reconcile_caches(clean, sample=10)
+    report = reconcile_caches(clean, sample=10)
     assert report.changed == 1 and report.users == 2 and report.drift_ratio == 0.5
     assert clean.redis.hget(metrics_key(2), "followerCount") == "2"
     assert float(clean.redis.hget(c.COUNTER_KEY, "reconcile_drift_ratio") or 0) == 0.5
     # After FLUSHALL: one cycle of the jobs and reads give correct values and a board again
     clean.redis.flushdb()
-    jobs.recompute_engagement(clean)
-    jobs.recompute_ranks(clean)
-    jobs.reconcile_caches(clean)
+    recompute_engagement(clean)
+    recompute_ranks(clean)
+    reconcile_caches(clean)
     assert service.get_user_metrics([2])[2].follower_count == 2
     assert clean.redis.zcard(keys.leaderboard()) == 2
 
@@ -204,7 +206,7 @@ def test_refresh_rewarms_hot_users_before_expiry_and_leaves_cold_ones(clean: Run
     clean.redis.expire(flags_key(2), 10)
     for key in (metrics_key(2), metrics_key(5)):
         clean.redis.pexpire(key, 2000)
-    report = jobs.refresh_expiring_caches(clean)
+    report = refresh_expiring_caches(clean)
     assert report.users == 1
     assert clean.redis.ttl(metrics_key(2)) > 3500 and clean.redis.ttl(flags_key(2)) > 600_000
     assert clean.redis.pttl(metrics_key(5)) <= 2000

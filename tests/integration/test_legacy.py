@@ -19,6 +19,7 @@ from sqlalchemy import Engine, delete, insert, select, update
 from app.caches.metrics_cache import metrics_key
 from app.core.events import Event, MetricType
 from app.core.settings import load_settings
+from app.derived.metrics_from_log import compute_user_metrics
 from app.legacy import db
 from app.legacy.baseline import legacy_user_metrics
 from app.legacy.models import ImageReaction, Model, ReviewReactions, User, UserEngagement
@@ -27,9 +28,8 @@ from app.migration.backfill import backfill, reset_checkpoints
 from app.migration.compare import compare
 from app.migration.seed import LegacySpec, seed
 from app.read.dual import wait_for_comparisons
-from app.read.metrics_query import compute_user_metrics
-from app.read.query import UserMetricsQueryService
-from app.read.reactions import latest_reactions
+from app.read.metrics_service import UserMetricsQueryService
+from app.read.reactions_service import latest_reactions
 from app.stores.clickhouse import insert_events
 from app.stores.runtime import Runtime
 from app.write.dual_write import after_commit

@@ -9,7 +9,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from app.core.events import Event, MetricType
-from app.read.metrics_query import compute_user_metrics
+from app.derived.metrics_from_log import compute_user_metrics
 from app.stores.clickhouse import insert_events
 from app.stores.runtime import Runtime
 from app.write import owners

@@ -11,12 +11,14 @@ from decimal import Decimal
 
 import pytest
 
-from app import jobs
-from app.caches import metrics_cache, refresher
+from app.caches import metrics_cache
 from app.core import failpoints
 from app.core.metrics import SCORE_SCALE
-from app.read.query import UserMetricsQueryService
+from app.jobs.engagement import recompute_engagement
+from app.jobs.reconcile import reconcile_caches
+from app.read.metrics_service import UserMetricsQueryService
 from app.stores.runtime import Runtime
+from app.write import refresher
 from app.write.producer import EventProducer
 from tests.stack import REDIS_CLUSTER, SERVER_MODE, wait_events, wait_until
 
@@ -48,7 +50,7 @@ def test_an_event_landing_during_a_cache_fill_reaches_the_cache_within_a_second(
     assert served[user].follower_count == 0  # the reader's snapshot predates the follow: the race happened
     wait_until(lambda: _cached_followers(rt, user) == 1, "the cached hash to count the follow", timeout_s=1.0)
     assert UserMetricsQueryService(rt).get_user_metrics([user])[user].follower_count == 1
-    assert jobs.reconcile_caches(rt, sample=0).drift_ratio == 0.0  # the safety net finds nothing to repair
+    assert reconcile_caches(rt, sample=0).drift_ratio == 0.0  # the safety net finds nothing to repair
 
 
 @pytest.mark.skipif(REDIS_CLUSTER, reason="replays the standalone mark script as it was before the fix")
@@ -70,7 +72,7 @@ def test_the_reconciler_catches_the_stale_fill_when_the_fill_lock_is_not_honoure
         UserMetricsQueryService(rt).get_user_metrics([user])
     time.sleep(1.0)  # the rule's second: nothing repairs the hash within it
     assert _cached_followers(rt, user) == 0
-    report = jobs.reconcile_caches(rt, sample=0)
+    report = reconcile_caches(rt, sample=0)
     assert report.drift_ratio > 0 and report.changed == 1
     assert _cached_followers(rt, user) == 1
 
@@ -105,14 +107,14 @@ def test_a_mark_by_a_process_whose_clock_is_behind_is_not_cleared_unseen(
         producer.record_follow(920_002, user)
         wait_until(lambda: held, "the refresher to take the user")
     wait_until(lambda: _cached_followers(rt, user) == 2, "the cached hash to count both follows", timeout_s=1.0)
-    assert jobs.reconcile_caches(rt, sample=0).drift_ratio == 0.0
+    assert reconcile_caches(rt, sample=0).drift_ratio == 0.0
 
 
 def test_an_exclusion_stamped_in_the_past_still_reaches_the_engagement_scores(clean: Runtime) -> None:
     """A writer whose clock is an hour behind excludes a user: its change is stamped below the newest one. The
     engagement job must still see that the excluded set changed (and run in full), or the user keeps counting."""
-    from app.read.excluded import set_excluded
     from app.stores.clickhouse import insert_events
+    from app.write.excluded import set_excluded
     from tests.integration.test_read_properties import to_event
     from tests.oracle import E
 
@@ -123,14 +125,14 @@ def test_an_exclusion_stamped_in_the_past_still_reaches_the_engagement_scores(cl
         rt.clickhouse, [to_event(E(str(uuid.uuid4()), "User", 7, actor, 7, "Follow", 1, now)) for actor in (2, 3)]
     )
     set_excluded(rt, [50], excluded=True, reason="stamped now")
-    assert jobs.recompute_engagement(rt).mode == "full"
+    assert recompute_engagement(rt).mode == "full"
     assert _score(rt, 7) == 2 * weight
     rt.clickhouse.insert(
         "excludedUsers",
         [(3, 1, "stamped by a clock an hour behind", now - timedelta(hours=1))],
         ["userId", "excluded", "reason", "changedAt"],
     )
-    assert jobs.recompute_engagement(rt).mode == "full"
+    assert recompute_engagement(rt).mode == "full"
     assert _score(rt, 7) == weight
 
 
@@ -157,17 +159,17 @@ def test_rows_of_an_insert_still_landing_during_a_run_are_counted_by_a_later_run
     """A long insert stamps its rows when it starts and lands them block by block (a backfill chunk, a slow
     server). An engagement run in the middle of it must end its changelog slice before the insert's start, or the
     next run's look-back would start after the rows still landing and never count them."""
-    from app.jobs import engagement
+    from app.derived import changelog
     from app.stores import clickhouse
     from app.stores.clickhouse import insert_events
     from tests.integration.test_read_properties import to_event
     from tests.oracle import E
 
-    monkeypatch.setattr(engagement, "INFLIGHT_MARGIN", timedelta(milliseconds=500))  # shorter than the insert
+    monkeypatch.setattr(changelog, "INFLIGHT_MARGIN", timedelta(milliseconds=500))  # shorter than the insert
     rt = clean
     weight = rt.weights.by_type.get("Follow", rt.weights.default)
     insert_events(rt.clickhouse, [to_event(E(str(uuid.uuid4()), "User", 7, 2, 7, "Follow", 1, datetime.now(UTC)))])
-    assert jobs.recompute_engagement(rt).mode == "full"
+    assert recompute_engagement(rt).mode == "full"
     ids = [str(uuid.uuid4()), str(uuid.uuid4())]
     other = clickhouse.connect(rt.settings)  # the slow insert on a connection of its own
     slow = threading.Thread(target=other.command, args=(_SLOW_INSERT_SQL, {"ids": ids}))
@@ -180,11 +182,11 @@ def test_rows_of_an_insert_still_landing_during_a_run_are_counted_by_a_later_run
             "the slow insert's first row",
             timeout_s=10,
         )
-        assert jobs.recompute_engagement(rt).mode == "incremental"  # the second row is still to land
+        assert recompute_engagement(rt).mode == "incremental"  # the second row is still to land
     finally:
         slow.join(30)
         other.close()
-    assert jobs.recompute_engagement(rt).mode == "incremental"
+    assert recompute_engagement(rt).mode == "incremental"
     assert _score(rt, 7) == 3 * weight
 
 
@@ -205,18 +207,18 @@ def test_a_clock_that_steps_back_cannot_make_an_older_score_win(
     monkeypatch.setattr(rt, "clock", lambda: next(readings))
     follow = E(str(uuid.uuid4()), "User", 7, 2, 7, "Follow", 1, now - timedelta(hours=2))
     insert_events(rt.clickhouse, [to_event(follow)])
-    assert jobs.recompute_engagement(rt, full=True).mode == "full"
+    assert recompute_engagement(rt, full=True).mode == "full"
     assert _score(rt, 7) == weight
     # The follow is taken back, then another user follows; the clock has stepped back an hour.
     unfollow = E(str(uuid.uuid4()), "User", 7, 2, 7, "Follow", 0, now - timedelta(hours=2) + timedelta(seconds=1))
     insert_events(rt.clickhouse, [to_event(unfollow)])
-    assert jobs.recompute_engagement(rt, full=True).mode == "full"
+    assert recompute_engagement(rt, full=True).mode == "full"
     assert _score(rt, 7) == 0
     rt.clickhouse.command("OPTIMIZE TABLE engagementCurrent FINAL")  # a merge keeps the newest version only
     assert _score(rt, 7) == 0
     other = E(str(uuid.uuid4()), "User", 7, 3, 7, "Follow", 1, now - timedelta(hours=2))
     insert_events(rt.clickhouse, [to_event(other)])
-    assert jobs.recompute_engagement(rt, full=False).mode == "incremental"
+    assert recompute_engagement(rt, full=False).mode == "incremental"
     assert _score(rt, 7) == weight
     stamps = [r[0] for r in rt.clickhouse.rows("SELECT stamp FROM engagementRuns ORDER BY stamp")]
     assert len(stamps) == 3 and stamps == sorted(set(stamps))
@@ -234,7 +236,7 @@ def test_rows_landing_in_the_middle_of_an_incremental_run_are_counted_once(clean
     now = datetime.now(UTC)
     sent = [E(str(uuid.uuid4()), "User", owner, 2, owner, "Follow", 1, now - timedelta(hours=3))]
     insert_events(rt.clickhouse, [to_event(e) for e in sent])
-    assert jobs.recompute_engagement(rt, full=True).mode == "full"
+    assert recompute_engagement(rt, full=True).mode == "full"
     arriving = [
         E(str(uuid.uuid4()), "User", owner, 3, owner, "Follow", 1, now - timedelta(hours=2)),
         E(str(uuid.uuid4()), "Model", 700, 4, owner, "Download", 1, now - timedelta(hours=2)),
@@ -252,12 +254,12 @@ def test_rows_landing_in_the_middle_of_an_incremental_run_are_counted_once(clean
             insert_events(rt.clickhouse, [to_event(e) for e in mid_run])
 
     with failpoints.armed(failpoints.ENGAGEMENT_MID_RUN, rows_land_now):
-        assert jobs.recompute_engagement(rt, full=False).mode == "incremental"
+        assert recompute_engagement(rt, full=False).mode == "incremental"
     assert landed
-    assert jobs.recompute_engagement(rt, full=False).mode == "incremental"
+    assert recompute_engagement(rt, full=False).mode == "incremental"
     oracle = Oracle(now=datetime.now(UTC))
     oracle.apply_all(sent + arriving + mid_run)
     expected = int(Decimal(str(oracle.metrics(owner)["engagementScore"])) * SCORE_SCALE)
     assert _score(rt, owner) == expected
-    assert jobs.recompute_engagement(rt, full=True).mode == "full"  # and a full run agrees
+    assert recompute_engagement(rt, full=True).mode == "full"  # and a full run agrees
     assert _score(rt, owner) == expected

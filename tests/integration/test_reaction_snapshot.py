@@ -14,13 +14,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app import jobs
 from app.caches.reactions_cache import BIT_OF, NO_VERSION
 from app.core import constants as c
 from app.core.events import MetricType
-from app.jobs import reaction_snapshot as job
-from app.read.reaction_snapshot import current_reactions, from_snapshot
-from app.read.reactions import FILLS, UserReactionQueryService, latest_reactions
+from app.derived import changelog
+from app.jobs import reactions_snapshot as job
+from app.jobs.derived_tables import snapshot_user_metrics
+from app.jobs.reactions_snapshot import snapshot_reactions
+from app.read.reactions_miss import current_reactions, from_snapshot
+from app.read.reactions_service import FILLS, UserReactionQueryService, latest_reactions
 from app.stores.clickhouse import insert_events
 from app.stores.runtime import Runtime
 from tests.integration.test_read_properties import REACTION_METRICS, to_event
@@ -37,7 +39,7 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 def no_margin(monkeypatch: pytest.MonkeyPatch) -> None:
     """No look-back margin: the embedded engine has no insert in flight, and a test's rows all arrive within seconds
     of a run (with the 10 s margin every image would count as changed and nothing came from the snapshot)."""
-    monkeypatch.setattr(job, "INFLIGHT_MARGIN", timedelta(0))
+    monkeypatch.setattr(changelog, "INFLIGHT_MARGIN", timedelta(0))
 
 
 @st.composite
@@ -84,10 +86,10 @@ def test_misses_served_from_the_snapshot_match_the_oracle(clean, no_margin, hist
     a, b = sorted(data.draw(st.lists(st.integers(0, len(delivery)), min_size=2, max_size=2)))
     first, middle, last = delivery[:a], delivery[a:b], delivery[b:]
     insert_events(clean.clickhouse, [to_event(e) for e in first])
-    assert jobs.snapshot_reactions(clean).mode == "full"
+    assert snapshot_reactions(clean).mode == "full"
     insert_events(clean.clickhouse, [to_event(e) for e in middle])
     if data.draw(st.booleans(), label="incremental run"):
-        report = jobs.snapshot_reactions(clean)
+        report = snapshot_reactions(clean)
         assert report.mode == "incremental" and report.changed == len({(e.user_id, e.entity_id) for e in middle})
         pending = last
     else:
@@ -120,11 +122,11 @@ def test_an_interrupted_full_run_resumes_and_readers_wait_for_it(
     history = [_like(u, 100 + u) for u in range(1, 7)]
     insert_events(rt.clickhouse, [to_event(e) for e in history])
     monkeypatch.setattr(job, "FULL_CHUNK_ROWS", 2)
-    monkeypatch.setattr(job, "BUDGET_SHARE", 0.0)  # out of budget after the first range
-    assert jobs.snapshot_reactions(rt).mode == "full (to be resumed)"
+    monkeypatch.setattr(changelog, "BUDGET_SHARE", 0.0)  # out of budget after the first range
+    assert snapshot_reactions(rt).mode == "full (to be resumed)"
     assert from_snapshot(rt, 1, [101]) == ({}, [101])
-    monkeypatch.setattr(job, "BUDGET_SHARE", 0.8)
-    report = jobs.snapshot_reactions(rt)
+    monkeypatch.setattr(changelog, "BUDGET_SHARE", 0.8)
+    report = snapshot_reactions(rt)
     assert report.mode == "full" and report.changed == 4  # users 3..6: the first range was users 1 and 2
     for u in range(1, 7):
         served, rest = from_snapshot(rt, u, [100 + u, 200])
@@ -137,12 +139,12 @@ def test_a_snapshot_table_lost_under_a_ready_state_is_not_read_as_no_reactions(c
     ready: readers go to the latest-state table, not serve zeros for the images without a row."""
     rt = clean
     insert_events(rt.clickhouse, [to_event(_like(1, 100))])
-    assert jobs.snapshot_reactions(rt).mode == "full"
+    assert snapshot_reactions(rt).mode == "full"
     assert from_snapshot(rt, 1, [100])[0][100][0].on
     rt.clickhouse.truncate("reactionSnapshot")
     assert from_snapshot(rt, 1, [100]) == ({}, [100])
     assert current_reactions(rt, 1, [100])[100][0].on
-    assert jobs.snapshot_reactions(rt).mode == "full"  # the job sees it too, and rebuilds
+    assert snapshot_reactions(rt).mode == "full"  # the job sees it too, and rebuilds
     assert from_snapshot(rt, 1, [100])[0][100][0].on
 
 
@@ -154,18 +156,18 @@ def test_misses_need_no_redis_and_a_full_run_restarted_under_readers_keeps_them_
     reaction arrived since is read from the latest-state table, during and after the run."""
     rt = clean
     insert_events(rt.clickhouse, [to_event(_like(1, 100)), to_event(_like(1, 101))])
-    assert jobs.snapshot_reactions(rt).mode == "full"
+    assert snapshot_reactions(rt).mode == "full"
     served, rest = from_snapshot(down_redis(rt), 1, [100, 101, 102])
     assert rest == [] and served[100][0].on and served[101][0].on and not served[102][0].on
-    rt.redis.delete(c.JOB_STATE_KEY.format(job=job.JOB))
+    rt.redis.delete(c.JOB_STATE_KEY.format(job=job.REACTIONS_JOB))
     insert_events(rt.clickhouse, [to_event(_like(1, 100, -1, NOW))])  # the like on 100 undone
-    monkeypatch.setattr(job, "BUDGET_SHARE", 0.0)  # out of budget after the first range
-    assert jobs.snapshot_reactions(rt).mode == "full (to be resumed)"
+    monkeypatch.setattr(changelog, "BUDGET_SHARE", 0.0)  # out of budget after the first range
+    assert snapshot_reactions(rt).mode == "full (to be resumed)"
     served, rest = from_snapshot(rt, 1, [100, 101])
     assert rest == [100] and served[101][0].on
     assert not current_reactions(rt, 1, [100, 101])[100][0].on and current_reactions(rt, 1, [101])[101][0].on
-    monkeypatch.setattr(job, "BUDGET_SHARE", 0.8)
-    assert jobs.snapshot_reactions(rt).mode in ("full", "incremental")
+    monkeypatch.setattr(changelog, "BUDGET_SHARE", 0.8)
+    assert snapshot_reactions(rt).mode in ("full", "incremental")
     served, rest = from_snapshot(rt, 1, [100, 101])
     assert rest == [] and not served[100][0].on and served[101][0].on
 
@@ -175,11 +177,11 @@ def test_a_late_event_older_than_the_snapshot_row_changes_nothing(clean: Runtime
     latest-state table until the next run, which rewrites the same row; the flags never go back."""
     rt = clean
     insert_events(rt.clickhouse, [to_event(_like(1, 100, 1, NOW))])
-    jobs.snapshot_reactions(rt)
+    snapshot_reactions(rt)
     insert_events(rt.clickhouse, [to_event(_like(1, 100, -1, NOW - timedelta(days=1)))])
     assert from_snapshot(rt, 1, [100]) == ({}, [100])
     assert current_reactions(rt, 1, [100])[100][0].on
-    assert jobs.snapshot_reactions(rt).changed == 1
+    assert snapshot_reactions(rt).changed == 1
     served, rest = from_snapshot(rt, 1, [100])
     assert rest == [] and served[100][0].on
 
@@ -187,6 +189,6 @@ def test_a_late_event_older_than_the_snapshot_row_changes_nothing(clean: Runtime
 def test_the_job_runs_with_the_snapshot_job(clean: Runtime, no_margin: Any) -> None:
     """``snapshot_user_metrics`` (the beat's task) keeps the reactions snapshot too."""
     insert_events(clean.clickhouse, [to_event(_like(2, 100))])
-    assert jobs.snapshot_user_metrics(clean).mode.endswith("reactions full")
-    assert jobs.snapshot_user_metrics(clean).mode.endswith("reactions incremental")
+    assert snapshot_user_metrics(clean).mode.endswith("reactions full")
+    assert snapshot_user_metrics(clean).mode.endswith("reactions incremental")
     assert from_snapshot(clean, 2, [100])[0][100][0].on

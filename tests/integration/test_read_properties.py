@@ -17,13 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.core.events import Event, MetricType
-from app.read.excluded import set_excluded
+from app.derived.metrics_from_log import compute_user_metrics
 from app.read.history import METRICS as HISTORY_METRICS
 from app.read.history import metric_history
-from app.read.metrics_query import compute_user_metrics
-from app.read.query import UserMetricsQueryService
-from app.read.reactions import latest_reactions
+from app.read.metrics_service import UserMetricsQueryService
+from app.read.reactions_service import latest_reactions
 from app.stores.clickhouse import insert_events
+from app.write.excluded import set_excluded
 from tests.oracle import E, Oracle
 from tests.stack import wipe_clickhouse
 

@@ -21,8 +21,8 @@ from app.core import constants as c
 from app.core import keys
 from app.core.events import Event, MetricType
 from app.core.metrics import UserMetrics
-from app.read.query import UserMetricsQueryService
-from app.read.reactions import FILLS, CacheFills, UserReactionQueryService, latest_reactions
+from app.read.metrics_service import UserMetricsQueryService
+from app.read.reactions_service import FILLS, CacheFills, UserReactionQueryService, latest_reactions
 from app.read.sources import metrics_source
 from app.stores.clickhouse import insert_events
 from app.stores.runtime import Runtime
@@ -212,7 +212,7 @@ def test_a_forked_child_gets_a_fill_thread_of_its_own(clean: Runtime) -> None:
 
 
 def test_cache_service_set_clear_populate(clean: Runtime) -> None:
-    from app.read.reactions import UserReactionCacheService
+    from app.read.reactions_service import UserReactionCacheService
 
     insert_events(clean.clickhouse, [reaction(4, 300, MetricType.REACTION_LAUGH)])
     cache = UserReactionCacheService(clean.redis)

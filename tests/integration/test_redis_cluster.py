@@ -20,19 +20,19 @@ from typing import Any
 import pytest
 import redis
 
-from app.caches import metrics_cache, reactions_cache, refresher
+from app.caches import metrics_cache, reactions_cache
+from app.caches.metrics_cache import set_field_if_cached
 from app.caches.reactions_cache import BitUpdate
 from app.core import keys
 from app.core.events import Event, MetricType
 from app.core.metrics import UserMetrics
 from app.core.settings import Settings
 from app.jobs.ranks import recompute_ranks
-from app.jobs.report import set_field_if_cached
-from app.read.query import UserMetricsQueryService
+from app.read.metrics_service import UserMetricsQueryService
 from app.stores import redis_cluster
 from app.stores.clickhouse import insert_events
 from app.stores.runtime import Runtime
-from app.write import buffer
+from app.write import buffer, refresher
 from tests.stack import wipe_clickhouse
 
 pytestmark = pytest.mark.skipif(

@@ -14,7 +14,7 @@ import pytest
 
 from app.core.paths import REPO
 from app.core.settings import Settings
-from app.read.metrics_query import compute_user_metrics
+from app.derived.metrics_from_log import compute_user_metrics
 from tests.stack import CLICKHOUSE_SERVER, ROOT, clickhouse_env, process_env, wait_events
 
 needs_server = pytest.mark.skipif(CLICKHOUSE_SERVER is None, reason="no ClickHouse server configured")

@@ -78,7 +78,7 @@ def test_simulate_drives_traffic_through_the_task_path(clean, run_cli):  # type:
     assert deadletters.count(clean.redis) == 0
     assert clean.clickhouse.rows("SELECT count() > 250 FROM entityMetricEvents") == [(1,)]
     # The cached hashes of the primed (most popular) users equal a fresh computation.
-    from app.read.metrics_query import compute_user_metrics
+    from app.derived.metrics_from_log import compute_user_metrics
 
     fresh = compute_user_metrics(clean.clickhouse, [1, 2, 3], weights=clean.weights, window=clean.window)
     cached = metrics_cache.read(clean.redis, [1, 2, 3])

@@ -14,12 +14,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app import jobs
-from app.jobs import snapshot as snapshot_job
-from app.read.excluded import set_excluded
-from app.read.snapshot import current_user_metrics, from_snapshot
+from app.derived import changelog
+from app.jobs import metrics_snapshot as snapshot_job
+from app.jobs.metrics_snapshot import snapshot_metrics
+from app.read.metrics_miss import current_user_metrics, from_snapshot
 from app.stores.clickhouse import insert_events
 from app.stores.runtime import Runtime
+from app.write.excluded import set_excluded
 from tests.integration.test_read_properties import USERS, an_event, assert_metrics, oracle_at, to_event, users
 from tests.oracle import E
 from tests.stack import wipe_clickhouse
@@ -29,7 +30,7 @@ from tests.stack import wipe_clickhouse
 def no_margin(monkeypatch: pytest.MonkeyPatch) -> None:
     """No look-back margin: the embedded engine has no insert in flight, and a test's rows all arrive within
     seconds of a run (with the 10 s margin every user would count as changed and nothing came from the snapshot)."""
-    monkeypatch.setattr(snapshot_job, "INFLIGHT_MARGIN", timedelta(0))
+    monkeypatch.setattr(changelog, "INFLIGHT_MARGIN", timedelta(0))
 
 
 def _touched(events: list[E]) -> set[int]:
@@ -48,10 +49,10 @@ def test_misses_served_from_the_snapshot_match_the_oracle(clean, no_margin, hist
     excluded = set(data.draw(st.lists(users, max_size=1), label="excluded before"))
     set_excluded(clean, excluded, excluded=True, reason="test")
     insert_events(clean.clickhouse, [to_event(e) for e in first])
-    assert jobs.snapshot_metrics(clean).mode == "full"
+    assert snapshot_metrics(clean).mode == "full"
     insert_events(clean.clickhouse, [to_event(e) for e in middle])
     if data.draw(st.booleans(), label="incremental run"):
-        report = jobs.snapshot_metrics(clean)
+        report = snapshot_metrics(clean)
         assert report.mode == "incremental" and report.changed >= len(_touched(middle) & set(USERS))
         pending = last
     else:
@@ -86,7 +87,7 @@ def test_the_score_drops_on_schedule_as_counting_events_leave_the_window(
     inside = E(str(uuid.uuid4()), "Model", 200, 1, owner, "Download", 1, edge)
     later = E(str(uuid.uuid4()), "Model", 200, 2, owner, "Download", 2, edge + timedelta(days=1))
     insert_events(rt.clickhouse, [to_event(inside), to_event(later)])
-    assert jobs.snapshot_metrics(rt).mode == "full"
+    assert snapshot_metrics(rt).mode == "full"
     served, rest = from_snapshot(rt, [owner])
     assert rest == [] and served[owner].engagement_score == 3  # 1 + 2 (Download weight 1)
     time.sleep(2.5)  # the first download leaves the window
@@ -96,7 +97,7 @@ def test_the_score_drops_on_schedule_as_counting_events_leave_the_window(
     time.sleep(2.0)  # past the row's horizon: computed in full until the next run
     assert from_snapshot(rt, [owner]) == ({}, [owner])
     assert current_user_metrics(rt, [owner])[owner].engagement_score == 2
-    report = jobs.snapshot_metrics(rt)
+    report = snapshot_metrics(rt)
     assert report.mode == "incremental" and report.users == 1
     served, rest = from_snapshot(rt, [owner])
     assert rest == [] and served[owner].engagement_score == 2
@@ -114,11 +115,11 @@ def test_an_interrupted_full_run_resumes_and_readers_wait_for_it(
         [to_event(E(str(uuid.uuid4()), "User", u, 1, u, "Follow", 1, now)) for u in range(2, 7)],
     )
     monkeypatch.setattr(snapshot_job, "USERS_PER_QUERY", 2)
-    monkeypatch.setattr(snapshot_job, "BUDGET_SHARE", 0.0)  # out of budget after the first batch
-    assert jobs.snapshot_metrics(rt).mode == "full (to be resumed)"
+    monkeypatch.setattr(changelog, "BUDGET_SHARE", 0.0)  # out of budget after the first batch
+    assert snapshot_metrics(rt).mode == "full (to be resumed)"
     assert from_snapshot(rt, [2, 3]) == ({}, [2, 3])
-    monkeypatch.setattr(snapshot_job, "BUDGET_SHARE", 0.8)
-    report = jobs.snapshot_metrics(rt)
+    monkeypatch.setattr(changelog, "BUDGET_SHARE", 0.8)
+    report = snapshot_metrics(rt)
     assert report.mode == "full" and report.users == 4  # users 1..6 minus the first batch (1, 2)
     served, rest = from_snapshot(rt, [1, 2, 6, 7])
     assert rest == [] and served[2].follower_count == 1 and served[1].following_count == 5
@@ -133,12 +134,12 @@ def test_a_snapshot_table_lost_under_a_ready_state_is_not_read_as_users_with_not
     rt = clean
     at = datetime.now(UTC) - timedelta(hours=1)
     insert_events(rt.clickhouse, [to_event(E(str(uuid.uuid4()), "User", 2, 1, 2, "Follow", 1, at))])
-    assert jobs.snapshot_metrics(rt).mode == "full"
+    assert snapshot_metrics(rt).mode == "full"
     assert from_snapshot(rt, [1, 2])[0][2].follower_count == 1
     rt.clickhouse.truncate("userMetricsSnapshot")
     assert from_snapshot(rt, [1, 2]) == ({}, [1, 2])
     assert current_user_metrics(rt, [2])[2].follower_count == 1
-    assert jobs.snapshot_metrics(rt).mode == "full"  # the job sees it too, and rebuilds
+    assert snapshot_metrics(rt).mode == "full"  # the job sees it too, and rebuilds
     assert from_snapshot(rt, [2])[0][2].follower_count == 1
 
 
@@ -148,10 +149,10 @@ def test_a_bulk_of_changed_users_makes_the_run_full(
     """A backfill changes most users at once: the run goes full (budgeted and resumable) instead of incremental."""
     rt = clean
     at = datetime.now(UTC) - timedelta(hours=1)
-    assert jobs.snapshot_metrics(rt).mode == "full"
+    assert snapshot_metrics(rt).mode == "full"
     monkeypatch.setattr(snapshot_job, "INCREMENTAL_MAX_USERS", 2)
     insert_events(rt.clickhouse, [to_event(E(str(uuid.uuid4()), "User", 2, 1, 2, "Follow", 1, at))])
-    assert jobs.snapshot_metrics(rt).mode == "incremental"  # two users changed
+    assert snapshot_metrics(rt).mode == "incremental"  # two users changed
     insert_events(rt.clickhouse, [to_event(E(str(uuid.uuid4()), "User", u, 1, u, "Follow", 1, at)) for u in (3, 4)])
-    assert jobs.snapshot_metrics(rt).mode == "full"  # three
+    assert snapshot_metrics(rt).mode == "full"  # three
     assert from_snapshot(rt, [1, 2, 3, 4])[0][1].following_count == 3

@@ -12,13 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import app.jobs.timeline as timeline
 import app.read.history as history_module
 from app.core import failpoints
+from app.derived import changelog
 from app.jobs.timeline import update_timeline
-from app.read.excluded import set_excluded
 from app.read.history import metric_history
 from app.stores.clickhouse import insert_events
+from app.write.excluded import set_excluded
 from tests.integration.test_read_properties import NOW, USERS, an_event, oracle_at, to_event, users
 from tests.oracle import E
 from tests.stack import wipe_clickhouse
@@ -82,7 +82,7 @@ def test_history_from_the_timeline_matches_the_oracle(clean, history, data):  # 
     # And after the next run, read from the cells alone (no in-flight margin: no key counts as changed)
     mp = pytest.MonkeyPatch()
     try:
-        mp.setattr(timeline, "INFLIGHT_MARGIN", timedelta(0))
+        mp.setattr(changelog, "INFLIGHT_MARGIN", timedelta(0))
         mp.setattr(history_module, "INFLIGHT_MARGIN", timedelta(0))
         changed_set = bool(excluded) and not exclude_first
         assert update_timeline(clean).mode == ("rebuild" if changed_set else "incremental")

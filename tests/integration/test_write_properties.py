@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from app.caches import metrics_cache
 from app.caches.metrics_cache import metrics_key
 from app.core.events import derive_event_id
-from app.read.metrics_query import compute_user_metrics
-from app.read.reactions import FILLS, UserReactionQueryService, latest_reactions
+from app.derived.metrics_from_log import compute_user_metrics
+from app.read.reactions_service import FILLS, UserReactionQueryService, latest_reactions
 from app.stores.runtime import Runtime
 from tests.oracle import E, Oracle
 from tests.stack import prime, wait_drained, wait_events, wipe_clickhouse

@@ -20,7 +20,7 @@ from app.caches import metrics_cache
 from app.core import constants as c
 from app.core import failpoints
 from app.core.backoff import jittered_delay
-from app.read.metrics_query import compute_user_metrics
+from app.derived.metrics_from_log import compute_user_metrics
 from app.stores.redis_store import RedisClient, is_cluster, server_time_us
 from app.stores.runtime import Runtime
 

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from app.caches.refresher import mark_dirty
 from app.core import constants as c
 from app.core.events import as_utc
 from app.core.ids import check_ids
 from app.stores import broker, clickhouse
 from app.stores.clickhouse import ClickHouse
 from app.stores.runtime import Runtime
+from app.write.refresher import mark_dirty
 
 _AFFECTED_SQL = """
 SELECT DISTINCT ownerId FROM entityMetricEvents

@@ -1,5 +1,5 @@
 """A user's reactions on a page of images on a cache miss: the reactions snapshot where it is exact, the latest-state
-table for the rest (``app.jobs.reaction_snapshot``).
+table for the rest (``app.jobs.reactions_snapshot``).
 
 One multi-get reads, for each image of the page, the job's state row and the view's arrival mark, and the row that
 says up to which changelog position the rows are exact (sql/0011). An image is served from the snapshot when that
@@ -14,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from app.caches.reactions_cache import ALL_BITS, NO_VERSION, BitUpdate
-from app.jobs.reaction_snapshot import BITS, SENTINEL, TABLE, table_sql
-from app.read.reactions import latest_reactions
+from app.derived.tables import BITS, REACTIONS_SENTINEL, REACTIONS_TABLE, reactions_sql
+from app.read.reactions_service import latest_reactions
 from app.stores.runtime import Runtime
 
 READ_SQL = f"""
-SELECT userId, imageId, flags, versions, toUnixTimestamp64Milli(computedAt) FROM {TABLE}
+SELECT userId, imageId, flags, versions, toUnixTimestamp64Milli(computedAt) FROM {REACTIONS_TABLE}
 WHERE userId IN {{users:Array(Int64)}} AND imageId IN {{images:Array(Int64)}}
 """  # noqa: S608
 
@@ -41,9 +41,9 @@ def from_snapshot(rt: Runtime, user_id: int, images: Sequence[int]) -> tuple[dic
     ch = rt.clickhouse
     # The page's state rows (user, image), their marks (-user, image) and the position row (0, 0): one multi-get of
     # 3 x (1 + the page) keys (a smaller key set than marks under negative image ids would make).
-    params = {"users": [SENTINEL[0], user_id, -user_id], "images": [SENTINEL[1], *images]}
-    rows = ch.rows(table_sql(READ_SQL, ch), params)
-    exact_until = [int(v[1]) for u, i, _, v, _ in rows if (u, i) == SENTINEL and len(v) > 1]
+    params = {"users": [REACTIONS_SENTINEL[0], user_id, -user_id], "images": [REACTIONS_SENTINEL[1], *images]}
+    rows = ch.rows(reactions_sql(READ_SQL, ch), params)
+    exact_until = [int(v[1]) for u, i, _, v, _ in rows if (u, i) == REACTIONS_SENTINEL and len(v) > 1]
     if not exact_until:  # no full run has finished on this table: read everything from the latest-state table
         return {}, list(images)
     arrived = {int(i) for u, i, _, _, at in rows if u == -user_id and int(at) > exact_until[0]}

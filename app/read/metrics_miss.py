@@ -5,7 +5,7 @@ One round trip reads the users' snapshot rows, which of them had rows arrive sin
 and the current excluded set's fingerprint. A user is served from the snapshot when the snapshot is complete
 (``ready``), was computed with this reader's weights and window and with the current excluded set, nothing of the
 user arrived since, and its ``validUntil`` is ahead. A user without a row is a user with nothing to count (a full
-run wrote a row for every user with an event, and any later event is an arrival). See ``app.jobs.snapshot``.
+run wrote a row for every user with an event, and any later event is an arrival). See ``app.jobs.metrics_snapshot``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any
 
 from app.core.errors import REDIS_DOWN
 from app.core.metrics import SCORE_SCALE, UserMetrics
-from app.jobs import engagement_sql
-from app.jobs.report import load_state
-from app.jobs.snapshot import JOB, SENTINEL_USER, basis, snapshot_sql
-from app.read.metrics_query import USERS_PER_QUERY, compute_user_metrics
+from app.derived.changelog import EXCLUDED_FINGERPRINT_SQL
+from app.derived.job_state import load_state
+from app.derived.metrics_from_log import USERS_PER_QUERY, compute_user_metrics
+from app.derived.tables import METRICS_JOB, SENTINEL_USER, metrics_basis, metrics_sql
 from app.stores.clickhouse import chunked
 from app.stores.runtime import Runtime
 
@@ -44,7 +44,7 @@ FROM (
 WHERE u IN {{users:Array(Int64)}}
 UNION ALL
 SELECT 'excluded', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, fp
-FROM ({engagement_sql.EXCLUDED_SET_SQL.replace(", now64(3, 'UTC')", " AS fp")})
+FROM ({EXCLUDED_FINGERPRINT_SQL})
 """  # noqa: S608
 
 
@@ -67,17 +67,17 @@ def current_user_metrics(rt: Runtime, user_ids: Sequence[int]) -> dict[int, User
 def from_snapshot(rt: Runtime, users: Sequence[int]) -> tuple[dict[int, UserMetrics], list[int]]:
     """The users the snapshot serves exactly, and the others."""
     try:
-        state = load_state(rt.redis, JOB)
+        state = load_state(rt.redis, METRICS_JOB)
     except REDIS_DOWN:  # the job's state is unknown: compute everything, as without the snapshot
         return {}, list(users)
-    if not users or state.get("ready") != "1" or state.get("basis") != basis(rt):
+    if not users or state.get("ready") != "1" or state.get("basis") != metrics_basis(rt):
         return {}, list(users)
     served: dict[int, UserMetrics] = {}
     rest: list[int] = []
     now = datetime.now(UTC)  # the instant the engagement window ends at, as in the full computation
     now_ms = int(now.timestamp() * 1000)
     after = datetime.fromisoformat(state["inserted_after"])
-    sql = snapshot_sql(READ_SQL, rt.clickhouse)
+    sql = metrics_sql(READ_SQL, rt.clickhouse)
     for part in chunked(users, USERS_PER_QUERY):
         rows = rt.clickhouse.rows(sql, {"users": [SENTINEL_USER, *part], "after": after, "now": now})
         generation = [int(r[10]) for r in rows if r[0] == "row" and int(r[1]) == SENTINEL_USER]
