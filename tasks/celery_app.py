@@ -2,7 +2,8 @@
 
 Its settings come from the environment once per process (``settings``). The task modules are listed in
 ``include``: a worker imports them when it starts; any other process only sends tasks by name (through
-``app.stores.broker.client_app``). The worker's consumer, write path and signals are in ``tasks.worker``.
+``app.stores.broker.client_app``). The worker's consumer is ``tasks.consumer``; its write path and process
+signals are ``tasks.write_path``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from celery import Celery
 
 from app.core.settings import load_settings
 from tasks.config import celery_config
-from tasks.worker import WriteStep
+from tasks.write_path import WriteStep
 
 TASK_MODULES = ("tasks.events", "tasks.reads", "tasks.maintenance", "tasks.bench")
 

@@ -22,6 +22,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Small tasks: a modest prefetch keeps the pool busy without hoarding messages a peer could run.
         "worker_prefetch_multiplier": settings.worker_prefetch,
         "worker_send_task_events": settings.task_events,
-        "worker_consumer": "tasks.worker:DeadLetteringConsumer",
+        "worker_consumer": "tasks.consumer:DeadLetteringConsumer",
         "beat_schedule": beat_schedule(settings),
     }

@@ -7,7 +7,7 @@ into a dead letter with its raw body (size-capped) and reason; good items are de
 
 It also records on each message the queue it was really popped from (``delivery_info["queue"]``): the routing
 key inside a Redis message is whatever the producer wrote, so the worker's queue-isolation check
-(``tasks.worker``) uses this instead.
+(``tasks.consumer``) uses this instead.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ What readers need to know lives in the table itself, so that a miss is one multi
 (``inserted_after``, ms) up to which every key's row is exact. Every run writes it after its rows. A table without
 it (never finished, or lost and recreated) is not read. A full run started under an earlier one's row (the job's
 state lost, a forced run) leaves that row in place until it finishes: the row's position stays true, since the run
-only rewrites rows with the latest state, and keys that arrived after that position are read from ``stateByActor`` anyway.
+only rewrites rows with the latest state, and keys that arrived after that position are read from
+``stateByActor`` anyway.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from app.core.metrics import SCORE_SCALE, EngagementWeights, UserMetrics, format
 from app.core.settings import Settings
 from app.jobs.ranks import ranked
 from app.write.ingest import parse
-from tasks.worker import body_problem, headers_problem, queue_tasks
+from tasks.consumer import body_problem, headers_problem, queue_tasks
 
 
 @given(parent=st.uuids(), name=st.text(max_size=40))

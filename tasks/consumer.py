@@ -1,6 +1,4 @@
-"""The worker's parts: its consumer (below), its write path (``WriteStep``) and its process signals.
-
-The consumer: every message on every queue ends as a task run or as a dead letter with its reason.
+"""The worker's consumer: every message on every queue ends as a task run or as a dead letter with its reason.
 
 Celery's consumer builds a task request from a message before any task code runs. Some bodies break that step
 (``[1]`` or ``{"follower_id": 1}`` instead of the ``[args, kwargs, embed]`` triple): the error escapes the
@@ -20,16 +18,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from celery import bootsteps, signals
-from celery.concurrency import prefork
 from celery.worker.consumer import Consumer
 from kombu.message import Message
 
-from app.core import failpoints
-from app.ops import exporter
-from app.stores import broker, runtime
+from app.stores import runtime
 from app.write import deadletters
-from tasks.writer import PoolChildWriter, WriteThreads, ensure_schema
 
 log = logging.getLogger(__name__)
 
@@ -173,61 +166,3 @@ class DeadLetteringConsumer(Consumer):
     def on_invalid_task(self, body: Any, message: Message, exc: Exception) -> None:
         self.dead_letter(message, f"invalid task message: {exc}", exc)
         super().on_invalid_task(body, message, exc)
-
-
-# -- The write path and the process signals ---------------------------------------------------------------------
-class WriteStep(bootsteps.StartStopStep):
-    """Brings the schema up to date, then runs the write path (``tasks.writer``): threads beside a thread pool,
-    in the first child of a prefork pool."""
-
-    requires = ("celery.worker.components:Pool",)
-
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        if _is_prefork(parent.pool_cls):
-            PoolChildWriter.prepare(parent.hostname)  # before the pool forks: its children inherit it
-
-    def start(self, worker: Any) -> None:
-        rt = runtime.get()
-        ensure_schema(rt)
-        if not _is_prefork(worker.pool_cls):
-            # StartStopStep stops (or terminates) ``self.obj`` when the worker shuts down.
-            self.obj = WriteThreads(worker.hostname)
-            self.obj.start()
-        exporter.serve(rt, rt.settings.metrics_port)
-
-
-def _is_prefork(pool_cls: Any) -> bool:
-    return isinstance(pool_cls, type) and issubclass(pool_cls, prefork.TaskPool)
-
-
-@signals.worker_init.connect
-def _restore_unacknowledged(**_: Any) -> None:
-    """Embedded mode: this worker owns the ClickHouse data path, so no other worker consumes its broker. Messages
-    a killed worker had taken but not acknowledged go back to their queues now, not after the broker's visibility
-    timeout (an hour). Server mode: RabbitMQ requeues them when the dead worker's connection drops; with a Redis
-    broker they come back after ``BROKER_VISIBILITY_TIMEOUT_S`` (README, Reliability)."""
-    settings = runtime.get().settings
-    if not settings.clickhouse_embedded:
-        return
-    try:
-        restored = broker.restore_unacked(broker.broker_url(settings))
-    except Exception:
-        log.exception("could not restore unacknowledged broker messages; they return after the visibility timeout")
-        return
-    if restored:
-        log.warning("restored %d unacknowledged broker messages of a worker that died", restored)
-
-
-@signals.worker_process_init.connect
-def _init_process(**_: Any) -> None:
-    rt = runtime.get()
-    if rt.settings.failpoints:
-        failpoints.enable_remote(rt.settings.failpoints.split(","), lambda: runtime.get().redis)
-    PoolChildWriter.child_started()
-
-
-@signals.worker_process_shutdown.connect
-def _close_process(**_: Any) -> None:
-    PoolChildWriter.child_exiting()
-    runtime.install(None)
