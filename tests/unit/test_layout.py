@@ -1,5 +1,6 @@
-"""The layout keeps the architecture readable: no import cycles, ``app`` never imports ``tasks``, no private name
-used outside its module, no module over 400 lines, and the README's module map names every module."""
+"""The layout keeps the architecture readable: packages import only packages below them in the design document's
+package order, no import cycles, ``app`` never imports ``tasks``, no private name used outside its module, no
+module over 400 lines, and the design document's module map names every module."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import pytest
 from app.core.paths import REPO
 
 MAX_LINES = 400
+DESIGN = REPO / "docs" / "architecture.md"
+TOP_PACKAGES = ("app", "tasks", "bench")
 
 
 def _modules() -> dict[str, Path]:
     out = {}
-    for package in ("app", "tasks"):
+    for package in TOP_PACKAGES:
         for path in sorted((REPO / package).rglob("*.py")):
             name = ".".join(path.relative_to(REPO).with_suffix("").parts)
             out[name.removesuffix(".__init__")] = path
@@ -36,6 +39,30 @@ def _imports(name: str, path: Path) -> Iterator[tuple[str, str]]:
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             for alias in node.names:
                 yield node.module, alias.name
+
+
+def _section(title: str) -> str:
+    return DESIGN.read_text().split(f"### {title}", 1)[1].split("\n#", 1)[0]
+
+
+def _layers() -> list[list[str]]:
+    """The package order of the design document: its first fenced block under "Package order", one layer per line,
+    the top first; packages on a line are separated by "·", and what follows two spaces is a comment."""
+    block = _section("Package order").split("```", 2)[1]
+    layers = []
+    for line in block.splitlines()[1:]:
+        names = line.split("  ", 1)[0].strip()
+        if names and names != "↓":
+            layers.append([n.strip().removesuffix("/").removesuffix(".py").replace("/", ".") for n in names.split("·")])
+    return layers
+
+
+def _package(module: str) -> str:
+    """``app.read.history`` -> ``app.read``; ``app.producer`` -> ``app.producer``; ``tasks.base`` -> ``tasks``."""
+    parts = module.split(".")
+    if parts[0] != "app":
+        return parts[0]
+    return ".".join(parts[:2])
 
 
 def _graph() -> dict[str, set[str]]:
@@ -83,6 +110,25 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def test_every_package_has_one_place_in_the_package_order() -> None:
+    placed = [p for layer in _layers() for p in layer]
+    packages = {_package(m) for m in MODULES if m != "app"}
+    assert sorted(p for p in set(placed) if placed.count(p) > 1) == []
+    assert sorted(packages - set(placed)) == [] and sorted(set(placed) - packages) == []
+
+
+def test_packages_import_only_packages_below_them() -> None:
+    level = {p: i for i, layer in enumerate(_layers()) for p in layer}
+    offenders = sorted(
+        f"{name} -> {target}"
+        for name, targets in _graph().items()
+        if name != "app"
+        for target in targets
+        if _package(target) != _package(name) and level[_package(target)] <= level[_package(name)]
+    )
+    assert offenders == []
+
+
 def test_no_import_cycles() -> None:
     assert _cycles(_graph()) == []
 
@@ -113,10 +159,8 @@ def test_modules_stay_small(name: str) -> None:
     assert len(MODULES[name].read_text().splitlines()) <= MAX_LINES
 
 
-def test_the_readme_module_map_names_every_module() -> None:
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## Module map", 1)[1].split("\n## ", 1)[0]
-    named = set(re.findall(r"`((?:app|tasks)/[\w/]+\.py)`", section))
+def test_the_design_documents_module_map_names_every_module() -> None:
+    named = set(re.findall(r"`((?:app|tasks|bench)/[\w/]+\.py)`", _section("Module map")))
     files = {str(p.relative_to(REPO)) for p in MODULES.values() if p.name != "__init__.py"}
     assert sorted(files - named) == [] and sorted(named - files) == []
 
