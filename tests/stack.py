@@ -42,7 +42,7 @@ def with_db(url: str, db: int) -> str:
 
 def _private_redis_url() -> str:
     from app.core.settings import Settings
-    from app.stores import embedded_redis
+    from app.local import embedded_redis
 
     url, pid = embedded_redis.start(Settings(DATA_DIR=str(_ROOT / "embedded")))
     atexit.register(embedded_redis.stop, pid)

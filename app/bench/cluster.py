@@ -2,7 +2,7 @@
 in the same run.
 
 Both shapes run here on loopback: one local server, and the local cluster of 2 shards x 2 replicas
-(``app.stores.clickhouse_cluster``, replication "distributed": every insert is written to both replicas of its
+(``app.local.clickhouse_cluster``, replication "distributed": every insert is written to both replicas of its
 shard). Each gets the same generated event log in a database of its own, then:
 - inserts: events per second in batches of 500 (every materialized view included), for a fixed time;
 - metrics misses: 100 random users computed from the aggregate tables (no cache, no snapshot), p50 and p99;
@@ -23,9 +23,10 @@ from app.bench.capacity import insert_rate
 from app.bench.dataset import DatasetSpec, generate
 from app.core.metrics import EngagementWeights
 from app.core.settings import Settings
-from app.read.metrics_query import compute_user_metrics
-from app.read.reactions import latest_reactions
-from app.stores import clickhouse, clickhouse_cluster, clickhouse_server, migrations
+from app.derived.metrics_from_log import compute_user_metrics
+from app.local import clickhouse_cluster, clickhouse_server
+from app.read.reactions_service import latest_reactions
+from app.stores import clickhouse, migrations
 from app.stores.clickhouse import ClickHouse
 
 DATABASE = "usermetrics_bench_cluster"

@@ -23,7 +23,7 @@ import redis
 from app.core import constants as c
 from app.core.paths import REPO
 from app.core.settings import Settings
-from app.stores import embedded_redis
+from app.local import embedded_redis
 from app.stores.clickhouse import ClickHouse
 from app.stores.runtime import Runtime
 

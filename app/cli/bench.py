@@ -50,7 +50,7 @@ def _bench_server(url: str | None, start: bool) -> Iterator[str | None]:
     if url is not None or not start:
         yield url
         return
-    from app.stores import clickhouse_server
+    from app.local import clickhouse_server
 
     paths = clickhouse_server.ServerPaths(load_settings().data_path / "bench" / "server")
     try:

@@ -16,7 +16,8 @@ from rich.markup import escape
 from app.core.errors import PermanentError
 from app.core.ids import check_ids
 from app.core.settings import load_settings
-from app.stores import broker, clickhouse, embedded_redis, runtime
+from app.local import embedded_redis
+from app.stores import broker, clickhouse, runtime
 from app.stores.runtime import Runtime
 from app.write.producer import EventProducer
 

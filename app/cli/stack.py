@@ -26,7 +26,7 @@ def run() -> None:
 
 
 def _server_paths() -> Any:
-    from app.stores.clickhouse_server import ServerPaths
+    from app.local.clickhouse_server import ServerPaths
 
     return ServerPaths(load_settings().data_path / "clickhouse-server")
 
@@ -37,11 +37,12 @@ def server_start(
     tcp_port: Annotated[int, typer.Option(help="native protocol port (0: as for --http-port)")] = 0,
 ) -> None:
     """Start (or find running) a ClickHouse server on loopback; prints the CLICKHOUSE_URL to use."""
-    from app.stores import clickhouse_server
+    from app.local import clickhouse_server
+    from app.local.process import LocalServiceError
 
     try:
         url = clickhouse_server.start(_server_paths(), http_port, tcp_port)
-    except clickhouse_server.ServerError as exc:
+    except LocalServiceError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from exc
     print(f"{url}/{load_settings().clickhouse_database}")
@@ -50,7 +51,7 @@ def server_start(
 @server_cli.command("stop")
 def server_stop() -> None:
     """Stop the local ClickHouse server (its data stays under DATA_DIR/clickhouse-server)."""
-    from app.stores import clickhouse_server
+    from app.local import clickhouse_server
 
     print("stopped" if clickhouse_server.stop(_server_paths()) else "not running")
 
@@ -58,7 +59,7 @@ def server_stop() -> None:
 @server_cli.command("status")
 def server_status() -> None:
     """Print the local server's URL, or exit 1 when it is not running."""
-    from app.stores import clickhouse_server
+    from app.local import clickhouse_server
 
     url = clickhouse_server.status(_server_paths())
     if url is None:
@@ -70,12 +71,12 @@ def server_status() -> None:
 @redis_cluster_cli.command("start")
 def redis_cluster_start() -> None:
     """Start (or find running) a local Redis Cluster under DATA_DIR/redis-cluster; prints the REDIS_URL to use."""
-    from app.core.errors import PermanentError
-    from app.stores import redis_cluster
+    from app.local import redis_cluster
+    from app.local.process import LocalServiceError
 
     try:
         print(redis_cluster.start(load_settings()))
-    except PermanentError as exc:
+    except LocalServiceError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from exc
 
@@ -83,7 +84,7 @@ def redis_cluster_start() -> None:
 @redis_cluster_cli.command("stop")
 def redis_cluster_stop() -> None:
     """Stop the local Redis Cluster and remove its data."""
-    from app.stores import redis_cluster
+    from app.local import redis_cluster
 
     redis_cluster.stop(load_settings())
     print("stopped")
@@ -96,11 +97,12 @@ def clickhouse_cluster_start(
 ) -> None:
     """Start (or find running) a local ClickHouse cluster under DATA_DIR/clickhouse-cluster; prints the settings
     that point the project at it, as shell exports (eval "$(python -m app clickhouse-cluster start)")."""
-    from app.stores import clickhouse_cluster, clickhouse_server
+    from app.local import clickhouse_cluster
+    from app.local.process import LocalServiceError
 
     try:
         env = clickhouse_cluster.start(load_settings(), shards, replicas)
-    except clickhouse_server.ServerError as exc:
+    except LocalServiceError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from exc
     for key, value in env.items():
@@ -110,7 +112,7 @@ def clickhouse_cluster_start(
 @clickhouse_cluster_cli.command("stop")
 def clickhouse_cluster_stop() -> None:
     """Stop the local ClickHouse cluster and ZooKeeper, and remove their data."""
-    from app.stores import clickhouse_cluster
+    from app.local import clickhouse_cluster
 
     print("stopped" if clickhouse_cluster.stop(load_settings()) else "not running")
 
@@ -118,7 +120,7 @@ def clickhouse_cluster_stop() -> None:
 @clickhouse_cluster_cli.command("status")
 def clickhouse_cluster_status() -> None:
     """Print the settings of the running local cluster, or exit 1 when a node is not answering."""
-    from app.stores import clickhouse_cluster
+    from app.local import clickhouse_cluster
 
     env = clickhouse_cluster.running(load_settings())
     if env is None:

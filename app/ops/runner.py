@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 from app.core import constants as c
 from app.core.settings import Settings
-from app.stores import clickhouse, embedded_redis
+from app.local import embedded_redis
+from app.stores import clickhouse
 
 CELERY = [sys.executable, "-m", "celery", "-A", "tasks.celery_app:celery_app"]
 STOP_TIMEOUT_S = 15.0

@@ -8,12 +8,15 @@ pipeline (one round trip per node). Standalone Redis takes every user in one cal
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import redis
 
 from app.core import keys
 from app.core.settings import Settings
+
+if TYPE_CHECKING:
+    from redis.cluster import RedisCluster
 
 RedisClient = redis.Redis
 T = TypeVar("T", int, str)
@@ -27,8 +30,6 @@ def is_cluster_url(url: str) -> bool:
 
 def connect(url: str, settings: Settings) -> RedisClient:
     if is_cluster_url(url):
-        from app.stores.redis_cluster import connect_cluster
-
         keys.use_cluster(True)
         return cast(RedisClient, connect_cluster(url, settings.redis_timeout_s))
     return redis.Redis.from_url(
@@ -37,6 +38,22 @@ def connect(url: str, settings: Settings) -> RedisClient:
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
         health_check_interval=30,
+    )
+
+
+def connect_cluster(url: str, timeout_s: float) -> RedisCluster:
+    """A ``RedisCluster`` client for a ``redis+cluster://`` (or ``rediss+cluster://``) URL."""
+    from redis.backoff import ExponentialBackoff
+    from redis.cluster import RedisCluster
+    from redis.retry import Retry
+
+    plain = url.replace("+cluster://", "://", 1)
+    return RedisCluster.from_url(
+        plain,
+        decode_responses=True,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=8),  # rides through a failover
     )
 
 

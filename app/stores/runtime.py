@@ -16,7 +16,8 @@ from datetime import datetime, timedelta
 from app.core.errors import TransientError
 from app.core.metrics import EngagementWeights
 from app.core.settings import Settings, load_settings
-from app.stores import clickhouse, embedded_redis, redis_store
+from app.local import embedded_redis
+from app.stores import clickhouse, redis_store
 from app.stores.clickhouse import ClickHouse
 from app.stores.redis_store import RedisClient
 

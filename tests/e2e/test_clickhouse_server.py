@@ -9,8 +9,8 @@ from pathlib import Path
 import clickhouse_connect
 import pytest
 
-from app.stores import clickhouse_server
-from app.stores.clickhouse_server import ServerPaths
+from app.local import clickhouse_server
+from app.local.clickhouse_server import ServerPaths
 
 pytestmark = [
     pytest.mark.e2e,

@@ -33,7 +33,7 @@ from kombu import Connection, Exchange, Queue
 from app.bench.harness import task_body, task_headers, worker_argv
 from app.core.paths import REPO
 from app.core.settings import Settings
-from app.stores import embedded_redis
+from app.local import embedded_redis, process
 from app.stores.broker import queue_stats
 from tests.stack import AMQP_URL, BASE_REDIS_URL, ROOT, SERVER_MODE, process_env, rabbitmq_up, wait_until, with_db
 from tests.stack import BROKER_URL as SESSION_BROKER_URL
@@ -257,7 +257,7 @@ def test_cache_redis_outage_requeues_messages_instead_of_dropping_them(tmp_path:
         wait_until(lambda: _ingested(cache) >= N_FOLLOWS, "the first batch", 60)
         cache.flushdb()
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: not embedded_redis.pid_alive(pid), "redis-server to die", 10)
+        wait_until(lambda: not process.pid_alive(pid), "redis-server to die", 10)
         # During the outage: every message fails, retries, and goes back to its queue.
         _publish_all(n_downloads=N_DOWNLOADS)
         time.sleep(6)

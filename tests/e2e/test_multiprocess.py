@@ -28,8 +28,8 @@ from app.core import constants as c
 from app.core import failpoints, keys
 from app.core.paths import REPO
 from app.core.settings import Settings
+from app.local import redis_cluster
 from app.read.metrics_service import UserMetricsQueryService
-from app.stores import redis_cluster
 from app.stores.runtime import Runtime
 from app.write.producer import EventProducer
 from tasks.config import celery_config

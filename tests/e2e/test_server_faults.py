@@ -21,10 +21,10 @@ from app.caches.metrics_cache import metrics_key
 from app.core import constants as c
 from app.core.paths import REPO
 from app.core.settings import Settings
+from app.local import clickhouse_server
+from app.local.clickhouse_server import ServerPaths
 from app.read.metrics_service import UserMetricsQueryService
-from app.stores import clickhouse_server
 from app.stores.broker import queue_stats
-from app.stores.clickhouse_server import ServerPaths
 from app.stores.runtime import Runtime
 from tests.e2e.test_multiprocess import CELERY, purge
 from tests.stack import (

@@ -27,9 +27,9 @@ import requests
 
 from app.core.paths import REPO
 from app.core.settings import Settings
+from app.local import embedded_redis
+from app.local.process import pid_alive
 from app.ops.runner import Backoff
-from app.stores import embedded_redis
-from app.stores.embedded_redis import pid_alive
 from tests.e2e.test_stack_e2e import _free_port, _processes_with
 
 

@@ -24,7 +24,8 @@ from app.core.errors import ClickHouseUnavailable, TransientError
 from app.core.metrics import EngagementWeights
 from app.core.settings import Settings
 from app.derived.metrics_from_log import compute_user_metrics
-from app.stores import clickhouse, clickhouse_cluster, clickhouse_server, migrations
+from app.local import clickhouse_cluster, clickhouse_server
+from app.stores import clickhouse, migrations
 from app.stores.clickhouse import ClickHouse, insert_events
 from app.stores.cluster_schema import SHARDING_KEYS
 from tests.integration.test_read_properties import assert_metrics, to_event

@@ -28,8 +28,8 @@ from app.core.events import Event, MetricType
 from app.core.metrics import UserMetrics
 from app.core.settings import Settings
 from app.jobs.ranks import recompute_ranks
+from app.local import redis_cluster
 from app.read.metrics_service import UserMetricsQueryService
-from app.stores import redis_cluster
 from app.stores.clickhouse import insert_events
 from app.stores.runtime import Runtime
 from app.write import buffer, refresher

@@ -12,12 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +21,13 @@ from urllib.parse import urlsplit
 import redis
 
 from app.core.settings import Settings
+from app.local import process
+from app.local.process import LocalServiceError
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 10.0
+STOP_GRACE_S = 10.0
 # How long a restart waits for the previous port to be released before it moves to another one.
 PORT_WAIT_S = 3.0
 
@@ -73,24 +71,6 @@ def running_url(settings: Settings) -> str | None:
     return url if _alive(url) else None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _port_is_free(port: int) -> bool:
-    """Whether a server could listen on ``port``. SO_REUSEADDR as redis-server sets it: connections of a server
-    that just died linger in TIME_WAIT on its port without preventing a new server from listening there."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 def recorded_port(settings: Settings) -> int | None:
     """The port of the last embedded server under ``DATA_DIR`` (its URL, else the port file), if any."""
     with contextlib.suppress(OSError, ValueError):
@@ -104,34 +84,12 @@ def _choose_port(settings: Settings, wait_s: float = PORT_WAIT_S) -> int:
     previous = recorded_port(settings)
     if previous is not None:
         # A killed server's forked child (an AOF rewrite in progress) can hold the listening socket a moment longer.
-        deadline = time.monotonic() + wait_s
-        while True:
-            if _port_is_free(previous):
-                return previous
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-    port = _free_port()
+        if process.wait_until(lambda: process.port_is_free(previous), wait_s, poll_s=0.1):
+            return previous
+    port = process.free_port()
     if previous is not None:
         log.warning("embedded redis-server: port %d (used before) is taken; moving to port %d", previous, port)
     return port
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` is running (a zombie is dead; one that is our child is reaped here)."""
-    with contextlib.suppress(ChildProcessError):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError, IndexError):
-        # /proc/PID/stat: "pid (comm) state ..."; comm may contain spaces or parentheses.
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return True
 
 
 def start(settings: Settings) -> tuple[str, int]:
@@ -142,11 +100,11 @@ def start(settings: Settings) -> tuple[str, int]:
     started = _launch(state, port)
     if started is None and port == recorded_port(settings):
         # Taken between the check and the server's bind (it exits at once, without a pid file): a new port.
-        fresh = _free_port()
+        fresh = process.free_port()
         log.warning("embedded redis-server: could not listen on port %d; moving to port %d", port, fresh)
         port, started = fresh, _launch(state, fresh)
     if started is None:
-        raise RuntimeError(f"embedded redis-server did not start; see {state / 'redis.log'}")
+        raise LocalServiceError(f"embedded redis-server did not start; see {state / 'redis.log'}")
     url, pid = started
     _url_file(settings).write_text(url)
     _port_file(settings).write_text(f"{port}\n")
@@ -158,60 +116,43 @@ def _launch(state: Path, port: int) -> tuple[str, int] | None:
     """Start a server on ``port``; ``(url, pid)``, or None if it never listened (no pid file: the port was taken)."""
     pidfile = state / "redis.pid"
     pidfile.unlink(missing_ok=True)
-    args = [
-        redis_binary(),
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dir",
-        str(state),
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "everysec",
-        "--save",
-        "",
-        "--daemonize",
-        "yes",
-        "--pidfile",
-        str(pidfile),
-        "--logfile",
-        str(state / "redis.log"),
-    ]
-    subprocess.run(args, check=True, stdout=subprocess.DEVNULL)  # noqa: S603 - fixed argv, no shell
+    process.daemonize(
+        [
+            redis_binary(),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(state),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--daemonize",
+            "yes",
+            "--pidfile",
+            str(pidfile),
+            "--logfile",
+            str(state / "redis.log"),
+        ]
+    )
     url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not _alive(url):
-        if time.monotonic() > deadline:
-            if pidfile.exists():  # listening but not answering yet (e.g. loading a large AOF): not a port problem
-                raise RuntimeError(f"embedded redis-server did not answer in time; see {state / 'redis.log'}")
-            return None
-        time.sleep(0.05)
-    return url, _read_pid(pidfile)
+    if not process.wait_until(lambda: _alive(url), START_TIMEOUT_S):
+        if pidfile.exists():  # listening but not answering yet (e.g. loading a large AOF): not a port problem
+            raise LocalServiceError(f"embedded redis-server did not answer in time; see {state / 'redis.log'}")
+        return None
+    # It answers before it has written its pid file: wait a little for the file.
+    if not process.wait_until(lambda: process.read_pid(pidfile) is not None, START_TIMEOUT_S, poll_s=0.02):
+        raise LocalServiceError(f"embedded redis-server wrote no pid file at {pidfile}")
+    return url, int(pidfile.read_text().strip())
 
 
-def _read_pid(pidfile: Path) -> int:
-    """The daemon's pid: it answers before it has written its pid file, so wait a little for the file."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        with contextlib.suppress(OSError, ValueError):
-            return int(pidfile.read_text().strip())
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"embedded redis-server wrote no pid file at {pidfile}")
-        time.sleep(0.02)
-
-
-def stop(pid: int, timeout_s: float = 10.0) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+def stop(pid: int, timeout_s: float = STOP_GRACE_S) -> None:
+    """Stop the server ``pid`` (SIGTERM; SIGKILL after ``timeout_s``)."""
+    process.stop(pid, timeout_s)
 
 
 @dataclass
@@ -227,11 +168,11 @@ class Server:
 
     def dead(self) -> bool:
         """An owned server whose process is gone (a server this process does not own is never declared dead)."""
-        return self.pid is not None and not pid_alive(self.pid)
+        return self.pid is not None and not process.pid_alive(self.pid)
 
     def restart(self, settings: Settings) -> None:
         """Start an owned server again, on the same port when it is free; its AOF brings the data back."""
-        if self.pid is not None and pid_alive(self.pid):
+        if self.pid is not None and process.pid_alive(self.pid):
             stop(self.pid)
         self.url, self.pid = start(settings)
 

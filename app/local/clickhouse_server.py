@@ -19,19 +19,17 @@ import contextlib
 import ctypes
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.core.errors import UserMetricsError
 from app.core.paths import REPO
+from app.local import process
+from app.local.process import LocalServiceError
 
 PACKAGE = "@chdb/lib-linux-x64-gnu@26.7.3-stable.1"
 LIB_DIR = REPO / ".tools" / "chdb-server"
@@ -39,7 +37,7 @@ START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
 
 
-class ServerError(UserMetricsError):
+class ServerError(LocalServiceError):
     """The local ClickHouse server could not be installed, started or stopped."""
 
 
@@ -123,25 +121,11 @@ def serve(lib: Path, paths: ServerPaths, http_port: int, tcp_port: int, extra: l
     return 0
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _answers(http_port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/ping", timeout=1) as reply:  # noqa: S310
             return bool(reply.read().strip() == b"Ok.")
     except OSError:
-        return False
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
         return False
 
 
@@ -151,7 +135,7 @@ def status(paths: ServerPaths) -> str | None:
         return None
     pid = int(paths.pid.read_text())
     http_port = int(paths.ports.read_text().split()[0])
-    if _pid_alive(pid) and _answers(http_port):
+    if process.pid_alive(pid) and _answers(http_port):
         return f"http://127.0.0.1:{http_port}"
     return None
 
@@ -167,30 +151,14 @@ def start(paths: ServerPaths, http_port: int = 0, tcp_port: int = 0, extra: list
         os.mkfifo(paths.fifo)
     if paths.ports.exists() and not http_port:
         http_port, tcp_port = (int(p) for p in paths.ports.read_text().split())
-    http_port = http_port or _free_port()
-    tcp_port = tcp_port or _free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "app.stores.clickhouse_server",
-        str(lib),
-        str(paths.root),
-        str(http_port),
-        str(tcp_port),
-    ]
-    with open(paths.log, "ab") as log:
-        proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            [*argv, *(extra or [])], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    paths.pid.write_text(str(proc.pid))
+    http_port = http_port or process.free_port()
+    tcp_port = tcp_port or process.free_port()
+    argv = [sys.executable, "-m", "app.local.clickhouse_server", str(lib), str(paths.root), str(http_port)]
+    proc = process.spawn([*argv, str(tcp_port), *(extra or [])], paths.log, paths.pid)
     paths.ports.write_text(f"{http_port} {tcp_port}")
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not _answers(http_port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            raise ServerError(f"the ClickHouse server did not start; see {paths.log}")
-        time.sleep(0.2)
+    process.wait_ready(
+        lambda: _answers(http_port), START_TIMEOUT_S, "the ClickHouse server", paths.log, poll_s=0.2, proc=proc
+    )
     return f"http://127.0.0.1:{http_port}"
 
 
@@ -199,7 +167,7 @@ def stop(paths: ServerPaths) -> bool:
     if not paths.pid.exists():
         return False
     pid = int(paths.pid.read_text())
-    if not _pid_alive(pid):
+    if not process.pid_alive(pid):
         paths.pid.unlink(missing_ok=True)
         return False
     with contextlib.suppress(OSError):
@@ -208,21 +176,14 @@ def stop(paths: ServerPaths) -> bool:
             os.write(fd, b"stop\n")
         finally:
             os.close(fd)
-    for sig in (None, signal.SIGTERM, signal.SIGKILL):
-        if sig is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + STOP_TIMEOUT_S / 3
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not _pid_alive(pid):
-            break
+    if not process.wait_until(lambda: not process.pid_alive(pid), STOP_TIMEOUT_S / 3, poll_s=0.1):
+        process.stop(pid, STOP_TIMEOUT_S / 3)
     paths.pid.unlink(missing_ok=True)
     return True
 
 
 def main(argv: list[str]) -> int:
-    """``python -m app.stores.clickhouse_server LIB ROOT HTTP_PORT TCP_PORT [ARGS...]``: the server process itself."""
+    """``python -m app.local.clickhouse_server LIB ROOT HTTP_PORT TCP_PORT [ARGS...]``: the server process itself."""
     lib, root, http_port, tcp_port, *extra = argv
     return serve(Path(lib), ServerPaths(Path(root)), int(http_port), int(tcp_port), extra)
 

@@ -1,5 +1,5 @@
 """A local ClickHouse cluster for development, tests and benchmarks: shards x replicas of the local server
-(``app.stores.clickhouse_server``, real ClickHouse 26.7) on loopback, under ``DATA_DIR/clickhouse-cluster``, and
+(``app.local.clickhouse_server``, real ClickHouse 26.7) on loopback, under ``DATA_DIR/clickhouse-cluster``, and
 Apache ZooKeeper when the machine has it (Debian's ``zookeeperd``: ``/usr/share/java/zookeeper.jar`` and Java).
 
 Every node gets a configuration file naming the cluster (``remote_servers``), its ``macros`` (shard, replica) and
@@ -21,24 +21,22 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import signal
 import socket
-import subprocess
-import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from app.core.settings import Settings
-from app.stores import clickhouse_server
-from app.stores.clickhouse_server import ServerError, ServerPaths
+from app.local import clickhouse_server, process
+from app.local.clickhouse_server import ServerPaths
+from app.local.process import LocalServiceError
 
 CLUSTER = "usermetrics"
 ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")
 ZOOKEEPER_LOG_CONFIG = Path("/etc/zookeeper/conf_example")
 ZOOKEEPER_START_TIMEOUT_S = 30.0
+ZOOKEEPER_STOP_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -62,19 +60,6 @@ def root_of(settings: Settings) -> Path:
     return settings.data_path / "clickhouse-cluster"
 
 
-def _free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _layout_file(root: Path) -> Path:
     return root / "cluster.json"
 
@@ -89,7 +74,7 @@ def load_layout(root: Path) -> Layout | None:
 
 def _new_layout(root: Path, shards: int, replicas: int) -> Layout:
     count = shards * replicas
-    ports = _free_ports(2 * count + 1)
+    ports = process.free_ports(2 * count + 1)
     nodes = [Node(i + 1, i // replicas + 1, i % replicas + 1, ports[2 * i], ports[2 * i + 1]) for i in range(count)]
     zookeeper = ports[-1] if zookeeper_available() else None
     layout = Layout(shards, replicas, nodes, zookeeper)
@@ -157,44 +142,25 @@ def _start_zookeeper(root: Path, port: int) -> None:
         "4lw.commands.whitelist=ruok\n"
     )
     java = shutil.which("java") or "java"
-    with open(home / "zookeeper.log", "ab") as log:
-        proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            [
-                java,
-                "-Xmx256m",
-                "-cp",
-                f"{ZOOKEEPER_JAR}:{ZOOKEEPER_LOG_CONFIG}",
-                f"-Dzookeeper.log.dir={home}",
-                "org.apache.zookeeper.server.ZooKeeperServerMain",
-                str(config),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    (home / "pid").write_text(str(proc.pid))
-    deadline = time.monotonic() + ZOOKEEPER_START_TIMEOUT_S
-    while not _answers_ruok(port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            raise ServerError(f"ZooKeeper did not start; see {home / 'zookeeper.log'}")
-        time.sleep(0.2)
+    argv = [
+        java,
+        "-Xmx256m",
+        "-cp",
+        f"{ZOOKEEPER_JAR}:{ZOOKEEPER_LOG_CONFIG}",
+        f"-Dzookeeper.log.dir={home}",
+        "org.apache.zookeeper.server.ZooKeeperServerMain",
+        str(config),
+    ]
+    log = home / "zookeeper.log"
+    proc = process.spawn(argv, log, home / "pid")
+    process.wait_ready(lambda: _answers_ruok(port), ZOOKEEPER_START_TIMEOUT_S, "ZooKeeper", log, poll_s=0.2, proc=proc)
 
 
 def _stop_zookeeper(root: Path) -> None:
     pid_file = _zookeeper_dir(root) / "pid"
-    if not pid_file.exists():
-        return
-    pid = int(pid_file.read_text())
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, sig)
-        deadline = time.monotonic() + 5
-        while clickhouse_server._pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not clickhouse_server._pid_alive(pid):
-            break
+    pid = process.read_pid(pid_file)
+    if pid is not None:
+        process.stop(pid, ZOOKEEPER_STOP_GRACE_S)
     pid_file.unlink(missing_ok=True)
 
 
@@ -241,7 +207,7 @@ def stop(settings: Settings) -> bool:
     if layout is None:
         return False
     for node in layout.nodes:
-        with contextlib.suppress(ServerError):
+        with contextlib.suppress(LocalServiceError):
             stop_node(root, node)
     _stop_zookeeper(root)
     shutil.rmtree(root, ignore_errors=True)

@@ -3,56 +3,41 @@
 
 ``start`` launches the six nodes (cluster mode, AOF on, each in its own directory), joins them with
 ``redis-cli --cluster create --cluster-replicas 1`` and waits until every slot is served; it returns the URL the
-project takes as ``REDIS_URL`` (``redis+cluster://127.0.0.1:<port>``). ``stop`` shuts the nodes down and removes
-the directory. A production cluster is the operators' own; the project only needs its URL.
+project takes as ``REDIS_URL`` (``redis+cluster://127.0.0.1:<port>``; the client is ``app.stores.redis_store``'s).
+``stop`` shuts the nodes down and removes the directory. A production cluster is the operators' own; the project
+only needs its URL.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.cluster import RedisCluster
-from redis.retry import Retry
 
-from app.core.errors import PermanentError
 from app.core.settings import Settings
-from app.stores.embedded_redis import redis_binary
+from app.local import process
+from app.local.embedded_redis import redis_binary
+from app.local.process import LocalServiceError
 
 NODES = 6  # three masters, one replica each
 START_TIMEOUT_S = 30.0
+STOP_GRACE_S = 5.0
 SCHEME = "redis+cluster"
+BUS_PORT_OFFSET = 10000
 
 
 def _dir(settings: Settings) -> Path:
     return settings.data_path / "redis-cluster"
 
 
-def _ports(count: int) -> list[int]:
-    """``count`` free loopback ports whose cluster bus ports (port + 10000) are free too."""
-    ports: list[int] = []
-    while len(ports) < count:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port + 10000 > 65535 or port in ports:
-            continue
-        with socket.socket() as bus:
-            try:
-                bus.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        ports.append(port)
-    return ports
+def _bus_port_free(port: int) -> bool:
+    """Whether the cluster bus port of a node on ``port`` is free too."""
+    return port + BUS_PORT_OFFSET <= 65535 and process.port_is_free(port + BUS_PORT_OFFSET)
 
 
 def url_of(port: int) -> str:
@@ -60,29 +45,13 @@ def url_of(port: int) -> str:
 
 
 def running_url(settings: Settings) -> str | None:
+    """The URL of the running cluster when its first node answers, else None."""
     path = _dir(settings) / "url"
     if not path.exists():
         return None
     url = path.read_text().strip()
-    try:
-        client = connect_cluster(url, timeout_s=1.0)
-        with contextlib.closing(client):
-            client.ping()
-        return url
-    except (redis.RedisError, OSError):
-        return None
-
-
-def connect_cluster(url: str, timeout_s: float) -> RedisCluster:
-    """A cluster client for a ``redis+cluster://`` (or ``rediss+cluster://``) URL."""
-    plain = url.replace("+cluster://", "://", 1)
-    return RedisCluster.from_url(
-        plain,
-        decode_responses=True,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=8),  # rides through a failover
-    )
+    port = urlsplit(url).port
+    return url if port is not None and _answers(port) else None
 
 
 def start(settings: Settings) -> str:
@@ -93,19 +62,15 @@ def start(settings: Settings) -> str:
     stop(settings)
     cli = shutil.which("redis-cli")
     if cli is None:
-        raise PermanentError("redis-cli is not on PATH: it joins the nodes into a cluster")
+        raise LocalServiceError("redis-cli is not on PATH: it joins the nodes into a cluster")
     root = _dir(settings)
     root.mkdir(parents=True, exist_ok=True)
-    ports = _ports(NODES)
+    ports = process.free_ports(NODES, _bus_port_free)
     for port in ports:
         (root / str(port)).mkdir()
         _launch(root, port)
-    deadline = time.monotonic() + START_TIMEOUT_S
     for port in ports:
-        while not _answers(port):
-            if time.monotonic() > deadline:
-                raise PermanentError(f"redis-server on port {port} did not start (see {root / str(port)})")
-            time.sleep(0.05)
+        _wait_answers(root, port)
     subprocess.run(  # noqa: S603 - our own arguments
         [
             cli,
@@ -119,10 +84,11 @@ def start(settings: Settings) -> str:
         check=True,
         capture_output=True,
     )
-    while not (_covered(ports[0]) and all(_replicated(p) for p in ports)):
-        if time.monotonic() > deadline:
-            raise PermanentError("the cluster did not come up (see redis.log under each node)")
-        time.sleep(0.1)
+
+    def formed() -> bool:
+        return _covered(ports[0]) and all(_replicated(p) for p in ports)
+
+    process.wait_ready(formed, START_TIMEOUT_S, "the Redis Cluster", root / "*" / "redis.log", poll_s=0.1)
     url = url_of(ports[0])
     (root / "url").write_text(url)
     return url
@@ -131,17 +97,15 @@ def start(settings: Settings) -> str:
 def restart_node(settings: Settings, port: int) -> None:
     """Start a stopped node again with its own data and cluster state: it rejoins (as a replica if it was failed
     over meanwhile)."""
-    _launch(_dir(settings), port)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not _answers(port):
-        if time.monotonic() > deadline:
-            raise PermanentError(f"redis-server on port {port} did not restart")
-        time.sleep(0.05)
+    root = _dir(settings)
+    _launch(root, port)
+    _wait_answers(root, port)
 
 
 def _launch(root: Path, port: int) -> None:
+    """Start the node of ``port`` (it daemonizes itself) with its files under ``root/<port>``."""
     node = root / str(port)
-    subprocess.run(  # noqa: S603 - our own binary and arguments
+    process.daemonize(
         [
             redis_binary(),
             "--port",
@@ -166,9 +130,13 @@ def _launch(root: Path, port: int) -> None:
             str(node / "redis.log"),
             "--daemonize",
             "yes",
-        ],
-        check=True,
+        ]
     )
+
+
+def _wait_answers(root: Path, port: int) -> None:
+    log = root / str(port) / "redis.log"
+    process.wait_ready(lambda: _answers(port), START_TIMEOUT_S, f"redis-server on port {port}", log)
 
 
 def _answers(port: int) -> bool:
@@ -204,30 +172,14 @@ def node_pids(settings: Settings) -> dict[int, int]:
     if not root.exists():
         return out
     for node in root.iterdir():
-        pidfile = node / "redis.pid"
-        if node.is_dir() and pidfile.exists():
-            with contextlib.suppress(ValueError):
-                out[int(node.name)] = int(pidfile.read_text().strip())
+        pid = process.read_pid(node / "redis.pid") if node.is_dir() and node.name.isdigit() else None
+        if pid is not None:
+            out[int(node.name)] = pid
     return out
 
 
 def stop(settings: Settings) -> None:
-    for pid in node_pids(settings).values():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    root = _dir(settings)
-    deadline = time.monotonic() + 5
-    while any(_alive(pid) for pid in node_pids(settings).values()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for pid in node_pids(settings).values():  # a node still shutting down (waiting for its replicas): no more waiting
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    shutil.rmtree(root, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Stop every node (a node still shutting down, waiting for its replicas, is killed after a grace period) and
+    remove the cluster's directory."""
+    process.stop_all(node_pids(settings).values(), STOP_GRACE_S)
+    shutil.rmtree(_dir(settings), ignore_errors=True)
