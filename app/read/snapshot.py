@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from app.core.errors import REDIS_DOWN
 from app.core.metrics import SCORE_SCALE, UserMetrics
 from app.jobs import engagement_sql
 from app.jobs.report import load_state
 from app.jobs.snapshot import JOB, SENTINEL_USER, basis, snapshot_sql
 from app.read.metrics_query import USERS_PER_QUERY, compute_user_metrics
 from app.stores.clickhouse import chunked
+from app.stores.errors import REDIS_DOWN
 from app.stores.runtime import Runtime
 
 _VALUES = (
