@@ -13,12 +13,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from app.client import EventProducer
 from app.core.errors import PermanentError
 from app.core.ids import check_ids
 from app.core.settings import load_settings
 from app.stores import broker, clickhouse, embedded_redis, runtime
 from app.stores.runtime import Runtime
-from app.write.producer import EventProducer
 
 console = Console()
 err = Console(stderr=True)

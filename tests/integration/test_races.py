@@ -13,11 +13,11 @@ import pytest
 
 from app import jobs
 from app.caches import metrics_cache, refresher
+from app.client import EventProducer
 from app.core import failpoints
 from app.core.metrics import SCORE_SCALE
 from app.read.query import UserMetricsQueryService
 from app.stores.runtime import Runtime
-from app.write.producer import EventProducer
 from tests.stack import REDIS_CLUSTER, SERVER_MODE, wait_events, wait_until
 
 pytestmark = pytest.mark.usefixtures("worker")
