@@ -19,13 +19,14 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import UnionType
-from typing import Annotated, Any, Union, get_args, get_origin
-
-from celery import Celery
+from typing import TYPE_CHECKING, Annotated, Any, Union, get_args, get_origin
 
 from app.core import constants as c
 from app.core.events import new_event_id
 from app.core.payloads import PAYLOADS, Payload, parse
+
+if TYPE_CHECKING:  # the web app's Celery app is passed in: sending events needs no import of Celery here
+    from celery import Celery
 
 # Fields every payload has (stamped by ``build_event``) or implies (the task name): not parameters of a method.
 _ENVELOPE = frozenset({*Payload.model_fields, "type"})
@@ -72,7 +73,7 @@ def _event_method(task: str) -> Callable[..., uuid.UUID]:
     def method(self: EventProducer, /, *args: Any, **kwargs: Any) -> uuid.UUID:
         fields = signature.bind(self, *args, **kwargs).arguments
         del fields["self"]
-        if fields.get("occurred_at", None) is None:
+        if fields.get("occurred_at") is None:
             fields.pop("occurred_at", None)
         return self.send(task, **fields)
 
