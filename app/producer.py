@@ -1,5 +1,5 @@
-"""Import path for web apps: ``from app.producer import EventProducer`` (the code is in ``app.write.producer``)."""
+"""Import path kept for web apps: ``from app.producer import EventProducer`` (the client is ``app.client``)."""
 
-from app.write.producer import EventProducer
+from app.client import EventProducer
 
 __all__ = ["EventProducer"]

@@ -1,5 +1,5 @@
-"""Import path for web apps: ``from app.services import UserMetricEventService`` (in ``app.write.services``)."""
+"""Import path kept for web apps: ``from app.services import UserMetricEventService`` (see ``app.client``)."""
 
-from app.write.services import UserMetricEventService
+from app.client import UserMetricEventService
 
 __all__ = ["UserMetricEventService"]

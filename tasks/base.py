@@ -10,8 +10,9 @@ from typing import Any, ParamSpec, TypeVar
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 
-from app.core.errors import TRANSIENT_EXCEPTIONS, PermanentError
+from app.core.errors import PermanentError
 from app.stores import runtime
+from app.stores.errors import TRANSIENT_EXCEPTIONS
 from app.write import deadletters
 from tasks.celery_app import celery_app, settings
 

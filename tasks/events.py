@@ -1,4 +1,7 @@
-"""Event tasks: validate the message and hand its events to the durable buffer."""
+"""Event tasks: validate the message and hand its events to the durable buffer.
+
+Each task's keyword arguments are declared by its payload model in ``app.core.payloads`` (``PAYLOADS``).
+"""
 
 from __future__ import annotations
 
@@ -26,29 +29,29 @@ def _receive(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
 
 @project_task(c.RECORD_FOLLOW, send_events=_EVENTS)
 def record_follow(self: Any, *args: Any, **kwargs: Any) -> int:
-    """kwargs: follower_id, user_id, is_follow=true, occurred_at?, event_id?"""
+    """Keyword arguments: ``app.core.payloads.RecordFollow`` (``schemas/record_follow.json``)."""
     return _receive(self, args, kwargs)
 
 
 @project_task(c.RECORD_UPLOAD, send_events=_EVENTS)
 def record_upload(self: Any, *args: Any, **kwargs: Any) -> int:
-    """kwargs: user_id, content_type (Model/Post/Image), entity_id, is_removed=false, occurred_at?, event_id?"""
+    """Keyword arguments: ``app.core.payloads.RecordUpload`` (``schemas/record_upload.json``)."""
     return _receive(self, args, kwargs)
 
 
 @project_task(c.SET_REACTION, send_events=_EVENTS)
 def set_reaction(self: Any, *args: Any, **kwargs: Any) -> int:
-    """kwargs: user_id, image_id, reactions (flags 0..15), owner_id?, occurred_at?, event_id?"""
+    """Keyword arguments: ``app.core.payloads.SetReaction`` (``schemas/set_reaction.json``)."""
     return _receive(self, args, kwargs)
 
 
 @project_task(c.RECORD_ENTITY_METRIC, send_events=_EVENTS)
 def record_entity_metric(self: Any, *args: Any, **kwargs: Any) -> int:
-    """kwargs: entity_type, entity_id, metric_type, metric_value, user_id, owner_id?, occurred_at?, event_id?"""
+    """Keyword arguments: ``app.core.payloads.RecordEntityMetric`` (``schemas/record_entity_metric.json``)."""
     return _receive(self, args, kwargs)
 
 
 @project_task(c.RECORD_EVENTS, send_events=_EVENTS)
 def record_events(self: Any, *args: Any, **kwargs: Any) -> int:
-    """kwargs: events (a list of {"type": <event task name>, ...its kwargs}), occurred_at?, event_id?"""
+    """Keyword arguments: ``app.core.payloads.RecordEvents`` (``schemas/record_events.json``)."""
     return _receive(self, args, kwargs)

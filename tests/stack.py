@@ -203,7 +203,7 @@ def worker(celery_app, rt: Runtime):  # type: ignore[no-untyped-def]
 
 @pytest.fixture()
 def producer(celery_app):  # type: ignore[no-untyped-def]
-    from app.write.producer import EventProducer
+    from app.client import EventProducer
 
     return EventProducer(celery_app)
 

@@ -13,13 +13,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from app.client import EventProducer
 from app.core.errors import PermanentError
 from app.core.ids import check_ids
 from app.core.settings import load_settings
 from app.local import embedded_redis
 from app.stores import broker, clickhouse, runtime
 from app.stores.runtime import Runtime
-from app.write.producer import EventProducer
 
 console = Console()
 err = Console(stderr=True)

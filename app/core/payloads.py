@@ -7,9 +7,11 @@ in another language may send anything), and generate the published JSON Schemas 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, Self
 
+import pydantic
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -22,6 +24,7 @@ from pydantic import (
 )
 
 from app.core import constants as c
+from app.core.errors import ValidationError
 from app.core.events import (
     REACTION_TYPES,
     STATE_OFF,
@@ -307,3 +310,22 @@ PAYLOADS: dict[str, type[_Payload]] = {
 }
 
 Payload = _Payload
+
+
+def parse(task: str, kwargs: Mapping[str, Any]) -> Payload:
+    """Validate a task's keyword arguments; raises ``ValidationError`` with a readable reason."""
+    model = PAYLOADS.get(task)
+    if model is None:
+        raise ValidationError(f"unknown event task {task!r}; expected one of {', '.join(PAYLOADS)}")
+    try:
+        return model.model_validate(dict(kwargs))
+    except pydantic.ValidationError as exc:
+        raise ValidationError(f"{task}: {_summarise(exc)}") from exc
+
+
+def _summarise(exc: pydantic.ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "payload"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)

@@ -1,5 +1,5 @@
-"""Import path for web apps: ``from app.legacy.dual import after_commit`` (in ``app.write.dual_write``)."""
+"""Import path kept for web apps: ``from app.legacy.dual import after_commit`` (see ``app.client``)."""
 
-from app.write.dual_write import after_commit
+from app.client import after_commit
 
 __all__ = ["after_commit"]

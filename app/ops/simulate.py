@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from app.client import EventProducer
 from app.core import constants as c
 from app.core.events import new_event_id
-from app.write.producer import EventProducer
 
 MIX: tuple[tuple[str, float], ...] = (
     ("follow", 0.22),

@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from app.core.errors import REDIS_DOWN
 from app.core.metrics import SCORE_SCALE, UserMetrics
 from app.derived.changelog import EXCLUDED_FINGERPRINT_SQL
 from app.derived.job_state import load_state
 from app.derived.metrics_from_log import USERS_PER_QUERY, compute_user_metrics
 from app.derived.tables import METRICS_JOB, SENTINEL_USER, metrics_basis, metrics_sql
 from app.stores.clickhouse import chunked
+from app.stores.errors import REDIS_DOWN
 from app.stores.runtime import Runtime
 
 _VALUES = (

@@ -24,11 +24,11 @@ from decimal import Decimal
 from app.caches import metrics_cache
 from app.core import failpoints
 from app.core import keys as key_names
-from app.core.errors import REDIS_DOWN, TRANSIENT_EXCEPTIONS
 from app.core.ids import check_id, check_ids
 from app.core.metrics import UserMetrics
 from app.read.history import HistoryPoint, check_request
 from app.read.sources import HistorySource, MetricsSource, history_source, metrics_source
+from app.stores.errors import REDIS_DOWN, TRANSIENT_EXCEPTIONS
 from app.stores.redis_store import RedisClient, server_time_us
 from app.stores.runtime import Runtime
 

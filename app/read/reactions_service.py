@@ -15,10 +15,11 @@ from typing import Protocol
 
 from app.caches import reactions_cache
 from app.caches.reactions_cache import ALL_BITS, BIT_OF, NO_VERSION, BitUpdate
-from app.core.errors import REDIS_DOWN, TRANSIENT_EXCEPTIONS, ValidationError
+from app.core.errors import ValidationError
 from app.core.events import epoch_ms
 from app.core.ids import check_id, check_ids
 from app.stores.clickhouse import ClickHouse
+from app.stores.errors import REDIS_DOWN, TRANSIENT_EXCEPTIONS
 from app.stores.redis_store import RedisClient
 
 log = logging.getLogger(__name__)

@@ -30,11 +30,11 @@ from app.core.errors import (
     StoreBusyError,
     TransientError,
     UserMetricsError,
-    translate_clickhouse,
 )
 from app.core.events import Event
 from app.core.settings import Settings
 from app.stores import cluster_schema
+from app.stores.errors import translate_clickhouse
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

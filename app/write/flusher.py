@@ -24,10 +24,11 @@ import redis
 from app.caches import reactions_cache
 from app.core import constants as c
 from app.core.backoff import jittered_delay
-from app.core.errors import REDIS_DOWN, PermanentError, classify
+from app.core.errors import PermanentError
 from app.core.events import Event
 from app.stores import counters as service_counters
 from app.stores.clickhouse import insert_events
+from app.stores.errors import REDIS_DOWN, classify
 from app.stores.runtime import Runtime
 from app.write import buffer, deadletters, event_ids, owners
 from app.write.buffer import Entry

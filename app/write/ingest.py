@@ -6,34 +6,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import pydantic
-
 from app.core import constants as c
-from app.core.errors import ValidationError
 from app.core.events import Event, derive_event_id, from_epoch_ms
-from app.core.payloads import PAYLOADS, Payload
+from app.core.payloads import parse
 from app.core.settings import Settings
 from app.stores.redis_store import RedisClient
 from app.write import buffer
-
-
-def parse(task: str, kwargs: Mapping[str, Any]) -> Payload:
-    """Validate a task's keyword arguments; raises ``ValidationError`` with a readable reason."""
-    model = PAYLOADS.get(task)
-    if model is None:
-        raise ValidationError(f"unknown event task {task!r}; expected one of {', '.join(PAYLOADS)}")
-    try:
-        return model.model_validate(dict(kwargs))
-    except pydantic.ValidationError as exc:
-        raise ValidationError(f"{task}: {_summarise(exc)}") from exc
-
-
-def _summarise(exc: pydantic.ValidationError) -> str:
-    parts = []
-    for err in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in err["loc"]) or "payload"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
 
 
 def pin_ttl_s(settings: Settings) -> int:

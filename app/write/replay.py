@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from app.client import EventProducer
 from app.core import constants as c
 from app.core.events import Event
 from app.stores.redis_store import RedisClient
 from app.write import buffer, deadletters
-from app.write.producer import EventProducer
 
 
 @dataclass

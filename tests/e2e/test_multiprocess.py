@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from kombu import Connection, Exchange, Queue
 
 from app.caches.reactions_cache import flags_key
+from app.client import EventProducer
 from app.core import constants as c
 from app.core import failpoints, keys
 from app.core.paths import REPO
@@ -31,7 +32,6 @@ from app.core.settings import Settings
 from app.local import redis_cluster
 from app.read.metrics_service import UserMetricsQueryService
 from app.stores.runtime import Runtime
-from app.write.producer import EventProducer
 from tasks.config import celery_config
 from tests.integration.test_write_properties import (
     IMAGES,

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import Engine, delete, insert, select, update
 
 from app.caches.metrics_cache import metrics_key
+from app.client import after_commit
 from app.core.events import Event, MetricType
 from app.core.settings import load_settings
 from app.derived.metrics_from_log import compute_user_metrics
@@ -32,7 +33,6 @@ from app.read.metrics_service import UserMetricsQueryService
 from app.read.reactions_service import latest_reactions
 from app.stores.clickhouse import insert_events
 from app.stores.runtime import Runtime
-from app.write.dual_write import after_commit
 from tests.stack import wipe_clickhouse
 
 # A follow by an active user (not deleted, not banned), so that it counts on both sides.

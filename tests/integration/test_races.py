@@ -12,6 +12,7 @@ from decimal import Decimal
 import pytest
 
 from app.caches import metrics_cache
+from app.client import EventProducer
 from app.core import failpoints
 from app.core.metrics import SCORE_SCALE
 from app.jobs.engagement import recompute_engagement
@@ -19,7 +20,6 @@ from app.jobs.reconcile import reconcile_caches
 from app.read.metrics_service import UserMetricsQueryService
 from app.stores.runtime import Runtime
 from app.write import refresher
-from app.write.producer import EventProducer
 from tests.stack import REDIS_CLUSTER, SERVER_MODE, wait_events, wait_until
 
 pytestmark = pytest.mark.usefixtures("worker")

@@ -8,8 +8,8 @@ from decimal import Decimal
 import pytest
 
 from app.caches import metrics_cache
+from app.client import UserMetricEventService
 from app.write import deadletters
-from app.write.services import UserMetricEventService
 from tests.stack import prime, wait_drained, wait_events
 
 pytestmark = pytest.mark.usefixtures("worker")

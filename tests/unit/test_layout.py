@@ -166,11 +166,9 @@ def test_the_design_documents_module_map_names_every_module() -> None:
 
 
 def test_the_import_paths_web_apps_use_keep_working() -> None:
-    from app.legacy.dual import after_commit
-    from app.producer import EventProducer
-    from app.services import UserMetricEventService
-    from app.write.dual_write import after_commit as moved_after_commit
-    from app.write.producer import EventProducer as MovedProducer
-    from app.write.services import UserMetricEventService as MovedService
+    from app.client import EventProducer, UserMetricEventService, after_commit
+    from app.legacy.dual import after_commit as old_after_commit
+    from app.producer import EventProducer as OldProducer
+    from app.services import UserMetricEventService as OldService
 
-    assert (after_commit, EventProducer, UserMetricEventService) == (moved_after_commit, MovedProducer, MovedService)
+    assert (old_after_commit, OldProducer, OldService) == (after_commit, EventProducer, UserMetricEventService)

@@ -16,7 +16,6 @@ from app.core.errors import (
     ClickHouseUnavailable,
     PermanentError,
     ValidationError,
-    translate_clickhouse,
 )
 from app.core.events import (
     EVENT_ID_NAMESPACE,
@@ -29,9 +28,10 @@ from app.core.events import (
 )
 from app.core.ids import check_ids
 from app.core.metrics import SCORE_SCALE, EngagementWeights, UserMetrics, format_score
+from app.core.payloads import parse
 from app.core.settings import Settings
 from app.jobs.ranks import ranked
-from app.write.ingest import parse
+from app.stores.errors import translate_clickhouse
 from tasks.consumer import body_problem, headers_problem, queue_tasks
 
 

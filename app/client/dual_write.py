@@ -4,15 +4,17 @@ sends the same change as an event. A rolled-back transaction sends nothing."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event
-from sqlalchemy.orm import Session
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 def after_commit(session: Session, send: Callable[[], Any]) -> None:
     """Dual write: run ``send`` (e.g. ``lambda: producer.record_follow(a, b)``) once ``session`` commits, and never
     if it rolls back. The producer helper validates when it runs and raises on bad input."""
+    # Imported here: a web app calling this has SQLAlchemy loaded already; one that only sends events never needs it.
+    from sqlalchemy import event
 
     def on_commit(_: Session) -> None:
         if event.contains(session, "after_rollback", on_rollback):
