@@ -206,7 +206,7 @@ def _restore_unacknowledged(**_: Any) -> None:
     """Embedded mode: this worker owns the ClickHouse data path, so no other worker consumes its broker. Messages
     a killed worker had taken but not acknowledged go back to their queues now, not after the broker's visibility
     timeout (an hour). Server mode: RabbitMQ requeues them when the dead worker's connection drops; with a Redis
-    broker they come back after ``BROKER_VISIBILITY_TIMEOUT_S`` (README, Reliability)."""
+    broker they come back after ``BROKER_VISIBILITY_TIMEOUT_S`` (docs/reliability.md)."""
     settings = runtime.get().settings
     if not settings.clickhouse_embedded:
         return
