@@ -3,11 +3,9 @@
 - Thread pool (embedded mode): two threads in the worker process, which owns the embedded ClickHouse engine.
 - Prefork pool (server mode): two threads in the pool's first child process. The consumer's process (kombu's
   event loop: receive, hand to the pool, acknowledge) limits a prefork worker's throughput, and a flusher beside
-  it competes with it for one interpreter lock; the pool's children wait on the consumer most of the time.
-  Measured on 2 cores (``bench ingest --server``, same-run ratio to plain Celery): 0.72 with the threads in a
-  child, 0.62 beside the consumer. A process of their own was tried too; back to back with the child variant it
-  made no clear difference here (543-586 against 523-555 messages/s), so the child was kept: it adds no process to
-  supervise. The flusher consumes the buffer under the worker's hostname, so a child that replaces the first one
+  it competes with it for one interpreter lock; the pool's children wait on the consumer most of the time. A
+  child rather than a process of their own: it adds no process to supervise. The flusher consumes the buffer under
+  the worker's hostname, so a child that replaces the first one
   (after a crash) recovers the same pending entries at once.
 """
 
