@@ -15,7 +15,7 @@ from tasks.base import project_task
 from tasks.celery_app import settings
 
 # Task events (Flower's per-task view) for the high-volume event tasks only when asked for: three broker
-# publishes per message cost about a third of a worker's throughput. Reads and jobs always send theirs.
+# publishes per message cost much of a worker's throughput. Reads and jobs always send theirs.
 _EVENTS = settings.event_task_events
 
 

@@ -25,9 +25,9 @@ ALL_BITS = tuple(BIT_OF.values())
 NO_VERSION = "0"
 
 # ARGV[1] the TTL, then one string per image: "image|bit|on|version|bit|on|version..." (one argument per image
-# instead of three per bit: packing the arguments was most of a page's merge in the Python client). The current flags
-# and versions are read with one HMGET each and the changes written with one HSET each (a page of 100 images was
-# 500 single-field calls). A bit never set by any event (version "0") leaves no version behind: an absent version
+# instead of three per bit: fewer arguments for the Python client to pack). The current flags and versions are read
+# with one HMGET each and the changes written with one HSET each (not one call per field). A bit never set by any
+# event (version "0") leaves no version behind: an absent version
 # already sorts below every other.
 _MERGE_SCRIPT = """
 local ttl = ARGV[1]

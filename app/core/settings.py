@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     flush_max_events: int = Field(default=5000, ge=1, alias="FLUSH_MAX_EVENTS")
     flush_max_deliveries: int = Field(default=30, ge=1, alias="FLUSH_MAX_DELIVERIES")
     task_events: bool = Field(default=True, alias="TASK_EVENTS")
-    # The per-message event tasks: three task events each would cost a third of a worker's throughput.
+    # The per-message event tasks: three task events each (broker publishes) would cost much of a worker's throughput.
     event_task_events: bool = Field(default=False, alias="EVENT_TASK_EVENTS")
     # Test only: failpoints (app/core/failpoints.py) a test in another process may hold, comma-separated.
     failpoints: str = Field(default="", alias="FAILPOINTS")

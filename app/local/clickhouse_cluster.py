@@ -3,7 +3,7 @@
 Apache ZooKeeper when the machine has it (Debian's ``zookeeperd``: ``/usr/share/java/zookeeper.jar`` and Java).
 
 Every node gets a configuration file naming the cluster (``remote_servers``), its ``macros`` (shard, replica) and
-the coordination service. What this server build can do, measured here:
+the coordination service. What this server build can do:
 - ``Distributed`` tables over the nodes answer exact sums across shards, with foreground inserts;
 - ``ReplicatedMergeTree`` tables are created and registered in ZooKeeper, but stay read-only: replication needs
   the interserver HTTP endpoint, which this build does not start (``interserver_http_port`` is ignored);

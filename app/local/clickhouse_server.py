@@ -9,8 +9,7 @@ blocks on a query reading a named pipe, and stops when a line is written to it (
 password, no built-in Keeper.
 
 ``python -m app clickhouse-server start|stop|status`` manages one such server under ``DATA_DIR/clickhouse-server``;
-``make clickhouse-server`` starts it. The library (~180 MB download, ~570 MB on disk) is fetched once with
-``npm pack`` into ``.tools/chdb-server``.
+``make clickhouse-server`` starts it. The library is fetched once with ``npm pack`` into ``.tools/chdb-server``.
 """
 
 from __future__ import annotations

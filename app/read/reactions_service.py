@@ -94,8 +94,8 @@ class CacheFills:
     """Cache fills run after the reader has its answer, on one thread of their own.
 
     A reactions fill is a version merge (``reactions_cache.merge``): an older state never overwrites a newer one, so
-    it is as correct a moment later as it is before the answer, and the caller need not wait for it (the merge was
-    about a third of a miss). At most ``limit`` fills wait; past that a fill runs in the caller, which slows readers
+    it is as correct a moment later as it is before the answer, and the caller need not wait for it. At most
+    ``limit`` fills wait; past that a fill runs in the caller, which slows readers
     down instead of letting the queue grow. A fill that fails (Redis unreachable) is dropped: the next read misses
     again. ``drain`` waits for the fills queued so far (a command-line read, before it closes its connections).
     """

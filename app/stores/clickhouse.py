@@ -216,7 +216,7 @@ class ClickHouse:
         """Rows of ``sql`` for a large set of ``values``: ``sql`` names the set as ``{values}``.
 
         A server gets the set as a temporary table sent with the query (one round trip, however many values: a
-        bound array would be capped by the server's form-field limit, so 40,000 ids took 40 round trips). The
+        bound array would be capped by the server's form-field limit and split into many round trips). The
         embedded engine, which cannot take one, gets it as a bound array in large slices.
         """
         if not values:

@@ -75,7 +75,7 @@ def as_deployed(sql: str, table: str, clustered: bool) -> str:
 # - a shard with no replica answering fails the query (never a silent partial sum);
 # - INSERT ... SELECT between Distributed tables runs on the node the query came to: the engine's default (2) runs it
 #   on one replica of each shard and writes that replica's local table only, which leaves the other replicas
-#   without the rows when the Distributed engine is what replicates (measured: cells on one replica of two).
+#   without the rows when the Distributed engine is what replicates.
 CLUSTER_QUERY_SETTINGS: dict[str, int] = {
     "distributed_foreground_insert": 1,
     "parallel_distributed_insert_select": 0,

@@ -2,8 +2,8 @@
 
 Batching is adaptive: once the first entry arrives the flusher lingers ``FLUSH_LINGER_MS`` and then takes what
 is waiting, up to about ``FLUSH_MAX_EVENTS`` events, so a busy buffer gives big inserts and a trickle gives one
-insert per linger instead of one per event. One insert costs about 10 ms whatever its size, so throughput grows
-with load instead of capping at ~100 inserts/s.
+insert per linger instead of one per event. An insert costs about the same whatever its size, so throughput grows
+with load instead of capping at the rate of single inserts.
 
 Order of effects per cycle: insert events, merge reaction caches, mark the affected users for the refresher,
 acknowledge the stream entries. A crash anywhere before the acknowledgement replays the cycle, which is harmless

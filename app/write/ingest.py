@@ -18,9 +18,9 @@ def pin_ttl_s(settings: Settings) -> int:
     """How long a message's first receive time is kept: as long as the broker may still redeliver it.
 
     A redelivery comes within the broker's visibility timeout (Redis) or as soon as a worker dies (RabbitMQ), and a
-    retry within the whole backoff span. Memory is bounded by the raw-message rate times this window (about
-    100 bytes a key): 100 messages/s without ``occurred_at`` and the defaults (~1.5 h) keep ~55 MB, where a fixed
-    week kept ~6 GB. A copy redelivered after the window gets a new time; the event-id registry then refuses it
+    retry within the whole backoff span. Memory is bounded by the raw-message rate times this window, which is why
+    the window follows the settings instead of a fixed long span. A copy redelivered after the window gets a new
+    time; the event-id registry then refuses it
     as a reused id (``app.write.event_ids``) and the first copy, already counted, stands.
     """
     retry_span_s = settings.task_max_retries * settings.retry_backoff_max_s

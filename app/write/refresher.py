@@ -46,7 +46,8 @@ return removed
 # event); the others are computed from ClickHouse, which already holds the event, on their next read. A mark's score
 # is Redis's clock in microseconds, and always above the member's previous score: every mark changes the score, so
 # the refresher's clear (score unchanged) can never take a mark it has not seen, whatever the clocks of the
-# processes that mark (a marker whose clock was behind once set a lower score, which the clear took as seen).
+# processes that mark (a marker whose clock is behind would otherwise set a lower score, which the clear would take
+# as seen).
 _USER_METRICS_PREFIX = c.USER_METRICS_KEY.removesuffix("{user_id}")
 _FILL_LOCK_PREFIX = c.USER_METRICS_FILL_LOCK_KEY.removesuffix("{user_id}")
 # One mark: Redis's clock, above the member's previous score.

@@ -11,7 +11,7 @@ RabbitMQ requeues them by itself), and a cache Redis outage makes tasks wait and
 The kill comes once the broker has handed every message to the tasks. That isolates this project's guarantee
 (received → buffered → written, at least once, idempotently) from a known window of Celery's Redis transport:
 kombu pops a message and records it as unacknowledged in two steps, so a SIGKILL between them loses that one
-in-flight message (see README, Operations). RabbitMQ as the broker does not have that window.
+in-flight message (see docs/reliability.md). RabbitMQ as the broker does not have that window.
 """
 
 from __future__ import annotations

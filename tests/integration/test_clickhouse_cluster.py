@@ -34,7 +34,7 @@ from tests.stack import CLUSTER_MODE, ROOT
 
 pytestmark = pytest.mark.skipif(
     not CLUSTER_MODE or not clickhouse_server.LIB_DIR.joinpath("libchdb.so").exists(),
-    reason="the cluster pass (CLICKHOUSE_CLUSTER set, the local server library fetched): see the README",
+    reason="the cluster pass (CLICKHOUSE_CLUSTER set, the local server library fetched): see docs/testing.md",
 )
 
 USERS = (1, 2, 3, 4, 5, 6)
