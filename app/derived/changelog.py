@@ -77,6 +77,12 @@ class Slice:
         return {"after": self.after, "until": self.until}
 
 
+def saved_position(state: Mapping[str, str]) -> datetime | None:
+    """The start of the next slice as a job saved it in its state (``inserted_after``); None when it has none."""
+    after = state.get("inserted_after")
+    return datetime.fromisoformat(after) if after else None
+
+
 class ChangelogJob(ABC):
     """A job keeping a derived table: where its last slice ended, when it must run in full, and its two runs."""
 

@@ -19,7 +19,7 @@ from app.core import failpoints
 from app.core.errors import TransientError
 from app.core.events import as_utc
 from app.core.metrics import ADDITIVE, EXCLUDED_USERS_SQL, OWNER_STATE_TYPES_SQL, SCORE_SCALE, WEIGHT_SQL, format_score
-from app.derived.changelog import ChangelogJob, Slice, run_on_changelog
+from app.derived.changelog import ChangelogJob, Slice, run_on_changelog, saved_position
 from app.derived.job_state import JobReport, load_state, save_state
 from app.derived.job_state import now as clock
 from app.jobs import engagement_sql as q
@@ -105,8 +105,7 @@ class Engagement(ChangelogJob):
         self.stamp: datetime | None = None
 
     def position(self, rt: Runtime, engine_now: datetime) -> datetime | None:
-        after = self.state.get("inserted_after")
-        return datetime.fromisoformat(after) if after else None
+        return saved_position(self.state)
 
     def stale(self, rt: Runtime, run: Slice) -> bool:
         return (

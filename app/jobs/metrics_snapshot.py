@@ -25,7 +25,7 @@ from typing import Any
 from app.core.events import as_utc
 from app.core.metrics import ADDITIVE, EXCLUDED_USERS_SQL, OWNER_STATE_TYPES_SQL, SCORE_SCALE, WEIGHT_SQL
 from app.derived import tables
-from app.derived.changelog import ChangelogJob, FullRun, Slice, run_on_changelog
+from app.derived.changelog import ChangelogJob, FullRun, Slice, run_on_changelog, saved_position
 from app.derived.job_state import JobReport, load_state, save_state
 from app.derived.job_state import now as clock
 from app.derived.metrics_from_log import USERS_PER_QUERY, compute_user_metrics
@@ -94,8 +94,7 @@ class MetricsSnapshot(ChangelogJob):
         self.state = load_state(rt.redis, METRICS_JOB)
 
     def position(self, rt: Runtime, engine_now: datetime) -> datetime | None:
-        after = self.state.get("inserted_after")
-        return datetime.fromisoformat(after) if after else None
+        return saved_position(self.state)
 
     def stale(self, rt: Runtime, run: Slice) -> bool:
         recorded = [

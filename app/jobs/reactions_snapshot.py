@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from datetime import datetime
 
 from app.caches.reactions_cache import NO_VERSION
-from app.derived.changelog import ChangelogJob, FullRun, Slice, run_on_changelog
+from app.derived.changelog import ChangelogJob, FullRun, Slice, run_on_changelog, saved_position
 from app.derived.job_state import JobReport, load_state, save_state
 from app.derived.job_state import now as clock
 from app.derived.tables import (
@@ -109,8 +109,7 @@ class ReactionsSnapshot(ChangelogJob):
         self.params = {"reactions": REACTION_NAMES, "now": self.now}
 
     def position(self, rt: Runtime, engine_now: datetime) -> datetime | None:
-        after = self.state.get("inserted_after")
-        return datetime.fromisoformat(after) if after else None
+        return saved_position(self.state)
 
     def stale(self, rt: Runtime, run: Slice) -> bool:
         return (
