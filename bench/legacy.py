@@ -26,7 +26,6 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, select
 
 from app import jobs
-from app.bench.harness import percentile, private_runtime
 from app.caches import metrics_cache
 from app.core.settings import Settings
 from app.legacy import db
@@ -39,6 +38,7 @@ from app.read.query import UserMetricsQueryService
 from app.read.reactions import UserReactionQueryService
 from app.stores import clickhouse, migrations
 from app.stores.runtime import Runtime
+from bench.harness import percentile, private_runtime
 
 READS_PER_MINUTE = 60
 
@@ -183,7 +183,7 @@ def _measure(rt: Runtime, eng: Engine, spec: LegacySpec, f: dict[str, float]) ->
     # last rows age out of that margin, as they would on a live site, so that it sees the 10,000 new events only.
     time.sleep(max(0.0, jobs.INFLIGHT_MARGIN.total_seconds() + 0.5 - f["legacy_job_s"]))
     f["full_s"] = jobs.recompute_engagement(rt, full=True).seconds + jobs.recompute_ranks(rt).seconds
-    from app.bench.dataset import CHUNK_SQL
+    from bench.dataset import CHUNK_SQL
 
     rt.clickhouse.command(
         CHUNK_SQL,

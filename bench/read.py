@@ -33,11 +33,8 @@ from typing import Any
 from rich.progress import Progress
 
 from app import jobs
-from app.bench import plots
-from app.bench.dataset import DatasetSpec, existing, generate, location
-from app.bench.harness import Figures, percentile, private_runtime, put, steady, timed
-from app.bench.read_reactions import measure_reactions
 from app.caches import metrics_cache
+from app.cli.common import err
 from app.core.settings import Settings
 from app.ops.simulate import Zipf
 from app.read.history import metric_history
@@ -45,6 +42,10 @@ from app.read.metrics_query import compute_user_metrics
 from app.read.query import UserMetricsQueryService
 from app.stores import clickhouse, migrations
 from app.stores.runtime import Runtime
+from bench import plots
+from bench.dataset import DatasetSpec, existing, generate, location
+from bench.harness import CHECKOUT, Figures, percentile, private_runtime, put, steady, timed
+from bench.read_reactions import measure_reactions
 
 GOALS_MS = {"metrics_hit": 5.0, "metrics_miss": 50.0, "reactions_hit": 2.0, "reactions_miss": 20.0, "history": 100.0}
 GOAL_HIT_RATE = 0.95
@@ -168,7 +169,7 @@ def prepare(ch: clickhouse.ClickHouse, spec: DatasetSpec) -> float:
     ):
         ch.command(f"TRUNCATE TABLE `{table}`")
     started = time.perf_counter()
-    with Progress() as progress:
+    with Progress(console=err) as progress:
         task = progress.add_task(f"generating {spec.events:,} events", total=spec.events)
         generate(ch, spec, lambda n: progress.advance(task, n))
         merge = progress.add_task("merging aggregate tables", total=len(AGGREGATE_TABLES))
@@ -319,7 +320,8 @@ def _client_hits(rt: Runtime, batches: list[list[int]], n: int) -> list[float]:
     for users in batches:
         service.get_user_metrics(users)
     out = subprocess.run(  # noqa: S603 - our own module, arguments we built
-        [sys.executable, "-m", "app.bench.read_client", str(rt.settings.redis_url), json.dumps(batches), str(n)],
+        [sys.executable, "-m", "bench.read_client", str(rt.settings.redis_url), json.dumps(batches), str(n)],
+        cwd=CHECKOUT,
         capture_output=True,
         text=True,
         check=True,

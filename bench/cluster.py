@@ -19,14 +19,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from app.bench.capacity import insert_rate
-from app.bench.dataset import DatasetSpec, generate
 from app.core.metrics import EngagementWeights
 from app.core.settings import Settings
 from app.read.metrics_query import compute_user_metrics
 from app.read.reactions import latest_reactions
 from app.stores import clickhouse, clickhouse_cluster, clickhouse_server, migrations
 from app.stores.clickhouse import ClickHouse
+from bench.capacity import insert_rate
+from bench.dataset import DatasetSpec, generate
 
 DATABASE = "usermetrics_bench_cluster"
 PAGE = 100

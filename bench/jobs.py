@@ -12,15 +12,15 @@ import time
 from dataclasses import dataclass, field
 
 from app import jobs
-from app.bench.dataset import CHUNK_SQL, DatasetSpec, location
-from app.bench.harness import private_runtime
-from app.bench.read import prepare, settle
 from app.caches import metrics_cache
 from app.core.settings import Settings
 from app.jobs.report import now as clock
 from app.read.metrics_query import compute_user_metrics
 from app.stores import clickhouse
 from app.stores.runtime import Runtime
+from bench.dataset import CHUNK_SQL, DatasetSpec, location
+from bench.harness import private_runtime
+from bench.read import prepare, settle
 
 GOAL_FULL_S = 5.0
 GOAL_INCREMENTAL_S = 0.5
