@@ -1,4 +1,9 @@
-"""A task that does nothing: the ceiling of this machine and broker, the baseline of the ingest benchmark."""
+"""A task that does nothing, run by the project's own worker: the ingest benchmark sets its rate against plain
+Celery's ceiling (``bench/plain.py``) to show what the project's worker adds per message.
+
+It lives with the service, not with the benchmarks: it must run exactly as the service's tasks do, registered by
+the project's decorator and routed to the events queue (whose consumer accepts only the tasks routed there).
+"""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from kombu import Connection, Exchange, Queue
 
-from app.bench.harness import task_body, task_headers
+from bench.harness import task_body, task_headers
 from tests.stack import BROKER_URL
 
 

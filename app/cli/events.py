@@ -60,7 +60,7 @@ def simulate(
             events, duplicates=duplicates, out_of_order=out_of_order
         )
         started = time.monotonic()
-        with Progress(console=console) as progress:
+        with Progress(console=err) as progress:
             bar = progress.add_task("sending", total=events)
             traffic.send(producer(rt), stream, rate=rate, batch=batch, on_sent=lambda: progress.advance(bar))
         elapsed = time.monotonic() - started

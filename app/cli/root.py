@@ -1,4 +1,5 @@
-"""The root command (``python -m app``) and its groups; the commands are in the modules beside this one."""
+"""The root command (``python -m app``) and its groups; the commands are in the modules beside this one. The
+benchmarks' group (``bench``) lives outside the service and is attached by ``app/__main__.py``."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
     help="User metrics and image reactions service.",
 )
-bench_cli = typer.Typer(no_args_is_help=True, help="Benchmarks: figures and ratios against a same-run baseline.")
-cli.add_typer(bench_cli, name="bench")
 excluded_cli = typer.Typer(no_args_is_help=True, help="Manage excluded users (their actions count for nobody).")
 cli.add_typer(excluded_cli, name="excluded-users")
 dead_cli = typer.Typer(no_args_is_help=True, help="Inspect, replay or purge dead letters.")

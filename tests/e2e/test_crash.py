@@ -30,11 +30,11 @@ import pytest
 import redis
 from kombu import Connection, Exchange, Queue
 
-from app.bench.harness import task_body, task_headers, worker_argv
 from app.core.paths import REPO
 from app.core.settings import Settings
 from app.local import embedded_redis, process
 from app.stores.broker import queue_stats
+from bench.harness import task_body, task_headers, worker_argv
 from tests.stack import AMQP_URL, BASE_REDIS_URL, ROOT, SERVER_MODE, process_env, rabbitmq_up, wait_until, with_db
 from tests.stack import BROKER_URL as SESSION_BROKER_URL
 

@@ -45,7 +45,7 @@ OWNERS = (1, 2, 3, 4, 5)
 
 def publish_downloads(broker: str, n: int, first_user: int = 1000) -> None:
     """``n`` Download events (additive: a double count would show) spread over the owners, as a raw producer."""
-    from app.bench.harness import task_body, task_headers
+    from bench.harness import task_body, task_headers
 
     exchange = Exchange(c.EVENTS_QUEUE, type="direct")
     queue = Queue(c.EVENTS_QUEUE, exchange, routing_key=c.EVENTS_QUEUE)

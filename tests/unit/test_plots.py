@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.bench import plots
+from bench import plots
 
 
 def test_latency_and_growth_figures_are_drawn(tmp_path: Path) -> None:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import gc
 import random
 
-from app.bench.harness import Figures, put, steady, timed
 from app.caches import reactions_cache
-from app.read.reaction_snapshot import current_reactions
-from app.read.reactions import FILLS, UserReactionQueryService, latest_reactions
+from app.read.reactions_miss import current_reactions
+from app.read.reactions_service import FILLS, UserReactionQueryService, latest_reactions
 from app.stores.runtime import Runtime
+from bench.harness import Figures, put, steady, timed
 
 
 def measure_reactions(rt: Runtime, f: Figures, trials: int, hit_trials: int, images: int, rnd: random.Random) -> None:

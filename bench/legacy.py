@@ -25,20 +25,23 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, select
 
-from app import jobs
-from app.bench.harness import percentile, private_runtime
 from app.caches import metrics_cache
 from app.core.settings import Settings
+from app.derived.changelog import INFLIGHT_MARGIN
+from app.jobs.engagement import recompute_engagement
+from app.jobs.metrics_snapshot import snapshot_metrics
+from app.jobs.ranks import recompute_ranks
 from app.legacy import db
 from app.legacy.baseline import legacy_reactions, legacy_user_metrics, run_legacy_job
 from app.legacy.models import Collection, Image, ImageReaction, Model, Post, User, UserEngagement
 from app.migration.backfill import backfill
 from app.migration.seed import LegacySpec, seed
 from app.read.clickhouse_sources import clickhouse_reaction_source
-from app.read.query import UserMetricsQueryService
-from app.read.reactions import UserReactionQueryService
+from app.read.metrics_service import UserMetricsQueryService
+from app.read.reactions_service import UserReactionQueryService
 from app.stores import clickhouse, migrations
 from app.stores.runtime import Runtime
+from bench.harness import percentile, private_runtime
 
 READS_PER_MINUTE = 60
 
@@ -181,9 +184,9 @@ def _measure(rt: Runtime, eng: Engine, spec: LegacySpec, f: dict[str, float]) ->
     f["legacy_job_s"] = time.perf_counter() - started
     # The incremental run looks back INFLIGHT_MARGIN past its predecessor for inserts in flight; let the backfill's
     # last rows age out of that margin, as they would on a live site, so that it sees the 10,000 new events only.
-    time.sleep(max(0.0, jobs.INFLIGHT_MARGIN.total_seconds() + 0.5 - f["legacy_job_s"]))
-    f["full_s"] = jobs.recompute_engagement(rt, full=True).seconds + jobs.recompute_ranks(rt).seconds
-    from app.bench.dataset import CHUNK_SQL
+    time.sleep(max(0.0, INFLIGHT_MARGIN.total_seconds() + 0.5 - f["legacy_job_s"]))
+    f["full_s"] = recompute_engagement(rt, full=True).seconds + recompute_ranks(rt).seconds
+    from bench.dataset import CHUNK_SQL
 
     rt.clickhouse.command(
         CHUNK_SQL,
@@ -196,14 +199,14 @@ def _measure(rt: Runtime, eng: Engine, spec: LegacySpec, f: dict[str, float]) ->
             "count": 10_000,
         },
     )
-    f["incremental_s"] = jobs.recompute_engagement(rt, full=False).seconds
+    f["incremental_s"] = recompute_engagement(rt, full=False).seconds
 
     batches = [[rnd.randint(1, spec.users) for _ in range(100)] for _ in range(30)]
     f["pg_metrics_p50_ms"] = percentile([_ms(legacy_user_metrics, eng, b) for b in batches[:10]], 50)
     service = UserMetricsQueryService(rt)
     # Misses read the metrics snapshot: its full run, once the new events are past the look-back margin.
-    time.sleep(jobs.INFLIGHT_MARGIN.total_seconds() + 0.5)
-    f["snapshot_full_s"] = jobs.snapshot_metrics(rt, full=True).seconds
+    time.sleep(INFLIGHT_MARGIN.total_seconds() + 0.5)
+    f["snapshot_full_s"] = snapshot_metrics(rt, full=True).seconds
     misses = []
     for b in batches:
         rt.redis.delete(*{metrics_cache.metrics_key(u) for u in b})  # a miss; the jobs' state stays

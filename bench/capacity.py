@@ -20,16 +20,16 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from app.bench.dataset import DatasetSpec, location
-from app.bench.harness import private_runtime
-from app.bench.read import prepare, settle
 from app.core.events import Event, MetricType
 from app.core.settings import Settings
-from app.read.query import UserMetricsQueryService
-from app.read.reactions import UserReactionQueryService, latest_reactions
+from app.read.metrics_service import UserMetricsQueryService
+from app.read.reactions_service import UserReactionQueryService, latest_reactions
 from app.stores import clickhouse, migrations
 from app.stores.clickhouse import insert_events
 from app.stores.runtime import Runtime
+from bench.dataset import DatasetSpec, location
+from bench.harness import private_runtime
+from bench.read import prepare, settle
 
 CACHED_USERS = 10_000
 REACTION_USERS = 1_000

@@ -19,8 +19,6 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from app.bench.capacity import insert_rate
-from app.bench.dataset import DatasetSpec, generate
 from app.core.metrics import EngagementWeights
 from app.core.settings import Settings
 from app.derived.metrics_from_log import compute_user_metrics
@@ -28,6 +26,8 @@ from app.local import clickhouse_cluster, clickhouse_server
 from app.read.reactions_service import latest_reactions
 from app.stores import clickhouse, migrations
 from app.stores.clickhouse import ClickHouse
+from bench.capacity import insert_rate
+from bench.dataset import DatasetSpec, generate
 
 DATABASE = "usermetrics_bench_cluster"
 PAGE = 100

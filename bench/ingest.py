@@ -16,13 +16,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import clickhouse_connect
 
-from app.bench.harness import BenchStack, bench_stack, percentile
 from app.caches import metrics_cache
 from app.core import constants as c
 from app.core.metrics import UserMetrics
 from app.ops.simulate import TrafficGenerator
+from bench.harness import BenchStack, bench_stack, percentile
 
-PLAIN_APP = "app.bench.plain:plain"
+PLAIN_APP = "bench.plain:plain"
 
 GOAL_RATIO = 0.7
 GOAL_BATCH_EPS = 20_000

@@ -32,19 +32,23 @@ from typing import Any
 
 from rich.progress import Progress
 
-from app import jobs
-from app.bench import plots
-from app.bench.dataset import DatasetSpec, existing, generate, location
-from app.bench.harness import Figures, percentile, private_runtime, put, steady, timed
-from app.bench.read_reactions import measure_reactions
 from app.caches import metrics_cache
+from app.cli.common import err
 from app.core.settings import Settings
+from app.derived.changelog import INFLIGHT_MARGIN
+from app.derived.metrics_from_log import compute_user_metrics
+from app.jobs.metrics_snapshot import snapshot_metrics
+from app.jobs.reactions_snapshot import snapshot_reactions
+from app.jobs.timeline import update_timeline
 from app.ops.simulate import Zipf
 from app.read.history import metric_history
-from app.read.metrics_query import compute_user_metrics
-from app.read.query import UserMetricsQueryService
+from app.read.metrics_service import UserMetricsQueryService
 from app.stores import clickhouse, migrations
 from app.stores.runtime import Runtime
+from bench import plots
+from bench.dataset import DatasetSpec, existing, generate, location
+from bench.harness import CHECKOUT, Figures, percentile, private_runtime, put, steady, timed
+from bench.read_reactions import measure_reactions
 
 GOALS_MS = {"metrics_hit": 5.0, "metrics_miss": 50.0, "reactions_hit": 2.0, "reactions_miss": 20.0, "history": 100.0}
 GOAL_HIT_RATE = 0.95
@@ -168,7 +172,7 @@ def prepare(ch: clickhouse.ClickHouse, spec: DatasetSpec) -> float:
     ):
         ch.command(f"TRUNCATE TABLE `{table}`")
     started = time.perf_counter()
-    with Progress() as progress:
+    with Progress(console=err) as progress:
         task = progress.add_task(f"generating {spec.events:,} events", total=spec.events)
         generate(ch, spec, lambda n: progress.advance(task, n))
         merge = progress.add_task("merging aggregate tables", total=len(AGGREGATE_TABLES))
@@ -214,17 +218,17 @@ def _measure(rt: Runtime, sizes: ReadSizes, f: Figures) -> None:
 
     take_snapshot(rt, f, generated=bool(f["generate_s"]))
     started = time.perf_counter()
-    jobs.snapshot_metrics(rt)  # nothing changed since: the incremental run's fixed cost
+    snapshot_metrics(rt)  # nothing changed since: the incremental run's fixed cost
     f["snapshot_incremental_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    jobs.snapshot_reactions(rt)
+    snapshot_reactions(rt)
     f["reactions_snapshot_incremental_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    f["timeline_keys"] = jobs.update_timeline(rt, full=True).changed
+    f["timeline_keys"] = update_timeline(rt, full=True).changed
     f["timeline_rebuild_s"] = time.perf_counter() - started
     f["settle_s"] += settle(rt.clickhouse)  # the rebuild's parts merge before anything is timed
     started = time.perf_counter()
-    jobs.update_timeline(rt)
+    update_timeline(rt)
     f["timeline_incremental_s"] = time.perf_counter() - started
     measure_misses(rt, f, batches)
     hit = steady(lambda i: service.get_user_metrics(batches[i % len(batches)]), sizes.hit_trials)
@@ -275,13 +279,13 @@ def take_snapshot(rt: Runtime, f: Figures, generated: bool, reactions: bool = Tr
     """The snapshot the misses read: a full run, timed. Rows inserted within the look-back margin before a run count
     as changed, so a dataset generated just now waits it out first."""
     if generated:
-        time.sleep(jobs.INFLIGHT_MARGIN.total_seconds())
+        time.sleep(INFLIGHT_MARGIN.total_seconds())
     started = time.perf_counter()
-    f["snapshot_users"] = jobs.snapshot_metrics(rt, full=True).users
+    f["snapshot_users"] = snapshot_metrics(rt, full=True).users
     f["snapshot_full_s"] = time.perf_counter() - started
     if reactions:
         started = time.perf_counter()
-        f["reaction_keys"] = jobs.snapshot_reactions(rt, full=True).changed
+        f["reaction_keys"] = snapshot_reactions(rt, full=True).changed
         f["reactions_snapshot_full_s"] = time.perf_counter() - started
 
 
@@ -319,7 +323,8 @@ def _client_hits(rt: Runtime, batches: list[list[int]], n: int) -> list[float]:
     for users in batches:
         service.get_user_metrics(users)
     out = subprocess.run(  # noqa: S603 - our own module, arguments we built
-        [sys.executable, "-m", "app.bench.read_client", str(rt.settings.redis_url), json.dumps(batches), str(n)],
+        [sys.executable, "-m", "bench.read_client", str(rt.settings.redis_url), json.dumps(batches), str(n)],
+        cwd=CHECKOUT,
         capture_output=True,
         text=True,
         check=True,

@@ -2,7 +2,7 @@
 them, away from the engine's threads in the bench process. Every read must be a hit (a miss would need ClickHouse,
 which this process does not open): a miss fails the run.
 
-``python -m app.bench.read_client REDIS_URL BATCHES_JSON N`` prints the N latencies in ms as JSON.
+``python -m bench.read_client REDIS_URL BATCHES_JSON N`` prints the N latencies in ms as JSON.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from datetime import datetime
 
 from app.core.metrics import UserMetrics
 from app.core.settings import Settings
-from app.read.query import UserMetricsQueryService
+from app.read.metrics_service import UserMetricsQueryService
 from app.stores.runtime import Runtime
 
 

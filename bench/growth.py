@@ -10,13 +10,13 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.bench import plots
-from app.bench.dataset import DatasetSpec, location
-from app.bench.harness import Figures, private_runtime
-from app.bench.read import measure_misses, prepare, settle, take_snapshot
-from app.bench.read_reactions import measure_reactions
 from app.core.settings import Settings
 from app.stores import clickhouse
+from bench import plots
+from bench.dataset import DatasetSpec, location
+from bench.harness import Figures, private_runtime
+from bench.read import measure_misses, prepare, settle, take_snapshot
+from bench.read_reactions import measure_reactions
 
 
 @dataclass

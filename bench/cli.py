@@ -1,4 +1,7 @@
-"""``bench``: the benchmarks, each printing figures and ratios against a baseline measured in the same run."""
+"""``python -m app bench ...``: the benchmarks, each printing figures and ratios against a baseline measured in the
+same run. The group is attached to the service's command line by ``app/__main__.py`` when this package is there (a
+checkout); the service's own CLI never imports it. With ``--json`` stdout holds the JSON document alone: progress
+bars and the workers' output go to stderr."""
 
 from __future__ import annotations
 
@@ -11,8 +14,9 @@ import typer
 from rich.table import Table
 
 from app.cli.common import console, to_json
-from app.cli.root import bench_cli
 from app.core.settings import load_settings
+
+bench_cli = typer.Typer(no_args_is_help=True, help="Benchmarks: figures and ratios against a same-run baseline.")
 
 
 def _print_bench(title: str, rows: list[tuple[str, str, str]], figures: Mapping[str, Any], as_json: bool) -> None:
@@ -70,7 +74,7 @@ def bench_ingest(
 ) -> None:
     """Write path: plain-Celery ceiling, per-message mix, 500-event batches, latency, worker memory; embedded and,
     with --server or --clickhouse-url, the server shape side by side."""
-    from app.bench import ingest
+    from bench import ingest
 
     with _bench_server(clickhouse_url, server) as url:
         result = ingest.run(quick, url, workers, concurrency)
@@ -96,12 +100,12 @@ def bench_read(
     """Read path on a generated event log (reused between runs): metrics and reactions, hits and misses, hit
     rate under Zipf reads, history; embedded and, with --server or --clickhouse-url, on a server side by side.
     Draws the latency distributions (and, with --growth, the growth curve) as PNG files."""
-    from app.bench import read
+    from bench import read
 
     settings = load_settings()
     directory = plots or settings.data_path / "bench" / "plots"
     if growth:
-        from app.bench import growth as growth_bench
+        from bench import growth as growth_bench
 
         results = {"embedded": growth_bench.run(quick, settings)}
         with _bench_server(clickhouse_url, server) as url:
@@ -138,7 +142,7 @@ def bench_jobs(
 ) -> None:
     """Beat jobs on 1M and 10M events: full and incremental engagement, ranks, reconciliation; embedded and, with
     --server or --clickhouse-url, on a server side by side."""
-    from app.bench import jobs as jobs_bench
+    from bench import jobs as jobs_bench
 
     settings = load_settings()
     embedded = jobs_bench.run(quick, settings)
@@ -160,7 +164,7 @@ def bench_capacity(
 ) -> None:
     """Bytes per event in ClickHouse, per cached user and per reactions field in Redis, one engine's insert rate;
     then the capacity plan for a site (shards, replicas, Redis memory and nodes, worker processes)."""
-    from app.bench import capacity
+    from bench import capacity
 
     site = capacity.Site(
         events_per_day=events_per_day,
@@ -179,7 +183,7 @@ def bench_cluster(
 ) -> None:
     """One local ClickHouse server against a local cluster of 2 shards x 2 replicas, in the same run: inserts,
     metrics misses and reactions misses on the same generated log."""
-    from app.bench import cluster as cluster_bench
+    from bench import cluster as cluster_bench
 
     result = cluster_bench.run(quick, load_settings())
     if as_json:
@@ -206,7 +210,7 @@ def bench_legacy(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON")] = False,
 ) -> None:
     """Legacy PostgreSQL aggregation vs this project on the same generated data."""
-    from app.bench import legacy as legacy_bench
+    from bench import legacy as legacy_bench
 
     result = legacy_bench.run(quick, load_settings(), database_url, users, reuse)
     _print_bench("legacy" + (" (quick)" if quick else ""), result.rows(), result.figures, as_json)

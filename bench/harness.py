@@ -21,11 +21,16 @@ from typing import Any
 import redis
 
 from app.core import constants as c
-from app.core.paths import REPO
 from app.core.settings import Settings
 from app.local import embedded_redis
 from app.stores.clickhouse import ClickHouse
 from app.stores.runtime import Runtime
+
+# The checkout holding this package: the subprocesses a benchmark starts (workers, the read client) run there, so
+# that ``-m`` finds ``bench`` and the project's code it measures on their path.
+CHECKOUT = Path(__file__).resolve().parents[1]
+# Their stdout goes to this process's stderr (a worker prints its banner): stdout holds only the results.
+TO_STDERR = 2
 
 
 def worker_argv(
@@ -144,7 +149,8 @@ class BenchStack:
         self.worker = subprocess.Popen(  # noqa: S603 - fixed argv
             worker_argv("bench@%h", concurrency) + ["--without-mingle", "--without-gossip"],
             env=self.env(**extra),
-            cwd=REPO,
+            cwd=CHECKOUT,
+            stdout=TO_STDERR,
             start_new_session=True,
         )
 
@@ -152,7 +158,9 @@ class BenchStack:
         """``n`` worker instances (the first is ``self.worker``), each with its own pool."""
         for i in range(n):
             argv = worker_argv(f"bench{i}@%h", concurrency, pool, app) + ["--without-mingle", "--without-gossip"]
-            proc = subprocess.Popen(argv, env=self.env(), cwd=REPO, start_new_session=True)  # noqa: S603
+            proc = subprocess.Popen(  # noqa: S603 - fixed argv
+                argv, env=self.env(), cwd=CHECKOUT, stdout=TO_STDERR, start_new_session=True
+            )
             if self.worker is None:
                 self.worker = proc
             else:

@@ -11,16 +11,19 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from app import jobs
-from app.bench.dataset import CHUNK_SQL, DatasetSpec, location
-from app.bench.harness import private_runtime
-from app.bench.read import prepare, settle
 from app.caches import metrics_cache
 from app.core.settings import Settings
-from app.jobs.report import now as clock
-from app.read.metrics_query import compute_user_metrics
+from app.derived.changelog import INFLIGHT_MARGIN
+from app.derived.job_state import now as clock
+from app.derived.metrics_from_log import compute_user_metrics
+from app.jobs.engagement import recompute_engagement
+from app.jobs.ranks import recompute_ranks
+from app.jobs.reconcile import reconcile_caches
 from app.stores import clickhouse
 from app.stores.runtime import Runtime
+from bench.dataset import CHUNK_SQL, DatasetSpec, location
+from bench.harness import private_runtime
+from bench.read import prepare, settle
 
 GOAL_FULL_S = 5.0
 GOAL_INCREMENTAL_S = 0.5
@@ -103,9 +106,9 @@ def _measure(rt: Runtime, spec: DatasetSpec, f: dict[str, float]) -> None:
     rt.clickhouse.command("TRUNCATE TABLE engagementCurrent")
     # An incremental run looks back INFLIGHT_MARGIN past its predecessor for inserts still landing; a dataset
     # generated a moment ago would fall inside it. Let it age out, as it would on a live site.
-    time.sleep(jobs.INFLIGHT_MARGIN.total_seconds())
-    f[f"{k}_engagement_full_s"] = jobs.recompute_engagement(rt, full=True).seconds
-    f[f"{k}_ranks_s"] = jobs.recompute_ranks(rt).seconds
+    time.sleep(INFLIGHT_MARGIN.total_seconds())
+    f[f"{k}_engagement_full_s"] = recompute_engagement(rt, full=True).seconds
+    f[f"{k}_ranks_s"] = recompute_ranks(rt).seconds
     # 10,000 new events (beyond the generated ones), then an incremental run.
     rt.clickhouse.command(
         CHUNK_SQL,
@@ -118,7 +121,7 @@ def _measure(rt: Runtime, spec: DatasetSpec, f: dict[str, float]) -> None:
             "count": NEW_EVENTS,
         },
     )
-    report = jobs.recompute_engagement(rt, full=False)
+    report = recompute_engagement(rt, full=False)
     f[f"{k}_engagement_incremental_s"], f[f"{k}_incremental_users"] = report.seconds, report.users
     # Reconcile: 10,000 users cached and recently read, one in a hundred corrupted.
     users = list(range(1, min(RECONCILE_USERS, spec.users) + 1))
@@ -129,7 +132,7 @@ def _measure(rt: Runtime, spec: DatasetSpec, f: dict[str, float]) -> None:
         metrics_cache.read_noting(rt.redis, chunk, time.time())
     for u in users[::100]:
         rt.redis.hincrby(metrics_cache.metrics_key(u), "followerCount", 1)
-    report = jobs.reconcile_caches(rt, sample=len(users))
+    report = reconcile_caches(rt, sample=len(users))
     f[f"{k}_reconcile_s"], f[f"{k}_drift"] = report.seconds, report.drift_ratio
     # Baseline: every user's engagement from the raw log (argMax over all events), in batches of 2,000.
     started = time.perf_counter()
