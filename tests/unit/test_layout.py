@@ -5,7 +5,9 @@ module over 400 lines, and the design document's module map names every module."
 from __future__ import annotations
 
 import ast
+import importlib
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -172,3 +174,17 @@ def test_the_import_paths_web_apps_use_keep_working() -> None:
     from app.services import UserMetricEventService as OldService
 
     assert (old_after_commit, OldProducer, OldService) == (after_commit, EventProducer, UserMetricEventService)
+
+
+def test_the_readers_earlier_import_paths_warn_and_keep_working() -> None:
+    from app.read.metrics_service import UserMetricsQueryService
+    from app.read.reactions_service import UserReactionQueryService
+
+    for old, name, new in (
+        ("app.read.query", "UserMetricsQueryService", UserMetricsQueryService),
+        ("app.read.reactions", "UserReactionQueryService", UserReactionQueryService),
+    ):
+        sys.modules.pop(old, None)
+        with pytest.warns(DeprecationWarning, match=old):
+            module = importlib.import_module(old)
+        assert getattr(module, name) is new
