@@ -23,9 +23,10 @@ from typing import Any
 
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
-from kombu import Connection, Exchange, Queue
+from kombu import Connection
 from kombu.transport import redis as kombu_redis
 
+from app.client.sending import sender_config
 from app.core import constants as c
 from app.core.errors import TransientError
 from app.core.settings import Settings
@@ -55,8 +56,9 @@ def _result_backend(redis_url: str, broker_url: str) -> str:
 
 
 def client_config(settings: Settings) -> dict[str, Any]:
-    """The Celery settings of any process that talks to the broker: where it is, where read results come back,
-    JSON only. Workers extend them (``tasks/config.py``); the CLI and the read sources use them as they are."""
+    """The Celery settings of any process of the stack that talks to the broker: a sender's (``sender_config``),
+    plus where read results come back. Workers extend them (``tasks/config.py``); the CLI and the read sources use
+    them as they are."""
     try:
         redis_url = resolve_redis_url(settings)
     except Exception:
@@ -64,43 +66,12 @@ def client_config(settings: Settings) -> dict[str, Any]:
         redis_url = "redis://127.0.0.1:6379/0"
     url = settings.celery_broker_url or redis_url
     return {
-        "broker_url": url,
-        # Celery lets the CELERY_BROKER_URL variable override ``broker_url``; the read and write URLs win over both,
-        # so the broker is the one of these settings (a process may hold settings for another deployment).
-        "broker_read_url": url,
-        "broker_write_url": url,
-        "broker_connection_retry_on_startup": True,
+        **sender_config(url),
         # Unacknowledged messages (a worker died) return to the queue after this long; longer than any task.
         "broker_transport_options": {"visibility_timeout": settings.broker_visibility_timeout_s},
         # A Redis Cluster cache cannot hold Celery's results: they travel back over the broker instead.
         "result_backend": _result_backend(redis_url, url),
         "result_expires": 3600,
-        "task_ignore_result": True,
-        "task_serializer": "json",
-        "result_serializer": "json",
-        "accept_content": ["json"],
-        "result_accept_content": ["json"],
-        "event_serializer": "json",
-        "timezone": "UTC",
-        "enable_utc": True,
-        # No "task-sent" events: they would double the producer's broker writes; workers report the rest.
-        "task_send_sent_event": False,
-        # Queues and routes are part of the message contract: a sender declares them exactly as workers do.
-        "task_queues": [
-            Queue(name, Exchange(name, type="direct"), routing_key=name)
-            for name in (c.EVENTS_QUEUE, c.MAINTENANCE_QUEUE, c.READS_QUEUE)
-        ],
-        "task_default_exchange": c.EVENTS_QUEUE,
-        "task_default_routing_key": c.EVENTS_QUEUE,
-        "task_default_queue": c.EVENTS_QUEUE,
-        "task_routes": {
-            **{name: {"queue": c.EVENTS_QUEUE} for name in c.EVENT_TASKS},
-            **{name: {"queue": c.READS_QUEUE} for name in c.READ_TASKS},
-            **{name: {"queue": c.MAINTENANCE_QUEUE} for name in c.JOBS},
-            c.BENCH_NOOP: {"queue": c.EVENTS_QUEUE},
-            # Celery's own periodic cleanup (beat adds it only for result backends without expiry).
-            "celery.backend_cleanup": {"queue": c.MAINTENANCE_QUEUE},
-        },
     }
 
 

@@ -35,6 +35,21 @@ def test_event_service_records_follows_uploads_and_engagement(clean, producer): 
     assert m.engagement_score == Decimal("0.1")  # only the follow, weight 0.1
 
 
+def test_a_web_app_sends_through_its_own_sending_app(clean):  # type: ignore[no-untyped-def]
+    from app.client import EventProducer, sending_app
+    from app.stores.broker import broker_url
+
+    # Given a producer on the client's own Celery app (no worker configuration imported), on the stack's broker
+    prime(clean, 7, 8)
+    producer = EventProducer(sending_app(broker_url(clean.settings)))
+    # When it sends a follow
+    producer.record_follow(7, 8)
+    # Then the worker counts it
+    wait_events(clean, 1)
+    m = metrics_cache.read(clean.redis, [8])[8]
+    assert m is not None and m.follower_count == 1
+
+
 def test_owner_id_contradicting_the_upload_is_dead_lettered(clean, producer):  # type: ignore[no-untyped-def]
     prime(clean, 1, 2)
     producer.record_upload(1, "Image", 500)

@@ -14,14 +14,15 @@ FORBIDDEN = ("chdb", "clickhouse_connect", "sqlalchemy", "tasks", "app.write", "
 SCRIPT = """
 import json, sys
 import app.client
+from app.client import EventProducer, UserMetricEventService, ValidationError, build_event, sending_app
+
+out = {"imported": sorted(sys.modules)}
 from celery import Celery
-from app.client import EventProducer, UserMetricEventService, ValidationError, build_event
 
 class NoBroker(Celery):
     def send_task(self, *args, **kwargs):
         raise AssertionError("validation reached the broker")
 
-out = {"imported": sorted(sys.modules)}
 out["built"] = build_event("record_follow", follower_id=1, user_id=2).model_dump(mode="json", exclude_none=True)
 refused = []
 for bad in (
@@ -34,6 +35,9 @@ for bad in (
     except ValidationError as exc:
         refused.append(str(exc))
 out["refused"] = refused
+sender = sending_app("redis://127.0.0.1:1/0").conf
+out["sender"] = [sender.task_serializer, sender.accept_content, [q.name for q in sender.task_queues],
+                 sender.task_routes["record_follow"]["queue"]]
 out["used"] = sorted(sys.modules)
 print(json.dumps(out))
 """
@@ -50,8 +54,10 @@ def test_the_client_loads_no_store_and_validates_without_a_broker() -> None:
     )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
-    # Then neither importing nor using it loaded ClickHouse, SQLAlchemy, the worker or the service's packages
+    # Then neither importing nor using it loaded ClickHouse, SQLAlchemy, the worker or the service's packages, and
+    # importing it loaded no Celery either (only sending_app does)
     assert _loaded(out["imported"]) == []
+    assert [m for m in out["imported"] if m == "celery" or m.startswith(("celery.", "kombu"))] == []
     assert _loaded(out["used"]) == []
     # And a good event was built and stamped, and each bad one refused with its reason, before any send
     built = out["built"]
@@ -62,3 +68,5 @@ def test_the_client_loads_no_store_and_validates_without_a_broker() -> None:
     assert follow.startswith("record_follow: ") and "cannot follow themselves" in follow
     assert reaction.startswith("set_reaction: reactions: ") and "15" in reaction
     assert upload.startswith("record_upload: user_id: ") and "greater than or equal to 1" in upload
+    # And the web app's sending app speaks the message contract: JSON only, the workers' queues, events routed
+    assert out["sender"] == ["json", ["json"], ["events", "maintenance", "reads"], "events"]
