@@ -2,9 +2,9 @@
 as the workers declare them, tasks routed by name), no results, no task-sent events, and no task of its own.
 
 ``sending_app`` builds it from a broker URL, or from the environment (``CELERY_BROKER_URL``, else ``REDIS_URL``,
-else the embedded stack's private Redis on this machine). Celery and kombu are imported when it is called, not when
-``app.client`` is imported. The worker's processes start from the same settings (``sender_config``) and add their
-own (``app.stores.broker``, ``tasks/config.py``).
+else the embedded stack's private Redis on this machine). Celery, kombu and the settings are imported when it is
+called, not when ``app.client`` is imported. The worker's processes start from the same settings
+(``sender_config``) and add their own (``app.stores.broker``, ``tasks/config.py``).
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from app.core import constants as c
 from app.core.errors import ValidationError
-from app.core.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from celery import Celery
+
+    from app.core.settings import Settings
 
 QUEUES = (c.EVENTS_QUEUE, c.MAINTENANCE_QUEUE, c.READS_QUEUE)
 
@@ -62,6 +63,8 @@ def sending_app(broker_url: str | None = None, settings: Settings | None = None)
     """A Celery app that sends this service's tasks by name to ``broker_url`` (default: from ``settings``, read
     from the environment when not given)."""
     from celery import Celery
+
+    from app.core.settings import load_settings
 
     app = Celery("usermetrics-sender", set_as_current=False)
     app.conf.update(sender_config(broker_url or configured_broker(settings or load_settings())))
