@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from app.core.events import as_utc
-from app.derived.job_state import JobReport, load_state, save_state
+from app.derived.job_state import JobReport, save_state
 from app.stores.clickhouse import ClickHouse
 from app.stores.runtime import Runtime
 
@@ -77,20 +77,24 @@ class Slice:
         return {"after": self.after, "until": self.until}
 
 
-def saved_position(state: Mapping[str, str]) -> datetime | None:
-    """The start of the next slice as a job saved it in its state (``inserted_after``); None when it has none."""
-    after = state.get("inserted_after")
-    return datetime.fromisoformat(after) if after else None
+def save_position(rt: Runtime, job: str, after: datetime, now: datetime, **extra: str | int) -> None:
+    """Record in ``job``'s state where its next slice starts (``inserted_after``) and the run's clock."""
+    save_state(rt.redis, job, {"inserted_after": after.isoformat(), "now": now.isoformat(), **extra})
 
 
 class ChangelogJob(ABC):
-    """A job keeping a derived table: where its last slice ended, when it must run in full, and its two runs."""
+    """A job keeping a derived table: where its last slice ended, when it must run in full, and its two runs.
+
+    ``state`` is the job's state as the run found it (``job_state.load_state``); a job that keeps its position
+    elsewhere (the timeline, in its table) overrides ``position``."""
 
     name: str
+    state: Mapping[str, str]
 
-    @abstractmethod
     def position(self, rt: Runtime, engine_now: datetime) -> datetime | None:
         """The start of this run's slice (the last slice's end less the margin); None: no usable position."""
+        after = self.state.get("inserted_after")
+        return datetime.fromisoformat(after) if after else None
 
     def stale(self, rt: Runtime, run: Slice) -> bool:
         """True when the table no longer describes the log (its inputs changed, it was lost): run in full."""
@@ -123,61 +127,58 @@ def run_on_changelog(rt: Runtime, job: ChangelogJob, full: bool | None = None) -
 
 @dataclass
 class FullRun:
-    """A full run over a key range, resumable: the slice end it started at, the last key written, the generation it
-    writes (a new one unless resumed), and whether it resumed an interrupted run."""
+    """A full run over a key range, resumable: the job, the slice end it started at, the last key written, and the
+    generation it writes (a new one unless it resumed an interrupted run)."""
 
     job: str
     until: datetime
     cursor: int
     generation: int
-    resumed: bool
 
     @classmethod
     def begin(
-        cls, rt: Runtime, job: str, run: Slice, *, resume: bool, inputs: Mapping[str, str] | None = None
+        cls, rt: Runtime, job: ChangelogJob, run: Slice, *, resume: bool, inputs: Mapping[str, str] | None = None
     ) -> FullRun:
-        """Resume the interrupted full run the job's state describes when ``resume`` and it was computed with the
+        """Resume the interrupted full run ``job.state`` describes when ``resume`` and it was computed with the
         same ``inputs``, else start one (recorded before anything is written)."""
-        state = load_state(rt.redis, job)
-        inputs = dict(inputs or {})
+        state, inputs = job.state, dict(inputs or {})
         if (
             resume
             and state.get("ready") == "0"
             and "full_next" in state
             and all(state.get(k) == v for k, v in inputs.items())
         ):
-            until = datetime.fromisoformat(state["full_until"])
-            return cls(job, until, int(state["full_next"]), int(state["generation"]), True)
+            return cls(
+                job.name, datetime.fromisoformat(state["full_until"]), int(state["full_next"]), int(state["generation"])
+            )
         generation = secrets.randbits(62) + 1
         save_state(
             rt.redis,
-            job,
+            job.name,
             {"ready": 0, "full_next": 0, "full_until": run.until.isoformat(), "generation": generation, **inputs},
         )
-        return cls(job, run.until, 0, generation, False)
+        return cls(job.name, run.until, 0, generation)
 
-    def advance(self, rt: Runtime, steps: Iterable[tuple[int, bool]], started: float) -> bool:
-        """Drive ``steps`` (each writes one range and yields its last key and whether it was the last range),
-        recording the cursor after each; stop once the job's time budget from ``started`` (``time.perf_counter``)
-        is spent. Returns whether the run finished."""
+    def advance(self, rt: Runtime, steps: Iterable[tuple[int, int, bool]], started: float) -> tuple[bool, int]:
+        """Drive ``steps`` (each writes one range and yields its last key, how much it wrote, and whether it was the
+        last range), recording the cursor after each; stop once the job's time budget from ``started``
+        (``time.perf_counter``) is spent. Returns whether the run finished, and how much was written."""
         deadline = started + rt.settings.job_time_limit_s * BUDGET_SHARE
-        for cursor, last in steps:
+        written = 0
+        for cursor, count, last in steps:
             self.cursor = cursor
+            written += count
             save_state(rt.redis, self.job, {"full_next": cursor})
             if not last and time.perf_counter() > deadline:
-                return False
-        return True
+                return False, written
+        return True, written
 
     @property
     def next_after(self) -> datetime:
         """Where the slice after this full run starts: where the full run's own slice ended, less the margin."""
         return self.until - INFLIGHT_MARGIN
 
-    def finish(self, rt: Runtime, now: datetime, **extra: str) -> None:
+    def finish(self, rt: Runtime, now: datetime) -> None:
         """Mark the run done: the next slice starts where this run's did (keys that arrived since it began were
         written after their arrival, or will be by the next run)."""
-        save_state(
-            rt.redis,
-            self.job,
-            {"ready": 1, "inserted_after": self.next_after.isoformat(), "now": now.isoformat(), **extra},
-        )
+        save_position(rt, self.job, self.next_after, now, ready=1)

@@ -19,7 +19,7 @@ from app.core import failpoints
 from app.core.errors import TransientError
 from app.core.events import as_utc
 from app.core.metrics import ADDITIVE, EXCLUDED_USERS_SQL, OWNER_STATE_TYPES_SQL, SCORE_SCALE, WEIGHT_SQL, format_score
-from app.derived.changelog import ChangelogJob, Slice, run_on_changelog, saved_position
+from app.derived.changelog import ChangelogJob, Slice, run_on_changelog, save_position
 from app.derived.job_state import JobReport, load_state, save_state
 from app.derived.job_state import now as clock
 from app.jobs import engagement_sql as q
@@ -104,9 +104,6 @@ class Engagement(ChangelogJob):
         self.weights = json.dumps(rt.weights.params(), sort_keys=True, default=str)
         self.stamp: datetime | None = None
 
-    def position(self, rt: Runtime, engine_now: datetime) -> datetime | None:
-        return saved_position(self.state)
-
     def stale(self, rt: Runtime, run: Slice) -> bool:
         return (
             self.state.get("contrib") != "ok"
@@ -132,17 +129,15 @@ class Engagement(ChangelogJob):
         scores, considered, previous = result
         changed = {u: scores.get(u, 0) for u in considered if scores.get(u, 0) != previous.get(u, 0)}
         cached = _record_scores(rt, changed, self._stamp(rt))
-        save_state(
-            rt.redis,
+        save_position(
+            rt,
             self.name,
-            {
-                "runs": self.runs + 1,
-                "now": self.now.isoformat(),
-                "inserted_after": run.next_after.isoformat(),
-                "excluded_set": run.excluded_set,
-                "weights": self.weights,
-                "contrib": "ok",
-            },
+            run.next_after,
+            self.now,
+            runs=self.runs + 1,
+            excluded_set=run.excluded_set,
+            weights=self.weights,
+            contrib="ok",
         )
         return JobReport(
             "recompute_engagement", mode, users=len(considered), changed=len(changed), cached_updated=cached

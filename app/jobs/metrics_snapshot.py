@@ -25,8 +25,8 @@ from typing import Any
 from app.core.events import as_utc
 from app.core.metrics import ADDITIVE, EXCLUDED_USERS_SQL, OWNER_STATE_TYPES_SQL, SCORE_SCALE, WEIGHT_SQL
 from app.derived import tables
-from app.derived.changelog import ChangelogJob, FullRun, Slice, run_on_changelog, saved_position
-from app.derived.job_state import JobReport, load_state, save_state
+from app.derived.changelog import ChangelogJob, FullRun, Slice, run_on_changelog, save_position
+from app.derived.job_state import JobReport, load_state
 from app.derived.job_state import now as clock
 from app.derived.metrics_from_log import USERS_PER_QUERY, compute_user_metrics
 from app.derived.tables import FOREVER, METRICS_COLUMNS, METRICS_JOB, METRICS_TABLE, SENTINEL_USER
@@ -93,9 +93,6 @@ class MetricsSnapshot(ChangelogJob):
         self.now = clock(rt)
         self.state = load_state(rt.redis, METRICS_JOB)
 
-    def position(self, rt: Runtime, engine_now: datetime) -> datetime | None:
-        return saved_position(self.state)
-
     def stale(self, rt: Runtime, run: Slice) -> bool:
         recorded = [
             int(g) for (g,) in rt.clickhouse.rows(tables.metrics_sql(tables.METRICS_GENERATION_SQL, rt.clickhouse))
@@ -117,30 +114,29 @@ class MetricsSnapshot(ChangelogJob):
         users = sorted(arrived | expiring)
         for i in range(0, len(users), USERS_PER_QUERY):
             _write(rt, users[i : i + USERS_PER_QUERY], self.now)
-        save_state(rt.redis, METRICS_JOB, {"inserted_after": run.next_after.isoformat(), "now": self.now.isoformat()})
+        save_position(rt, METRICS_JOB, run.next_after, self.now)
         return JobReport("snapshot_user_metrics", "incremental", users=len(users), changed=len(arrived))
 
     def full(self, rt: Runtime, run: Slice) -> JobReport:
         started = time.perf_counter()
         inputs = {"excluded_set": run.excluded_set, "basis": tables.metrics_basis(rt)}
-        full = FullRun.begin(rt, METRICS_JOB, run, resume=True, inputs=inputs)
+        full = FullRun.begin(rt, self, run, resume=True, inputs=inputs)
         users = [int(u) for (u,) in rt.clickhouse.rows(ALL_USERS_SQL, {"after": full.cursor})]
-        written = [0]
 
-        def steps() -> Iterator[tuple[int, bool]]:
+        def steps() -> Iterator[tuple[int, int, bool]]:
             for i in range(0, len(users), USERS_PER_QUERY):
                 batch = users[i : i + USERS_PER_QUERY]
                 _write(rt, batch, self.now)
-                written[0] += len(batch)
-                yield batch[-1], i + USERS_PER_QUERY >= len(users)
+                yield batch[-1], len(batch), i + USERS_PER_QUERY >= len(users)
 
-        if not full.advance(rt, steps(), started):
-            return JobReport("snapshot_user_metrics", "full (to be resumed)", users=written[0])
+        finished, written = full.advance(rt, steps(), started)
+        if not finished:
+            return JobReport("snapshot_user_metrics", "full (to be resumed)", users=written)
         # The table's own record of the finished run: readers serve rows only from the generation the state names (a
         # table lost or recreated under a state saying ``ready`` would otherwise read as users with nothing).
         rt.clickhouse.insert(METRICS_TABLE, [_sentinel(full.generation, self.now)], METRICS_COLUMNS)
         full.finish(rt, self.now)
-        return JobReport("snapshot_user_metrics", "full", users=written[0])
+        return JobReport("snapshot_user_metrics", "full", users=written)
 
 
 def snapshot_metrics(rt: Runtime, full: bool | None = None) -> JobReport:

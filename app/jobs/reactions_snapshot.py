@@ -33,8 +33,8 @@ from collections.abc import Iterator
 from datetime import datetime
 
 from app.caches.reactions_cache import NO_VERSION
-from app.derived.changelog import ChangelogJob, FullRun, Slice, run_on_changelog, saved_position
-from app.derived.job_state import JobReport, load_state, save_state
+from app.derived.changelog import ChangelogJob, FullRun, Slice, run_on_changelog, save_position
+from app.derived.job_state import JobReport, load_state
 from app.derived.job_state import now as clock
 from app.derived.tables import (
     BIT_OF_NAME,
@@ -108,9 +108,6 @@ class ReactionsSnapshot(ChangelogJob):
         self.forced = forced
         self.params = {"reactions": REACTION_NAMES, "now": self.now}
 
-    def position(self, rt: Runtime, engine_now: datetime) -> datetime | None:
-        return saved_position(self.state)
-
     def stale(self, rt: Runtime, run: Slice) -> bool:
         return (
             self.state.get("ready") != "1"
@@ -125,7 +122,7 @@ class ReactionsSnapshot(ChangelogJob):
         if arrived:
             ch.command(INCREMENTAL_SQL, window)
         _mark_exact(ch, self.state["generation"], run.next_after, self.now)
-        save_state(rt.redis, REACTIONS_JOB, {"inserted_after": run.next_after.isoformat(), "now": self.now.isoformat()})
+        save_position(rt, REACTIONS_JOB, run.next_after, self.now)
         return JobReport("snapshot_reactions", "incremental", changed=arrived)
 
     def full(self, rt: Runtime, run: Slice) -> JobReport:
@@ -133,25 +130,24 @@ class ReactionsSnapshot(ChangelogJob):
         # the arrival marks stay: readers need them for the inserts landing while this run goes on.
         started = time.perf_counter()
         ch = rt.clickhouse
-        full = FullRun.begin(rt, REACTIONS_JOB, run, resume=not self.forced)
-        written = [0]
+        full = FullRun.begin(rt, self, run, resume=not self.forced)
 
-        def steps() -> Iterator[tuple[int, bool]]:
+        def steps() -> Iterator[tuple[int, int, bool]]:
             after = full.cursor
             while True:
                 upto, rows = ch.rows(NEXT_BOUND_SQL, {**self.params, "after": after, "rows": FULL_CHUNK_ROWS})[0]
                 if not int(rows):
                     return
                 ch.command(FULL_SQL, {**self.params, "after": after, "upto": int(upto)})
-                written[0] += int(rows)
                 after = int(upto)
-                yield after, False
+                yield after, int(rows), False
 
-        if not full.advance(rt, steps(), started):
-            return JobReport("snapshot_reactions", "full (to be resumed)", changed=written[0])
+        finished, written = full.advance(rt, steps(), started)
+        if not finished:
+            return JobReport("snapshot_reactions", "full (to be resumed)", changed=written)
         _mark_exact(ch, str(full.generation), full.next_after, self.now)
         full.finish(rt, self.now)
-        return JobReport("snapshot_reactions", "full", changed=written[0])
+        return JobReport("snapshot_reactions", "full", changed=written)
 
 
 def snapshot_reactions(rt: Runtime, full: bool | None = None) -> JobReport:
