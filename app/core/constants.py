@@ -75,16 +75,27 @@ EVENT_TASKS = (RECORD_FOLLOW, RECORD_UPLOAD, SET_REACTION, RECORD_ENTITY_METRIC,
 QUERY_USER_METRICS = "query_user_metrics"
 QUERY_REACTIONS = "query_reactions"
 QUERY_HISTORY = "query_metric_history"
+QUERY_INSIGHT = "query_insight"
+RUN_JOB_NOW = "run_job_now"
 MANAGE_EXCLUDED_USERS = "manage_excluded_users"
 APPLY_MIGRATIONS = "apply_migrations"
 # Tasks a process sends to the worker that owns the embedded engine, and waits for (the ``reads`` queue).
-READ_TASKS = (QUERY_USER_METRICS, QUERY_REACTIONS, QUERY_HISTORY, MANAGE_EXCLUDED_USERS, APPLY_MIGRATIONS)
+READ_TASKS = (
+    QUERY_USER_METRICS,
+    QUERY_REACTIONS,
+    QUERY_HISTORY,
+    QUERY_INSIGHT,
+    MANAGE_EXCLUDED_USERS,
+    APPLY_MIGRATIONS,
+)
 CHECK_EVENT_BUFFER = "check_event_buffer"
 RECOMPUTE_ENGAGEMENT = "recompute_engagement"
 RECOMPUTE_RANKS = "recompute_ranks"
 REFRESH_EXPIRING_CACHES = "refresh_expiring_caches"
 RECONCILE_CACHES = "reconcile_caches"
 SNAPSHOT_USER_METRICS = "snapshot_user_metrics"
+RECOMPUTE_PEERS = "recompute_peers"
+AWARD_ACHIEVEMENTS = "award_achievements"
 JOBS = (
     CHECK_EVENT_BUFFER,
     RECOMPUTE_ENGAGEMENT,
@@ -92,5 +103,7 @@ JOBS = (
     REFRESH_EXPIRING_CACHES,
     RECONCILE_CACHES,
     SNAPSHOT_USER_METRICS,
+    RECOMPUTE_PEERS,
+    AWARD_ACHIEVEMENTS,
 )
 BENCH_NOOP = "bench_noop"

@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     # How far ahead a snapshot row lists its score's drops (each user with something counting is recomputed once
     # per horizon).
     snapshot_horizon_s: float = Field(default=21_600.0, gt=0, alias="SNAPSHOT_HORIZON_S")
+    # Creator insights: the peers snapshot and the achievements job (each within one run of an event).
+    peers_interval_s: float = Field(default=600.0, gt=0, alias="PEERS_INTERVAL_S")
+    achievements_interval_s: float = Field(default=60.0, gt=0, alias="ACHIEVEMENTS_INTERVAL_S")
+    achievements_stream_maxlen: int = Field(default=100_000, ge=100, alias="ACHIEVEMENTS_STREAM_MAXLEN")
     job_time_limit_s: int = Field(default=600, ge=5, alias="JOB_TIME_LIMIT_S")
     metrics_port: int = Field(default=9808, ge=0, alias="METRICS_PORT")
     # Where the worker's Prometheus endpoint listens: loopback unless opened on purpose (e.g. 0.0.0.0 in a
