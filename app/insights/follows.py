@@ -18,60 +18,52 @@ Excluded users' follows and a creator's follow of themself count for nobody, as 
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from app.core.metrics import EXCLUDED_USERS_SQL
+from app.insights import histories
 from app.insights.requests import InsightRequest
 from app.stores.clickhouse import ClickHouse
 
-# The creator's follow events up to ``asof``, by followers who count. Every value below is a bound parameter.
-_FOLLOWS = f"""
-    FROM entityMetricEvents
-    WHERE entityType = 'User' AND entityId = {{user:Int64}} AND metricType = 'Follow'
-      AND createdAt <= {{asof:DateTime64(3, 'UTC')}}
-      AND userId != {{user:Int64}} AND userId NOT IN {EXCLUDED_USERS_SQL}
-"""  # noqa: S608
-
 # (day, gained, lost) for every day with a change, up to ``end``: each follower's state at the end of each day with
-# an event, against their previous such day.
-GROWTH_SQL = f"""
-SELECT day, toInt64(countIf(on = 1)) AS gained, toInt64(countIf(on = 0)) AS lost
+# an event, against their previous such day. ``{rows}``: the follow rows (``app.insights.histories``).
+GROWTH_SQL = """
+SELECT day, toInt64(countIf(state = 1)) AS gained, toInt64(countIf(state = 0)) AS lost
 FROM (
-    SELECT day, on,
-           lagInFrame(on, 1, toUInt8(0)) OVER (PARTITION BY follower ORDER BY day
-                                               ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS prev
+    SELECT day, state,
+           lagInFrame(state, 1, toUInt8(0)) OVER (PARTITION BY follower ORDER BY day
+                                                  ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS prev
     FROM (
-        SELECT userId AS follower, toDate(createdAt, {{tz:String}}) AS day,
-               toUInt8(argMax(metricValue, (createdAt, toString(eventId))) > 0) AS on
-        {_FOLLOWS}
+        SELECT follower, toDate(at, {{tz:String}}) AS day, argMax(on, (at, ord)) AS state
+        FROM ({rows})
         GROUP BY follower, day
     )
 )
-WHERE on != prev AND day <= {{end:Date}}
+WHERE state != prev AND day <= {{end:Date}}
 GROUP BY day
 ORDER BY day
-"""  # noqa: S608
+"""
 
 # Retention, in two parts: ('size', cohort, -1, n) per cohort, and ('kept', cohort, k, n): followers of the cohort
 # whose follow is on at the end of week cohort + k. Each follower's weeks with events give runs of weeks in one
 # state (from a week with events to the next one); a run that is on counts for every k it covers, up to the week of
 # ``asof`` (the state at ``asof`` is the state at the end of its week: no event after ``asof`` is read).
-RETENTION_SQL = f"""
-WITH firsts AS (
-    SELECT userId AS follower, toMonday(minIf(createdAt, metricValue > 0), {{tz:String}}) AS cohort
-    {_FOLLOWS}
+RETENTION_SQL = """
+WITH follows AS ({rows}),
+firsts AS (
+    SELECT follower, toMonday(minIf(at, on = 1), {{tz:String}}) AS cohort
+    FROM follows
     GROUP BY follower
-    HAVING countIf(metricValue > 0) > 0 AND cohort >= {{first:Date}}
+    HAVING countIf(on = 1) > 0 AND cohort >= {{first:Date}}
 ),
 runs AS (
-    SELECT follower, week, on,
+    SELECT follower, week, state,
            leadInFrame(week, 1, toDate('2149-06-01')) OVER (PARTITION BY follower ORDER BY week
                                                              ROWS BETWEEN CURRENT ROW AND 1 FOLLOWING) AS nextWeek
     FROM (
-        SELECT userId AS follower, toMonday(createdAt, {{tz:String}}) AS week,
-               toUInt8(argMax(metricValue, (createdAt, toString(eventId))) > 0) AS on
-        {_FOLLOWS}
+        SELECT follower, toMonday(at, {{tz:String}}) AS week, argMax(on, (at, ord)) AS state
+        FROM follows
+        WHERE follower IN (SELECT follower FROM firsts)
         GROUP BY follower, week
     )
 )
@@ -85,20 +77,26 @@ FROM (
            arrayJoin(range(toInt64(intDiv(week - cohort, 7)),
                            toInt64(least(intDiv(nextWeek - cohort, 7), intDiv({{last:Date}} - cohort, 7) + 1)))) AS k
     FROM runs INNER JOIN firsts USING (follower)
-    WHERE on = 1 AND week >= cohort
+    WHERE state = 1 AND week >= cohort
 )
 GROUP BY cohort, k
-"""  # noqa: S608
+"""
 
 
-def _params(request: InsightRequest) -> dict[str, Any]:
-    return {"user": request.user_id, "asof": request.as_of, "tz": request.tz}
+def _source(ch: ClickHouse, request: InsightRequest) -> tuple[str, dict[str, Any]]:
+    """The follow rows source for this request (the history table where it has a cut) and its parameters."""
+    cut = histories.usable_cut(histories.read_cuts(ch), histories.FOLLOWS_TABLE, datetime.now(UTC))
+    params = {"user": request.user_id, "asof": request.as_of, "tz": request.tz}
+    if cut is not None:
+        params["cut"] = cut
+    return histories.follow_rows(cut), params
 
 
 def growth(ch: ClickHouse, request: InsightRequest) -> dict[str, Any]:
     """``{"userId", "days": [{"day", "gained", "lost", "followers"}, ...]}`` from ``start`` to ``end``."""
     assert request.start is not None and request.end is not None  # noqa: S101 - checked by InsightRequest
-    changes = ch.rows(GROWTH_SQL, {**_params(request), "end": request.end})
+    rows, params = _source(ch, request)
+    changes = ch.rows(GROWTH_SQL.format(rows=rows), {**params, "end": request.end})
     followers = 0
     by_day: dict[date, tuple[int, int]] = {}
     for day, gained, lost in changes:
@@ -129,7 +127,8 @@ def retention(ch: ClickHouse, request: InsightRequest) -> dict[str, Any]:
     first = last - timedelta(weeks=request.weeks - 1)
     sizes: dict[date, int] = {}
     kept: dict[date, dict[int, int]] = defaultdict(dict)
-    for part, cohort, k, n in ch.rows(RETENTION_SQL, {**_params(request), "first": first, "last": last}):
+    rows, params = _source(ch, request)
+    for part, cohort, k, n in ch.rows(RETENTION_SQL.format(rows=rows), {**params, "first": first, "last": last}):
         if part == "size":
             sizes[cohort] = int(n)
         else:

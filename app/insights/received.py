@@ -17,75 +17,72 @@ grid in the request's zone.
 
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from app.core.metrics import EXCLUDED_USERS_SQL
+from app.insights import histories
 from app.insights.requests import InsightRequest
 from app.stores.clickhouse import ClickHouse
 
-_REACTIONS = "('ReactionLike', 'ReactionHeart', 'ReactionLaugh', 'ReactionCry')"
-
-# The creator's reaction events on their entities, by actors who count, in ``[lo, hi]``: the keys to follow.
-_COUNTED = f"""
-    ownerId = {{user:Int64}} AND userId != {{user:Int64}} AND userId NOT IN {EXCLUDED_USERS_SQL}
-"""  # noqa: S608
-
-# (kind, actor, at, n) of everything received in ``[lo, hi]``: reaction turn-ons (kind 'reaction', n = 1) and
-# additive events of the types ``additive`` (kind 'additive', n = value).
+# (kind, actor, at, n) of everything received in ``[lo, hi]``: reaction turn-ons (kind 'reaction', n = 1, from
+# ``{turn_ons}``) and additive events of the types ``additive`` (kind 'additive', n = value; each event id once).
 RECEIVED_SQL = f"""
-SELECT 'reaction' AS kind, userId AS actor, createdAt AS at, toInt64(1) AS n
-FROM (
-    SELECT userId, createdAt, on,
-           lagInFrame(on, 1, toUInt8(0)) OVER (PARTITION BY entityType, entityId, metricType, userId
-                                               ORDER BY createdAt, eid ROWS BETWEEN 1 PRECEDING AND CURRENT ROW)
-               AS prev
-    FROM (
-        SELECT entityType, entityId, metricType, userId, createdAt, toString(eventId) AS eid,
-               toUInt8(metricValue > 0) AS on
-        FROM entityMetricEvents
-        WHERE metricType IN {_REACTIONS} AND createdAt <= {{hi:DateTime64(3, 'UTC')}} AND {_COUNTED}
-          AND (entityType, entityId, metricType, userId) IN (
-              SELECT entityType, entityId, metricType, userId FROM entityMetricEvents
-              WHERE metricType IN {_REACTIONS} AND ownerId = {{user:Int64}}
-                AND createdAt >= {{lo:DateTime64(3, 'UTC')}} AND createdAt <= {{hi:DateTime64(3, 'UTC')}})
-    )
-)
-WHERE on = 1 AND prev = 0 AND createdAt >= {{lo:DateTime64(3, 'UTC')}}
+SELECT 'reaction' AS kind, actor, at, toInt64(1) AS n
+FROM ({{turn_ons}})
 UNION ALL
 SELECT 'additive', actor, at, val
 FROM (
     SELECT eventId, any(userId) AS actor, any(createdAt) AS at, any(metricValue) AS val
     FROM entityMetricEvents
-    WHERE metricType IN {{additive:Array(String)}} AND ownerId = {{user:Int64}}
-      AND createdAt >= {{lo:DateTime64(3, 'UTC')}} AND createdAt <= {{hi:DateTime64(3, 'UTC')}}
+    WHERE metricType IN {{{{additive:Array(String)}}}} AND ownerId = {{{{user:Int64}}}}
+      AND createdAt >= {{{{lo:DateTime64(3, 'UTC')}}}} AND createdAt <= {{{{hi:DateTime64(3, 'UTC')}}}}
     GROUP BY eventId
 )
-WHERE actor != {{user:Int64}} AND actor NOT IN {EXCLUDED_USERS_SQL}
+WHERE actor != {{{{user:Int64}}}} AND actor NOT IN {EXCLUDED_USERS_SQL}
 """  # noqa: S608
 
 # Audience: the received events split by kind and by the actor's follow of the creator at the event's instant
-# (the state after the follower's latest follow event at or before it; one row per instant, the latest by id).
-AUDIENCE_SQL = f"""
+# (the state after the follower's latest follow row at or before it; one row per instant, the latest by order).
+AUDIENCE_SQL = """
 SELECT r.kind, f.on AS follows, toInt64(sum(r.n)) AS n
-FROM ({RECEIVED_SQL}) AS r
+FROM ({received}) AS r
 ASOF LEFT JOIN (
-    SELECT userId AS follower, createdAt AS at, toUInt8(argMax(metricValue, toString(eventId)) > 0) AS on
-    FROM entityMetricEvents
-    WHERE entityType = 'User' AND entityId = {{user:Int64}} AND metricType = 'Follow'
-      AND createdAt <= {{hi:DateTime64(3, 'UTC')}}
+    SELECT follower, at, argMax(on, ord) AS on
+    FROM ({follows})
     GROUP BY follower, at
 ) AS f ON r.actor = f.follower AND r.at >= f.at
 GROUP BY r.kind, follows
-"""  # noqa: S608
+"""
 
 # Activity: the received events on a (weekday, hour) grid in the request's zone; weekday 1 is Monday.
-ACTIVITY_SQL = f"""
+ACTIVITY_SQL = """
 SELECT toDayOfWeek(at, 0, {{tz:String}}) AS weekday, toHour(at, {{tz:String}}) AS hour, toInt64(sum(n)) AS n
-FROM ({RECEIVED_SQL})
+FROM ({received})
 WHERE at > {{after:DateTime64(3, 'UTC')}}
 GROUP BY weekday, hour
-"""  # noqa: S608
+"""
+
+
+def _cuts(ch: ClickHouse) -> tuple[datetime | None, datetime | None]:
+    """Where the follow and the reaction histories can be read from (None: the log)."""
+    cuts, now = histories.read_cuts(ch), datetime.now(UTC)
+    return (
+        histories.usable_cut(cuts, histories.FOLLOWS_TABLE, now),
+        histories.usable_cut(cuts, histories.REACTIONS_TABLE, now),
+    )
+
+
+def _received(reactions_cut: datetime | None) -> str:
+    return RECEIVED_SQL.format(turn_ons=histories.turn_ons(reactions_cut))
+
+
+def _cut_params(follows_cut: datetime | None, reactions_cut: datetime | None) -> dict[str, Any]:
+    """The ``cut`` parameter the sources read keys from. Both sources name it ``cut``: the follow and reaction
+    histories are cut by the same run, so one parameter serves both (the earlier of the two when they differ:
+    recomputing more keys from the log is always safe)."""
+    cuts = [c for c in (follows_cut, reactions_cut) if c is not None]
+    return {"cut": min(cuts)} if cuts else {}
 
 
 def _day_start(request: InsightRequest, day: Any) -> datetime:
@@ -100,8 +97,11 @@ def audience(ch: ClickHouse, request: InsightRequest) -> dict[str, Any]:
     hi = min(_day_start(request, request.end + timedelta(days=1)) - timedelta(milliseconds=1), request.as_of)
     out = {"reactions": {"followers": 0, "nonFollowers": 0}, "downloads": {"followers": 0, "nonFollowers": 0}}
     if hi >= lo:
-        params = {"user": request.user_id, "lo": lo, "hi": hi, "additive": ["Download"]}
-        for kind, follows, n in ch.rows(AUDIENCE_SQL, params):
+        follows_cut, reactions_cut = _cuts(ch)
+        sql = AUDIENCE_SQL.format(received=_received(reactions_cut), follows=histories.follow_rows(follows_cut))
+        params: dict[str, Any] = {"user": request.user_id, "lo": lo, "hi": hi, "asof": hi, "additive": ["Download"]}
+        params |= _cut_params(follows_cut, reactions_cut)
+        for kind, follows, n in ch.rows(sql, params):
             part = out["reactions" if kind == "reaction" else "downloads"]
             part["followers" if follows else "nonFollowers"] += int(n)
     return {"userId": request.user_id, **out}
@@ -114,7 +114,7 @@ def activity(ch: ClickHouse, request: InsightRequest) -> dict[str, Any]:
     """``{"userId", "tz", "grid": 7 x 24 counts (Monday first), "bestHours": [{"weekday", "hour", "count"}]}``
     over ``(asOf - days, asOf]``."""
     after = request.as_of - timedelta(days=request.days)
-    params = {
+    params: dict[str, Any] = {
         "user": request.user_id,
         "lo": after,
         "hi": request.as_of,
@@ -122,8 +122,10 @@ def activity(ch: ClickHouse, request: InsightRequest) -> dict[str, Any]:
         "tz": request.tz,
         "additive": ["Download", "Generation", "Comment"],
     }
+    reactions_cut = _cuts(ch)[1]
+    params |= _cut_params(None, reactions_cut)
     grid = [[0] * 24 for _ in range(7)]
-    for weekday, hour, n in ch.rows(ACTIVITY_SQL, params):
+    for weekday, hour, n in ch.rows(ACTIVITY_SQL.format(received=_received(reactions_cut)), params):
         grid[int(weekday) - 1][int(hour)] += int(n)
     cells = sorted(
         ((count, weekday, hour) for weekday, row in enumerate(grid) for hour, count in enumerate(row) if count > 0),

@@ -52,6 +52,10 @@ SHARDING_KEYS: dict[str, str] = {
     "metricTimeline": "0",
     "backfillCheckpoints": "cityHash64(name)",
     "engagementRuns": "cityHash64(stamp)",
+    # The insights' histories: every row of one creator on one shard (a key's versions resolve there).
+    "followHistory": "cityHash64(followee)",
+    "reactionHistory": "cityHash64(ownerId)",
+    "insightCuts": "cityHash64(name)",
 }
 
 # Tables whose single-node engine cannot be sharded or replicated as is: the cluster engine and key instead.
