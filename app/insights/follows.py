@@ -18,7 +18,7 @@ Excluded users' follows and a creator's follow of themself count for nobody, as 
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from app.insights import histories
@@ -44,52 +44,29 @@ GROUP BY day
 ORDER BY day
 """
 
-# Retention, in two parts: ('size', cohort, -1, n) per cohort, and ('kept', cohort, k, n): followers of the cohort
-# whose follow is on at the end of week cohort + k. Each follower's weeks with events give runs of weeks in one
-# state (from a week with events to the next one); a run that is on counts for every k it covers, up to the week of
-# ``asof`` (the state at ``asof`` is the state at the end of its week: no event after ``asof`` is read).
+# Retention in one pass over the follow rows: per follower, the cohort (the week of the first row that turned the
+# follow on) and the rows in order; then, for every week offset k up to the week of ``asof``, the state after the
+# follower's last row in a week up to cohort + k (no row after ``asof`` is read, so the week of ``asof`` ends there).
+# Rows: (cohort, k, followers of the cohort, of whom on at the end of week cohort + k).
 RETENTION_SQL = """
-WITH follows AS ({rows}),
-firsts AS (
-    SELECT follower, toMonday(minIf(at, on = 1), {{tz:String}}) AS cohort
-    FROM follows
+SELECT cohort, k, toInt64(count()) AS size, toInt64(countIf(
+           arrayLast(e -> toMonday(e.1, {{tz:String}}) <= addWeeks(cohort, k), rows).3 = 1)) AS kept
+FROM (
+    SELECT follower, toMonday(minIf(at, on = 1), {{tz:String}}) AS cohort, arraySort(groupArray((at, ord, on))) AS rows
+    FROM ({rows})
     GROUP BY follower
     HAVING countIf(on = 1) > 0 AND cohort >= {{first:Date}}
-),
-runs AS (
-    SELECT follower, week, state,
-           leadInFrame(week, 1, toDate('2149-06-01')) OVER (PARTITION BY follower ORDER BY week
-                                                             ROWS BETWEEN CURRENT ROW AND 1 FOLLOWING) AS nextWeek
-    FROM (
-        SELECT follower, toMonday(at, {{tz:String}}) AS week, argMax(on, (at, ord)) AS state
-        FROM follows
-        WHERE follower IN (SELECT follower FROM firsts)
-        GROUP BY follower, week
-    )
 )
-SELECT 'size' AS part, cohort, toInt64(-1) AS k, toInt64(count()) AS n
-FROM firsts
-GROUP BY cohort
-UNION ALL
-SELECT 'kept', cohort, k, toInt64(count())
-FROM (
-    SELECT cohort,
-           arrayJoin(range(toInt64(intDiv(week - cohort, 7)),
-                           toInt64(least(intDiv(nextWeek - cohort, 7), intDiv({{last:Date}} - cohort, 7) + 1)))) AS k
-    FROM runs INNER JOIN firsts USING (follower)
-    WHERE state = 1 AND week >= cohort
-)
+ARRAY JOIN range(toUInt64(intDiv({{last:Date}} - cohort, 7) + 1)) AS k
 GROUP BY cohort, k
 """
 
 
 def _source(ch: ClickHouse, request: InsightRequest) -> tuple[str, dict[str, Any]]:
     """The follow rows source for this request (the history table where it has a cut) and its parameters."""
-    cut = histories.usable_cut(histories.read_cuts(ch), histories.FOLLOWS_TABLE, datetime.now(UTC))
-    params = {"user": request.user_id, "asof": request.as_of, "tz": request.tz}
-    if cut is not None:
-        params["cut"] = cut
-    return histories.follow_rows(cut), params
+    corrections = histories.Corrections.read(ch, request.user_id)
+    params = {"user": request.user_id, "asof": request.as_of, "tz": request.tz, **corrections.params()}
+    return corrections.follow_rows(), params
 
 
 def growth(ch: ClickHouse, request: InsightRequest) -> dict[str, Any]:
@@ -128,11 +105,9 @@ def retention(ch: ClickHouse, request: InsightRequest) -> dict[str, Any]:
     sizes: dict[date, int] = {}
     kept: dict[date, dict[int, int]] = defaultdict(dict)
     rows, params = _source(ch, request)
-    for part, cohort, k, n in ch.rows(RETENTION_SQL.format(rows=rows), {**params, "first": first, "last": last}):
-        if part == "size":
-            sizes[cohort] = int(n)
-        else:
-            kept[cohort][int(k)] = int(n)
+    for cohort, k, size, n in ch.rows(RETENTION_SQL.format(rows=rows), {**params, "first": first, "last": last}):
+        sizes[cohort] = int(size)
+        kept[cohort][int(k)] = int(n)
     cohorts = []
     for i in range(request.weeks):
         week = first + timedelta(weeks=i)

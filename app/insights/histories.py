@@ -12,12 +12,14 @@ The sources are SQL fragments with the same columns whichever way they read:
 - turn-ons ``(actor, at)``: the instants in ``[lo, hi]`` at which a reaction key on the creator's entities turned
   on (off -> on in event order).
 Both leave out excluded actors and the creator's own actions. Every value is a bound parameter: ``user``,
-``asof``, ``lo``, ``hi``, ``cut``.
+``asof``, ``lo``, ``hi``, and the changed keys (``Corrections.params``).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 from app.core.events import as_utc
 from app.core.metrics import EXCLUDED_USERS_SQL
@@ -80,19 +82,14 @@ _FOLLOW_EVENTS = f"""
       AND createdAt <= {{asof:DateTime64(3, 'UTC')}}
       AND userId != {{user:Int64}} AND userId NOT IN {EXCLUDED_USERS_SQL}
 """  # noqa: S608
-_FOLLOWERS_CHANGED = """
-    SELECT userId FROM eventArrivals
-    WHERE insertedAt > {cut:DateTime64(3, 'UTC')} AND entityType = 'User' AND entityId = {user:Int64}
-      AND metricType = 'Follow'
-"""
+# Table rows of followers whose follow did not change since the cut, and log rows of those whose did.
 _FOLLOW_CHANGES = f"""
     SELECT follower, t.1 AS at, leftPad(toString(t.3), 10, '0') AS ord, t.2 AS on
     FROM followHistory FINAL
     ARRAY JOIN arrayZip(ats, ons, arrayEnumerate(ats)) AS t
-    WHERE followee = {{user:Int64}} AND follower NOT IN {EXCLUDED_USERS_SQL} AND follower NOT IN ({_FOLLOWERS_CHANGED})
-      AND t.1 <= {{asof:DateTime64(3, 'UTC')}}
-    UNION ALL
-    {_FOLLOW_EVENTS} AND userId IN ({_FOLLOWERS_CHANGED})
+    WHERE followee = {{{{user:Int64}}}} AND follower NOT IN {EXCLUDED_USERS_SQL}
+      AND follower NOT IN {{{{changed_followers:Array(Int64)}}}} AND t.1 <= {{{{asof:DateTime64(3, 'UTC')}}}}
+    {{log}}
 """  # noqa: S608
 
 # Turn-ons from the log: each key's events in order, a window finding off -> on; only keys with an event in the
@@ -119,21 +116,71 @@ _TURN_ONS_FROM_LOG = f"""
     )
     WHERE on = 1 AND prev = 0 AND createdAt >= {{{{lo:DateTime64(3, 'UTC')}}}}
 """  # noqa: S608
-_REACTIONS_CHANGED = f"""
-    SELECT entityType, entityId, metricType, userId FROM eventArrivals
-    WHERE insertedAt > {{cut:DateTime64(3, 'UTC')}} AND ownerId = {{user:Int64}} AND metricType IN {REACTIONS}
-"""  # noqa: S608
+_KEY = "Tuple(String, Int64, String, Int64)"
 _TURN_ONS_FROM_TABLE = f"""
     SELECT actor, at
     FROM reactionHistory FINAL
     ARRAY JOIN turnOns AS at
-    WHERE ownerId = {{user:Int64}} AND lastAt >= {{lo:DateTime64(3, 'UTC')}}
-      AND actor != {{user:Int64}} AND actor NOT IN {EXCLUDED_USERS_SQL}
-      AND (entityType, entityId, metricType, actor) NOT IN ({_REACTIONS_CHANGED})
-      AND at >= {{lo:DateTime64(3, 'UTC')}} AND at <= {{hi:DateTime64(3, 'UTC')}}
-    UNION ALL
-    {_TURN_ONS_FROM_LOG.format(only=f"(entityType, entityId, metricType, userId) IN ({_REACTIONS_CHANGED})")}
+    WHERE ownerId = {{{{user:Int64}}}} AND lastAt >= {{{{lo:DateTime64(3, 'UTC')}}}}
+      AND actor != {{{{user:Int64}}}} AND actor NOT IN {EXCLUDED_USERS_SQL}
+      AND (entityType, entityId, metricType, actor) NOT IN {{{{changed_keys:Array({_KEY})}}}}
+      AND at >= {{{{lo:DateTime64(3, 'UTC')}}}} AND at <= {{{{hi:DateTime64(3, 'UTC')}}}}
+    {{log}}
 """  # noqa: S608
+
+# The creator's keys with arrivals after a cut: followers whose follow changed, reaction keys on their entities.
+CHANGED_SQL = f"""
+SELECT groupUniqArrayIf(userId, entityType = 'User' AND entityId = {{user:Int64}} AND metricType = 'Follow'),
+       groupUniqArrayIf((toString(entityType), entityId, toString(metricType), userId),
+                        ownerId = {{user:Int64}} AND metricType IN {REACTIONS})
+FROM eventArrivals
+WHERE insertedAt > {{cut:DateTime64(3, 'UTC')}}
+"""  # noqa: S608
+# Past this many changed keys a reader takes the log alone (each set is bound as one parameter).
+MAX_CHANGED = 1000
+
+
+@dataclass(frozen=True)
+class Corrections:
+    """What a read takes from the history tables: None, the log alone; else the keys changed since the table's
+    cut, recomputed from the log (their table rows are left out)."""
+
+    followers: list[int] | None = None
+    reaction_keys: list[tuple[str, int, str, int]] | None = None
+
+    @classmethod
+    def read(cls, ch: ClickHouse, user: int) -> Corrections:
+        cuts, now = read_cuts(ch), datetime.now(UTC)
+        follows_cut, reactions_cut = usable_cut(cuts, FOLLOWS_TABLE, now), usable_cut(cuts, REACTIONS_TABLE, now)
+        usable = [c for c in (follows_cut, reactions_cut) if c is not None]
+        if not usable:
+            return cls()
+        followers, keys = ch.rows(CHANGED_SQL, {"user": user, "cut": min(usable)})[0]
+        return cls(
+            [int(f) for f in followers] if follows_cut is not None and len(followers) <= MAX_CHANGED else None,
+            [(str(a), int(b), str(c), int(d)) for a, b, c, d in keys]
+            if reactions_cut is not None and len(keys) <= MAX_CHANGED
+            else None,
+        )
+
+    def params(self) -> dict[str, Any]:
+        return {"changed_followers": self.followers or [], "changed_keys": self.reaction_keys or []}
+
+    def follow_rows(self) -> str:
+        """The follow rows source (see the module's docstring)."""
+        if self.followers is None:
+            return _FOLLOW_EVENTS
+        log = f"UNION ALL {_FOLLOW_EVENTS} AND userId IN {{changed_followers:Array(Int64)}}" if self.followers else ""
+        return _FOLLOW_CHANGES.format(log=log)
+
+    def turn_ons(self) -> str:
+        """The turn-ons source (see the module's docstring)."""
+        if self.reaction_keys is None:
+            return _TURN_ONS_FROM_LOG.format(only="1")
+        only = f"(entityType, entityId, metricType, userId) IN {{changed_keys:Array({_KEY})}}"
+        return _TURN_ONS_FROM_TABLE.format(
+            log=f"UNION ALL {_TURN_ONS_FROM_LOG.format(only=only)}" if self.reaction_keys else ""
+        )
 
 
 def write_cuts(ch: ClickHouse, cut: datetime, version: int) -> None:
@@ -155,13 +202,3 @@ def usable_cut(cuts: dict[str, datetime], table: str, now: datetime) -> datetime
     if cut is None or cut < now - ARRIVALS_KEPT:
         return None
     return cut
-
-
-def follow_rows(cut: datetime | None) -> str:
-    """The follow rows source (see the module's docstring); ``cut`` from ``usable_cut``."""
-    return _FOLLOW_EVENTS if cut is None else _FOLLOW_CHANGES
-
-
-def turn_ons(cut: datetime | None) -> str:
-    """The turn-ons source (see the module's docstring)."""
-    return _TURN_ONS_FROM_LOG.format(only="1") if cut is None else _TURN_ONS_FROM_TABLE

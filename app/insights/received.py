@@ -17,7 +17,7 @@ grid in the request's zone.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
+from datetime import datetime, time, timedelta
 from typing import Any
 
 from app.core.metrics import EXCLUDED_USERS_SQL
@@ -64,27 +64,6 @@ GROUP BY weekday, hour
 """
 
 
-def _cuts(ch: ClickHouse) -> tuple[datetime | None, datetime | None]:
-    """Where the follow and the reaction histories can be read from (None: the log)."""
-    cuts, now = histories.read_cuts(ch), datetime.now(UTC)
-    return (
-        histories.usable_cut(cuts, histories.FOLLOWS_TABLE, now),
-        histories.usable_cut(cuts, histories.REACTIONS_TABLE, now),
-    )
-
-
-def _received(reactions_cut: datetime | None) -> str:
-    return RECEIVED_SQL.format(turn_ons=histories.turn_ons(reactions_cut))
-
-
-def _cut_params(follows_cut: datetime | None, reactions_cut: datetime | None) -> dict[str, Any]:
-    """The ``cut`` parameter the sources read keys from. Both sources name it ``cut``: the follow and reaction
-    histories are cut by the same run, so one parameter serves both (the earlier of the two when they differ:
-    recomputing more keys from the log is always safe)."""
-    cuts = [c for c in (follows_cut, reactions_cut) if c is not None]
-    return {"cut": min(cuts)} if cuts else {}
-
-
 def _day_start(request: InsightRequest, day: Any) -> datetime:
     """The first instant of ``day`` in the request's zone (a day starting in a DST gap starts when it exists)."""
     return datetime.combine(day, time.min, request.zone)
@@ -97,10 +76,11 @@ def audience(ch: ClickHouse, request: InsightRequest) -> dict[str, Any]:
     hi = min(_day_start(request, request.end + timedelta(days=1)) - timedelta(milliseconds=1), request.as_of)
     out = {"reactions": {"followers": 0, "nonFollowers": 0}, "downloads": {"followers": 0, "nonFollowers": 0}}
     if hi >= lo:
-        follows_cut, reactions_cut = _cuts(ch)
-        sql = AUDIENCE_SQL.format(received=_received(reactions_cut), follows=histories.follow_rows(follows_cut))
+        corrections = histories.Corrections.read(ch, request.user_id)
+        received = RECEIVED_SQL.format(turn_ons=corrections.turn_ons())
+        sql = AUDIENCE_SQL.format(received=received, follows=corrections.follow_rows())
         params: dict[str, Any] = {"user": request.user_id, "lo": lo, "hi": hi, "asof": hi, "additive": ["Download"]}
-        params |= _cut_params(follows_cut, reactions_cut)
+        params |= corrections.params()
         for kind, follows, n in ch.rows(sql, params):
             part = out["reactions" if kind == "reaction" else "downloads"]
             part["followers" if follows else "nonFollowers"] += int(n)
@@ -122,10 +102,11 @@ def activity(ch: ClickHouse, request: InsightRequest) -> dict[str, Any]:
         "tz": request.tz,
         "additive": ["Download", "Generation", "Comment"],
     }
-    reactions_cut = _cuts(ch)[1]
-    params |= _cut_params(None, reactions_cut)
+    corrections = histories.Corrections.read(ch, request.user_id)
+    params |= corrections.params()
+    received = RECEIVED_SQL.format(turn_ons=corrections.turn_ons())
     grid = [[0] * 24 for _ in range(7)]
-    for weekday, hour, n in ch.rows(ACTIVITY_SQL.format(received=_received(reactions_cut)), params):
+    for weekday, hour, n in ch.rows(ACTIVITY_SQL.format(received=received), params):
         grid[int(weekday) - 1][int(hour)] += int(n)
     cells = sorted(
         ((count, weekday, hour) for weekday, row in enumerate(grid) for hour, count in enumerate(row) if count > 0),
