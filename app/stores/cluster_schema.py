@@ -52,6 +52,9 @@ SHARDING_KEYS: dict[str, str] = {
     "metricTimeline": "0",
     "backfillCheckpoints": "cityHash64(name)",
     "engagementRuns": "cityHash64(stamp)",
+    # Achievements: every row of one user on one shard (a tier's versions resolve there).
+    "achievementsEarned": "cityHash64(userId)",
+    "achievementsAnnounced": "cityHash64(userId)",
 }
 
 # Tables whose single-node engine cannot be sharded or replicated as is: the cluster engine and key instead.

@@ -1,0 +1,38 @@
+-- Achievements (app/jobs/achievements.py): the badge tiers each user has earned, and every tier ever announced on
+-- the Redis stream `achievements:earned`.
+--
+-- achievementsEarned: one row per (user, badge, tier) and job computation; the row with the newest `version` is
+-- the tier's current state (read with argMax by `version`, or FINAL). `earned` = 1: the tier is earned, first
+-- reached by the event `eventId` at `earnedAt`; `earned` = 0: it no longer is (its only makers were excluded since,
+-- or late events moved the running value below it). `version` is the instant the computing statement started on
+-- the engine's clock: a statement that started later saw every event an earlier one saw, so its answer wins, also
+-- between two job processes running at once.
+CREATE TABLE IF NOT EXISTS achievementsEarned
+(
+    userId      Int64,
+    badge       LowCardinality(String),
+    tier        UInt32,
+    earned      UInt8,
+    earnedAt    DateTime64(3, 'UTC'),
+    eventId     UUID,
+    version     DateTime64(6, 'UTC')
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY (userId, badge, tier);
+
+-- achievementsAnnounced: the durable memory of the announcements: every (user, badge, tier) ever put on the stream,
+-- with the stream entry's id and what it said. A tier in here is never announced again, whatever happens to it
+-- later. `recordedAt` (the engine's clock, at the first insert of the key; duplicates from a repeated insert keep
+-- the key's minimum meaningful) tells the job when the Redis registry of the same announcement may be pruned.
+CREATE TABLE IF NOT EXISTS achievementsAnnounced
+(
+    userId      Int64,
+    badge       LowCardinality(String),
+    tier        UInt32,
+    earnedAt    DateTime64(3, 'UTC'),
+    eventId     UUID,
+    streamId    String,
+    recordedAt  DateTime64(3, 'UTC') DEFAULT now64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (userId, badge, tier);
