@@ -139,7 +139,7 @@ def award(rt: Runtime, users: Sequence[int], tally: Tally) -> None:
         stored.add(key)
         now = earned.get(key)
         if now is None:  # no longer earned: taken back (an announcement made stays made)
-            writes.append([*key, 0, at, event_id, version])
+            writes.append([*key, 0, as_utc(at), str(event_id), version])
         elif (now.earned_at, now.event_id) != (as_utc(at), str(event_id)):  # a late event moved the first reach
             writes.append([*key, 1, now.earned_at, now.event_id, version])
     writes += [[*t.key, 1, t.earned_at, t.event_id, version] for key, t in earned.items() if key not in stored]

@@ -236,13 +236,22 @@ def test_excluding_a_user_takes_back_the_tiers_only_they_made_but_not_the_announ
 
     set_excluded(clean, [500], True)
     report = award_achievements(clean)
-    assert report.mode == "full"
+    assert report.mode == "full" and report.changed == 2
     assert {(b, t) for b, t, _, _ in earned(clean, 7)} == {("followers", 1), ("uploads", 1)}
     assert stream(clean) == announced  # an announcement made is never retracted
 
-    set_excluded(clean, [500], False)  # taken off the list again: the tiers are back, not announced twice
+    # Another user's reaction earns the reactions tier again, by another event: stored, not announced again; in the
+    # same run, the farm's tenth follow counts again (taken off the list).
+    other = ev("Image", 55, 600, 7, "ReactionLike", 1, T0 + 40 * m)
+    insert_events(clean.clickhouse, [other])
+    set_excluded(clean, [500], False)
     assert award_achievements(clean).announced == 0
     assert earned(clean, 7) == with_farm and stream(clean) == announced
+    set_excluded(clean, [500], True)  # one run writes a tier taken back and a tier moved to another event
+    report = award_achievements(clean)
+    assert report.changed == 2 and report.announced == 0
+    assert ("reactions", 1, at_ms(other.created_at), str(other.event_id)) in earned(clean, 7)
+    assert ("followers", 10) not in {(b, t) for b, t, _, _ in earned(clean, 7)} and stream(clean) == announced
 
 
 def test_a_late_event_moving_a_first_reach_earlier_updates_earned_at(clean: Runtime) -> None:
