@@ -29,7 +29,7 @@ from app.core import constants as c
 from app.core import failpoints
 from app.core.events import as_utc
 from app.derived.changelog import ChangelogJob, FullRun, Slice, run_on_changelog, save_position
-from app.derived.job_state import JobReport, load_state
+from app.derived.job_state import JobReport, load_state, save_state
 from app.derived.job_state import now as clock
 from app.derived.metrics_from_log import USERS_PER_QUERY
 from app.insights.achievements import (
@@ -52,7 +52,8 @@ REPORT = "award_achievements"
 INCREMENTAL_MAX_USERS = 20_000
 ANNOUNCE_CHUNK = 500  # tiers per script call
 PRUNE_SCAN = 1000  # registry fields per HSCAN step
-PRUNE_MAX = 200_000  # registry fields looked at per run
+PRUNE_MAX = 200_000  # registry fields looked at per pruning
+PRUNE_EVERY_S = 600.0  # the registry is pruned at most this often (its fields wait an hour anyway)
 # An announcement follows its registry check by at most this long, else the check is made again. A registry field is
 # pruned only once ClickHouse has recorded its tier for ACHIEVEMENTS_REGISTRY_HOLD_S, which is longer than twice this:
 # a run whose check did not see the record yet still finds the field (see ``prune``).
@@ -93,9 +94,16 @@ class Achievements(ChangelogJob):
         tally = Tally()
         for i in range(0, len(users), USERS_PER_QUERY):
             award(rt, users[i : i + USERS_PER_QUERY], tally)
-        prune(rt, run.engine_now)
-        save_position(rt, JOB, run.next_after, self.now)
+        save_position(rt, JOB, run.next_after, self.now, **self.pruned(rt, run))
         return JobReport(REPORT, "incremental", users=tally.users, changed=tally.changed, announced=tally.announced)
+
+    def pruned(self, rt: Runtime, run: Slice) -> dict[str, str]:
+        """Prune the registry when the last pruning is ``PRUNE_EVERY_S`` old (it scans the hash); the state's field."""
+        last = self.state.get("pruned_at")
+        if last and run.engine_now - datetime.fromisoformat(last) < timedelta(seconds=PRUNE_EVERY_S):
+            return {}
+        prune(rt, run.engine_now)
+        return {"pruned_at": run.engine_now.isoformat()}
 
     def full(self, rt: Runtime, run: Slice) -> JobReport:
         started = time.perf_counter()
@@ -113,7 +121,8 @@ class Achievements(ChangelogJob):
         finished, _ = full.advance(rt, steps(), started)
         mode = "full" if finished else "full (to be resumed)"
         if finished:
-            prune(rt, run.engine_now)
+            if pruned := self.pruned(rt, run):
+                save_state(rt.redis, JOB, pruned)
             full.finish(rt, self.now)
         return JobReport(REPORT, mode, users=tally.users, changed=tally.changed, announced=tally.announced)
 
@@ -125,7 +134,7 @@ def award(rt: Runtime, users: Sequence[int], tally: Tally) -> None:
     earned: dict[tuple[int, str, int], Tier] = {}
     version: datetime | None = None
     for user, badge, tier, at, event_id, at_version in ch.rows(q.EARNED_SQL, params):
-        version = at_version
+        version = as_utc(at_version)
         if int(user):
             t = Tier(int(user), str(badge), int(tier), as_utc(at), str(event_id))
             earned[t.key] = t
