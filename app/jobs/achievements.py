@@ -1,20 +1,24 @@
 """``award_achievements``: every user's badge tiers (``achievementsEarned``, sql/0012), and each newly earned tier
 announced once, ever, on the stream ``achievements:earned`` (``app.insights.achievements``).
 
-A user's tiers depend on the user's events only, so a run recomputes, from the whole log, the tiers of the users
-named as owners by the rows in its changelog slice (``eventArrivals``, the slice rules of every changelog job): a
-late event, a redelivery, a replayed dead letter or a backfill re-run lands in a slice and its owner is recomputed.
-A full run (first run, the excluded set changed, arrivals expired, forced, or too many users in the slice) recomputes
-every user who may have earned something, in user order, resumable like the snapshot jobs' full runs.
+A user's tiers depend on the user's events only, so a run computes the users named as owners by the rows in its
+changelog slice (``eventArrivals``, the slice rules of every changelog job), as of the rows inserted by the slice's
+end. Each goes on from where its last replay ended (``achievementsProgress``: per badge the last event, the running
+value and maximum) with the events after it, which are all in the slice; a user with a row in the slice that falls
+at or before that point (a late event, a redelivery, a replayed dead letter, a backfill re-run) or never computed is
+replayed whole (``achievements_sql``). A full run (first run, the excluded set changed, arrivals expired, forced, or
+too many users in the slice) replays every user who may have earned something, in user order, resumable like the
+snapshot jobs' full runs.
 
-For each group of users a run (1) computes their earned tiers in one statement (``achievements_sql.EARNED_SQL``),
-(2) writes the tiers whose first reach changed, and a row taking back each stored tier no longer earned (its only
-makers were excluded since, or late events moved it), versioned by the computing statement's start, (3) for the
-earned tiers ClickHouse does not record as announced, runs the announce script (atomic in Redis: a tier named in the
-registry hash is never appended again), then (4) records them in ``achievementsAnnounced``. The run's position is
-saved last, so a run that dies anywhere is redone whole by the next one; steps 1, 2 and 4 are idempotent and step 3
-appends nothing for a tier the registry names. Registry fields ClickHouse has held for
-``ACHIEVEMENTS_REGISTRY_HOLD_S`` are pruned at the end of a run (see ``prune``).
+For each group of users a run (1) computes their tiers and progress (one statement per way), (2) writes the tiers
+whose first reach changed, and, for users replayed whole, a row taking back each stored tier no longer earned (its
+only makers were excluded since, or late events moved it), then the progress, all versioned by the slice's end,
+(3) for the users' earned tiers ClickHouse does not record as announced, runs the announce script (atomic in Redis:
+a tier named in the registry hash is never appended again), then (4) records them in ``achievementsAnnounced``. The
+run's position is saved last, so a run that dies anywhere is redone by the next one; steps 1, 2 and 4 are
+idempotent, step 3 appends nothing for a tier the registry names, and step 3 offers every earned tier of the group
+that is not recorded, so a tier stored by a run that died before announcing it is announced by the next. Registry
+fields ClickHouse has held for ``ACHIEVEMENTS_REGISTRY_HOLD_S`` are pruned (see ``prune``).
 """
 
 from __future__ import annotations
@@ -28,13 +32,14 @@ from typing import Any
 from app.core import constants as c
 from app.core import failpoints
 from app.core.events import as_utc
-from app.derived.changelog import ChangelogJob, FullRun, Slice, run_on_changelog, save_position
+from app.derived.changelog import EPOCH, ChangelogJob, FullRun, Slice, run_on_changelog, save_position
 from app.derived.job_state import JobReport, load_state, save_state
 from app.derived.job_state import now as clock
 from app.derived.metrics_from_log import USERS_PER_QUERY
 from app.insights.achievements import (
     ANNOUNCED_COLUMNS,
     ANNOUNCED_TABLE,
+    BADGES,
     EARNED_COLUMNS,
     EARNED_TABLE,
     TIERS,
@@ -47,6 +52,7 @@ from app.jobs import achievements_sql as q
 from app.stores.runtime import Runtime
 
 JOB = "achievements"  # its state: jobs:state:achievements
+PROGRESS_TABLE = "achievementsProgress"
 REPORT = "award_achievements"
 # Past this many users in a slice (a backfill, a bulk import) a run goes full: a full run has a time budget and resumes.
 INCREMENTAL_MAX_USERS = 20_000
@@ -63,6 +69,7 @@ CHECK_VALID_S = c.ACHIEVEMENTS_REGISTRY_HOLD_S / 4
 @dataclass
 class Tally:
     users: int = 0
+    replayed: int = 0  # of them, replayed whole
     changed: int = 0
     announced: int = 0
 
@@ -93,9 +100,10 @@ class Achievements(ChangelogJob):
             return None
         tally = Tally()
         for i in range(0, len(users), USERS_PER_QUERY):
-            award(rt, users[i : i + USERS_PER_QUERY], tally)
+            award(rt, users[i : i + USERS_PER_QUERY], tally, run.until, run.after)
         save_position(rt, JOB, run.next_after, self.now, **self.pruned(rt, run))
-        return JobReport(REPORT, "incremental", users=tally.users, changed=tally.changed, announced=tally.announced)
+        mode = f"incremental ({tally.replayed} of {tally.users} users replayed whole)"
+        return JobReport(REPORT, mode, users=tally.users, changed=tally.changed, announced=tally.announced)
 
     def pruned(self, rt: Runtime, run: Slice) -> dict[str, str]:
         """Prune the registry when the last pruning is ``PRUNE_EVERY_S`` old (it scans the hash); the state's field."""
@@ -115,7 +123,7 @@ class Achievements(ChangelogJob):
         def steps() -> Iterator[tuple[int, int, bool]]:
             for i in range(0, len(users), USERS_PER_QUERY):
                 batch = users[i : i + USERS_PER_QUERY]
-                award(rt, batch, tally)
+                award(rt, batch, tally, full.until, None)
                 yield batch[-1], len(batch), i + USERS_PER_QUERY >= len(users)
 
         finished, _ = full.advance(rt, steps(), started)
@@ -127,38 +135,79 @@ class Achievements(ChangelogJob):
         return JobReport(REPORT, mode, users=tally.users, changed=tally.changed, announced=tally.announced)
 
 
-def award(rt: Runtime, users: Sequence[int], tally: Tally) -> None:
-    """Recompute ``users``' tiers, store what changed, announce what was never announced."""
+def award(rt: Runtime, users: Sequence[int], tally: Tally, until: datetime, after: datetime | None) -> None:
+    """Compute ``users``' tiers as of the rows inserted by ``until``, store what changed and the progress, announce
+    what was never announced. ``after``: the slice start of an incremental run, where users go on from their progress
+    unless they must be replayed whole; None: every user replayed whole."""
     ch = rt.clickhouse
-    params: dict[str, Any] = {"users": list(users), "owner_types": q.OWNER_STATE_TYPES, "tiers": list(TIERS)}
+    base: dict[str, Any] = {"owner_types": q.OWNER_STATE_TYPES, "tiers": list(TIERS), "until": until}
+    whole, going_on = list(users), []
+    if after is not None:
+        late_params = {"users": list(users), "after": after, "until": until, "types": q.ARRIVAL_TYPES}
+        late = {int(u) for (u,) in ch.rows(q.LATE_USERS_SQL, late_params)}
+        whole, going_on = [u for u in users if u in late], [u for u in users if u not in late]
+    rows = ch.rows(q.FULL_SQL, {**base, "users": whole}) if whole else []
+    if going_on:
+        rows += ch.rows(q.CONTINUE_SQL, {**base, "users": going_on, "after": after})
     earned: dict[tuple[int, str, int], Tier] = {}
-    version: datetime | None = None
-    for user, badge, tier, at, event_id, at_version in ch.rows(q.EARNED_SQL, params):
-        version = as_utc(at_version)
-        if int(user):
+    progress: dict[tuple[int, str], list[Any]] = {}
+    for user, badge, tier, at, event_id, eid, running, peak in rows:
+        if int(tier):
             t = Tier(int(user), str(badge), int(tier), as_utc(at), str(event_id))
             earned[t.key] = t
-    assert version is not None  # the marker row
-    writes: list[list[Any]] = []
-    stored: set[tuple[int, str, int]] = set()
-    for user, badge, tier, on, at, event_id in ch.rows(q.STORED_SQL, {"users": list(users)}):
-        key = (int(user), str(badge), int(tier))
-        if not int(on):
-            continue
-        stored.add(key)
-        now = earned.get(key)
-        if now is None:  # no longer earned: taken back (an announcement made stays made)
-            writes.append([*key, 0, as_utc(at), str(event_id), version])
-        elif (now.earned_at, now.event_id) != (as_utc(at), str(event_id)):  # a late event moved the first reach
-            writes.append([*key, 1, now.earned_at, now.event_id, version])
-    writes += [[*t.key, 1, t.earned_at, t.event_id, version] for key, t in earned.items() if key not in stored]
-    if writes:
-        ch.insert(EARNED_TABLE, writes, EARNED_COLUMNS)
+        else:
+            progress[(int(user), str(badge))] = [as_utc(at), str(eid), int(running), int(peak)]
+    current = _store_tiers(rt, users, set(whole), earned, until, tally)
+    _store_progress(rt, users, whole, progress, until)
     tally.users += len(users)
-    tally.changed += len(writes)
-    ordered = sorted(earned.values(), key=lambda t: (t.earned_at, t.event_id, t.key))
+    tally.replayed += len(whole)
+    ordered = sorted(current, key=lambda t: (t.earned_at, t.event_id, t.key))
     for i in range(0, len(ordered), ANNOUNCE_CHUNK):
         tally.announced += announce_unrecorded(rt, ordered[i : i + ANNOUNCE_CHUNK])
+
+
+def _store_tiers(
+    rt: Runtime,
+    users: Sequence[int],
+    whole: set[int],
+    earned: dict[tuple[int, str, int], Tier],
+    version: datetime,
+    tally: Tally,
+) -> list[Tier]:
+    """Write the tiers whose first reach changed, and take back the stored tiers a whole replay no longer finds (a
+    continued replay only adds); returns every tier the users have earned now."""
+    current: dict[tuple[int, str, int], Tier] = {}
+    writes: list[list[Any]] = []
+    for user, badge, tier, on, at, event_id in rt.clickhouse.rows(q.STORED_SQL, {"users": list(users)}):
+        if not int(on):
+            continue
+        was = Tier(int(user), str(badge), int(tier), as_utc(at), str(event_id))
+        now = earned.get(was.key)
+        if now is None and was.user_id in whole:  # no longer earned (an announcement made stays made)
+            writes.append([*was.key, 0, was.earned_at, was.event_id, version])
+            continue
+        current[was.key] = was
+    for key, t in earned.items():
+        if key not in current or (current[key].earned_at, current[key].event_id) != (t.earned_at, t.event_id):
+            writes.append([*key, 1, t.earned_at, t.event_id, version])  # new, or a late event moved the first reach
+            current[key] = t
+    if writes:
+        rt.clickhouse.insert(EARNED_TABLE, writes, EARNED_COLUMNS)
+    tally.changed += len(writes)
+    return list(current.values())
+
+
+def _store_progress(
+    rt: Runtime, users: Sequence[int], whole: list[int], progress: dict[tuple[int, str], list[Any]], until: datetime
+) -> None:
+    """Record where each replay ended: every badge of a user replayed whole (from zero where it found nothing), the
+    badges a continued replay went on with, and each user's own row (when it was computed)."""
+    rows = [[u, "", EPOCH, "", 0, 0, until, until] for u in users]
+    for u in whole:
+        rows += [[u, badge, *progress.get((u, badge), [EPOCH, "", 0, 0]), until, until] for badge in BADGES]
+    replayed = set(whole)
+    rows += [[u, badge, *done, until, until] for (u, badge), done in progress.items() if u not in replayed]
+    rt.clickhouse.insert(PROGRESS_TABLE, rows, q.PROGRESS_COLUMNS)
 
 
 def announce_unrecorded(rt: Runtime, tiers: Sequence[Tier]) -> int:

@@ -55,6 +55,7 @@ SHARDING_KEYS: dict[str, str] = {
     # Achievements: every row of one user on one shard (a tier's versions resolve there).
     "achievementsEarned": "cityHash64(userId)",
     "achievementsAnnounced": "cityHash64(userId)",
+    "achievementsProgress": "cityHash64(userId)",
 }
 
 # Tables whose single-node engine cannot be sharded or replicated as is: the cluster engine and key instead.
