@@ -16,11 +16,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from app.jobs.achievements import award_achievements
-from app.jobs.peers import recompute_peers
-
 from app.insights.requests import InsightRequest
 from app.insights.service import UserInsightsService
+from app.jobs.achievements import award_achievements
+from app.jobs.peers import recompute_peers
 from app.stores import clickhouse
 from app.stores.runtime import Runtime
 from bench import insights_baseline as baseline
@@ -108,7 +107,7 @@ def _latencies(f: Figures, kind: str, call: Callable[[int], Any], top: list[int]
 
 def _baseline(rt: Runtime, f: Figures, users: list[int], as_of: datetime) -> None:
     ch, last = rt.clickhouse, as_of.date()
-    requests = {
+    requests: dict[str, Callable[[int], InsightRequest]] = {
         "growth": lambda u: InsightRequest.of("growth", u, start=last - timedelta(days=364), end=last, as_of=as_of),
         "retention": lambda u: InsightRequest.of("retention", u, as_of=as_of),
         "audience": lambda u: InsightRequest.of("audience", u, start=last - timedelta(days=29), end=last, as_of=as_of),

@@ -7,7 +7,7 @@ from typing import Any
 
 from app.core import constants as c
 from app.derived.job_state import JobReport
-from app.jobs import buffer_check, derived_tables, engagement, ranks, reconcile, rewarm
+from app.jobs import achievements, buffer_check, derived_tables, engagement, peers, ranks, reconcile, rewarm
 from app.jobs.registry import run_now
 from app.jobs.run import run_job
 from app.stores import runtime
@@ -65,4 +65,20 @@ def snapshot_user_metrics(self: Any, full: bool | None = None) -> dict[str, Any]
     """Recompute the metrics snapshot of users changed since the last run (all users on a full run)."""
     return _run(
         c.SNAPSHOT_USER_METRICS, settings.snapshot_interval_s, lambda rt: derived_tables.snapshot_user_metrics(rt, full)
+    )
+
+
+@project_task(c.RECOMPUTE_PEERS, time_limit_s=_limit, max_retries=0)
+def recompute_peers(self: Any) -> dict[str, Any]:
+    """Rebuild the peers snapshot (every creator's values and their distribution) and switch readers to it."""
+    return _run(c.RECOMPUTE_PEERS, settings.peers_interval_s, peers.recompute_peers)
+
+
+@project_task(c.AWARD_ACHIEVEMENTS, time_limit_s=_limit, max_retries=0)
+def award_achievements(self: Any, full: bool | None = None) -> dict[str, Any]:
+    """Recompute the badge tiers of users changed since the last run (all users on a full run); announce new ones."""
+    return _run(
+        c.AWARD_ACHIEVEMENTS,
+        settings.achievements_interval_s,
+        lambda rt: achievements.award_achievements(rt, full),
     )

@@ -26,6 +26,19 @@ LEADERBOARD_TTL_S = 7 * 86_400
 # Users read recently (score: last read, epoch seconds): whose caches the refresh job keeps warm. 1 hour window.
 RECENT_READS_KEY = "metrics:recent-reads"
 RECENT_READS_TTL_S = 2 * 3600
+# Creator insights kept by beat jobs (``app.insights``). Every newly earned badge tier is announced once, ever, on
+# this stream (fields userId, badge, tier, earnedAt, eventId; capped at ACHIEVEMENTS_STREAM_MAXLEN entries, about),
+# for the web app to notify the creator; renewed on every announcement.
+ACHIEVEMENTS_STREAM_KEY = "achievements:earned"
+ACHIEVEMENTS_STREAM_TTL_S = 90 * 86_400
+# The announcements of the last hours ("userId:badge:tier" -> stream entry id), in the stream's slot (its name is the
+# hash tag): one script checks it and appends to the stream atomically. ClickHouse keeps every announcement for good
+# (``achievementsAnnounced``); the job prunes fields ClickHouse has held for ACHIEVEMENTS_REGISTRY_HOLD_S.
+ACHIEVEMENTS_REGISTRY_KEY = "{achievements:earned}:announced"
+ACHIEVEMENTS_REGISTRY_TTL_S = 7 * 86_400
+ACHIEVEMENTS_REGISTRY_HOLD_S = 3600
+# The peers snapshot: every key starts with this hash tag (one slot, so that one script reads a generation).
+PEERS_KEY_PREFIX = "{peers}"
 # Per-job state between runs (last run, incremental watermarks); a missing state means a full run.
 JOB_STATE_KEY = "jobs:state:{job}"
 JOB_STATE_TTL_S = 7 * 86_400

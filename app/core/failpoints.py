@@ -26,6 +26,10 @@ REFRESH_BEFORE_CLEAR = "refresh.before_clear"
 ENGAGEMENT_MID_RUN = "engagement.mid_run"
 # An incremental timeline run, after it computed its rows and before its one insert.
 TIMELINE_BEFORE_INSERT = "timeline.before_insert"
+# The achievements job, after it checked which of a group's earned tiers ClickHouse records as announced and before
+# it announces the others; and after announcing them, before it records them in ClickHouse.
+ACHIEVEMENTS_BEFORE_ANNOUNCE = "achievements.before_announce"
+ACHIEVEMENTS_BEFORE_RECORD = "achievements.before_record"
 # A beat job inside its lock, before it starts working.
 JOB_RUNNING = "job.running"
 # A backfill's engine path, once it has loaded its image owners and before its first chunk.

@@ -21,6 +21,7 @@ class JobReport:
     cached_updated: int = 0
     drift_ratio: float = 0.0
     seconds: float = 0.0
+    announced: int = 0  # achievements put on their stream
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

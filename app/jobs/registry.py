@@ -13,7 +13,7 @@ from app.core import constants as c
 from app.core.errors import ValidationError
 from app.core.settings import Settings
 from app.derived.job_state import JobReport
-from app.jobs import buffer_check, derived_tables, engagement, ranks, reconcile, rewarm
+from app.jobs import achievements, buffer_check, derived_tables, engagement, peers, ranks, reconcile, rewarm
 from app.jobs.run import run_job
 from app.stores.runtime import Runtime
 
@@ -25,6 +25,8 @@ JOBS: dict[str, tuple[Callable[[Runtime], JobReport], str]] = {
     c.REFRESH_EXPIRING_CACHES: (rewarm.refresh_expiring_caches, "refresh_interval_s"),
     c.RECONCILE_CACHES: (reconcile.reconcile_caches, "reconcile_interval_s"),
     c.SNAPSHOT_USER_METRICS: (derived_tables.snapshot_user_metrics, "snapshot_interval_s"),
+    c.RECOMPUTE_PEERS: (peers.recompute_peers, "peers_interval_s"),
+    c.AWARD_ACHIEVEMENTS: (achievements.award_achievements, "achievements_interval_s"),
 }
 
 

@@ -56,6 +56,10 @@ SHARDING_KEYS: dict[str, str] = {
     "followHistory": "cityHash64(followee)",
     "reactionHistory": "cityHash64(ownerId)",
     "insightCuts": "cityHash64(name)",
+    # Achievements: every row of one user on one shard (a tier's versions resolve there).
+    "achievementsEarned": "cityHash64(userId)",
+    "achievementsAnnounced": "cityHash64(userId)",
+    "achievementsProgress": "cityHash64(userId)",
 }
 
 # Tables whose single-node engine cannot be sharded or replicated as is: the cluster engine and key instead.

@@ -149,6 +149,8 @@ def _shape(cache_url: str) -> Iterator[Shape]:
         REFRESH_INTERVAL_S=str(TICK_S),
         RECONCILE_INTERVAL_S=str(TICK_S),
         SNAPSHOT_INTERVAL_S=str(TICK_S),
+        PEERS_INTERVAL_S=str(TICK_S),
+        ACHIEVEMENTS_INTERVAL_S=str(TICK_S),
         BUFFER_CHECK_INTERVAL_S=str(TICK_S),
         FAILPOINTS=failpoints.JOB_RUNNING,  # held from the test through Redis (app/core/failpoints.py)
     )

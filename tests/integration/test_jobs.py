@@ -233,6 +233,8 @@ def _beat(tmp: Path, name: str, interval: str) -> subprocess.Popen[bytes]:
         REFRESH_INTERVAL_S=interval,
         RECONCILE_INTERVAL_S=interval,
         SNAPSHOT_INTERVAL_S=interval,
+        PEERS_INTERVAL_S=interval,
+        ACHIEVEMENTS_INTERVAL_S=interval,
         BUFFER_CHECK_INTERVAL_S=interval,
         DATA_DIR=str(tmp / name),
     )
