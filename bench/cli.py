@@ -151,6 +151,36 @@ def bench_jobs(
     _print_shapes("jobs" + (" (quick)" if quick else ""), embedded, on_server, as_json)
 
 
+@bench_cli.command("insights")
+def bench_insights(
+    quick: Annotated[bool, typer.Option("--quick", help="Small dataset, about a minute")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON")] = False,
+    clickhouse_url: Annotated[str | None, typer.Option(help=_SERVER_URL_HELP)] = None,
+    server: Annotated[bool, typer.Option("--server", help=_SERVER_HELP)] = False,
+    plots: Annotated[
+        Path | None, typer.Option(help="Where to draw the PNG figure (default: $DATA_DIR/bench/plots)")
+    ] = None,
+) -> None:
+    """Creator insights on the read benchmark's event log (10M events): p50/p99 of every insight for the 100
+    most-followed and 100 random creators, the peers and achievements jobs, and the raw-log replay as baseline;
+    embedded and, with --server or --clickhouse-url, on a server side by side."""
+    from bench import insights as insights_bench
+
+    settings = load_settings()
+    results = {"embedded": insights_bench.run(quick, settings)}
+    with _bench_server(clickhouse_url, server) as url:
+        if url is not None:
+            results["server"] = insights_bench.run(quick, settings, url)
+    if as_json:
+        print(to_json({shape: dict(f) for shape, f in results.items()}))
+        return
+    for shape, f in results.items():
+        _print_bench(f"insights, {shape}" + (" (quick)" if quick else ""), insights_bench.rows(f), f, False)
+    figure = insights_bench.draw(results, plots or settings.data_path / "bench" / "plots")
+    if figure is not None:
+        console.print(f"figure: {figure}")
+
+
 @bench_cli.command("capacity")
 def bench_capacity(
     quick: Annotated[bool, typer.Option("--quick", help="Small dataset, under a minute")] = False,

@@ -26,7 +26,12 @@ def _pyplot() -> Any | None:
     return plt
 
 
-def latencies(samples: Mapping[str, Sequence[float]], path: Path, title: str) -> Path | None:
+def latencies(
+    samples: Mapping[str, Sequence[float]],
+    path: Path,
+    title: str,
+    goals: Sequence[tuple[float, str]] = ((5.0, "hit goal 5 ms"), (50.0, "miss goal 50 ms")),
+) -> Path | None:
     """One horizontal box per read path (whiskers at p1/p99, log scale), the goals as dashed lines."""
     plt = _pyplot()
     if plt is None or not samples:
@@ -39,7 +44,7 @@ def latencies(samples: Mapping[str, Sequence[float]], path: Path, title: str) ->
     ax.set_xscale("log")
     ax.set_xlabel("ms per call (log scale)")
     ax.set_title(title)
-    for goal, label in ((5.0, "hit goal 5 ms"), (50.0, "miss goal 50 ms")):
+    for goal, label in goals:
         ax.axvline(goal, linestyle="--", linewidth=0.8, color="grey")
         ax.text(goal, len(names) + 0.4, label, fontsize=7, color="grey", ha="center")
     ax.grid(axis="x", alpha=0.3)

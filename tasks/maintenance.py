@@ -8,6 +8,7 @@ from typing import Any
 from app.core import constants as c
 from app.derived.job_state import JobReport
 from app.jobs import buffer_check, derived_tables, engagement, ranks, reconcile, rewarm
+from app.jobs.registry import run_now
 from app.jobs.run import run_job
 from app.stores import runtime
 from app.stores.runtime import Runtime
@@ -19,6 +20,12 @@ _limit = settings.job_time_limit_s
 
 def _run(name: str, interval_s: float, job: Callable[[Runtime], JobReport]) -> dict[str, Any]:
     return run_job(runtime.get(), name, interval_s, job)
+
+
+@project_task(c.RUN_JOB_NOW, ignore_result=False, time_limit_s=_limit, max_retries=0)
+def run_job_now(self: Any, name: str) -> dict[str, Any]:
+    """Run one beat job now for a process that cannot reach ClickHouse itself (embedded mode, the stack running)."""
+    return run_now(runtime.get(), str(name))
 
 
 @project_task(c.RECOMPUTE_ENGAGEMENT, time_limit_s=_limit, max_retries=0)

@@ -6,7 +6,10 @@ from datetime import datetime
 from typing import Any
 
 from app.core import constants as c
+from app.core.errors import ValidationError
 from app.core.ids import check_id, check_ids
+from app.insights.requests import InsightRequest
+from app.insights.service import compute_insight
 from app.read.history import metric_history
 from app.read.metrics_miss import user_metrics
 from app.read.reactions_miss import current_reactions
@@ -50,6 +53,14 @@ def query_metric_history(
         interval,
     )
     return [p.to_json() for p in points]
+
+
+@project_task(c.QUERY_INSIGHT, ignore_result=False, max_retries=0, time_limit_s=30)
+def query_insight(self: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """A creator insight computed from ClickHouse (``app.insights``): the JSON answer of ``insights ...``."""
+    if not isinstance(request, dict):
+        raise ValidationError("an insight request is a JSON object")
+    return compute_insight(runtime.get(), InsightRequest.from_json(request))
 
 
 @project_task(c.MANAGE_EXCLUDED_USERS, ignore_result=False, max_retries=0, time_limit_s=60)

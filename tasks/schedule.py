@@ -6,18 +6,7 @@ from typing import Any
 
 from app.core import constants as c
 from app.core.settings import Settings
-
-
-def intervals(settings: Settings) -> dict[str, float]:
-    """Every beat job and its interval in seconds (settings: ``*_INTERVAL_S``)."""
-    return {
-        c.CHECK_EVENT_BUFFER: settings.buffer_check_interval_s,
-        c.RECOMPUTE_ENGAGEMENT: settings.engagement_interval_s,
-        c.RECOMPUTE_RANKS: settings.ranks_interval_s,
-        c.REFRESH_EXPIRING_CACHES: settings.refresh_interval_s,
-        c.RECONCILE_CACHES: settings.reconcile_interval_s,
-        c.SNAPSHOT_USER_METRICS: settings.snapshot_interval_s,
-    }
+from app.jobs.registry import intervals
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:

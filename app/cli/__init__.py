@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from app.cli import events, migration, reads, stack  # noqa: F401 - they register their commands
+from app.cli import events, insights, migration, reads, stack  # noqa: F401 - they register their commands
 from app.cli.common import err
 from app.cli.root import cli
 from app.core.errors import TransientError

@@ -87,6 +87,7 @@ READ_TASKS = (
     QUERY_INSIGHT,
     MANAGE_EXCLUDED_USERS,
     APPLY_MIGRATIONS,
+    RUN_JOB_NOW,
 )
 CHECK_EVENT_BUFFER = "check_event_buffer"
 RECOMPUTE_ENGAGEMENT = "recompute_engagement"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from app.core.errors import ValidationError
@@ -97,7 +97,7 @@ class InsightRequest:
             raise ValidationError(f"--days {days!r}: from 1 to {MAX_ACTIVITY_DAYS}")
         if not datetime(1970, 1, 1, tzinfo=UTC) + timedelta(days=800) <= at <= datetime(2149, 1, 1, tzinfo=UTC):
             raise ValidationError(f"--as-of {at.isoformat()} is out of range")
-        return cls(cast(Kind, kind), user, at, check_zone(tz), start, end, weeks, days)
+        return cls(kind, user, at, check_zone(tz), start, end, weeks, days)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -118,13 +118,18 @@ class InsightRequest:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> InsightRequest:
         """A request sent by another process, checked again (a read task trusts no message)."""
-        return cls.of(
-            str(data["kind"]),
-            data["user_id"],
-            start=date.fromisoformat(data["start"]) if data.get("start") else None,
-            end=date.fromisoformat(data["end"]) if data.get("end") else None,
-            tz=str(data.get("tz", "UTC")),
-            as_of=datetime.fromisoformat(data["as_of"]),
-            weeks=int(data.get("weeks", 12)),
-            days=int(data.get("days", 28)),
-        )
+        try:
+            return cls.of(
+                str(data["kind"]),
+                data["user_id"],
+                start=date.fromisoformat(data["start"]) if data.get("start") else None,
+                end=date.fromisoformat(data["end"]) if data.get("end") else None,
+                tz=str(data.get("tz", "UTC")),
+                as_of=datetime.fromisoformat(data["as_of"]),
+                weeks=int(data.get("weeks", 12)),
+                days=int(data.get("days", 28)),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, ValidationError):
+                raise
+            raise ValidationError(f"not an insight request: {exc!r}"[:200]) from exc
