@@ -23,7 +23,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.derived import changelog
 from app.insights.service import UserInsightsService
+from app.jobs.insight_histories import update_insight_histories
 from app.stores.clickhouse import insert_events
 from app.stores.runtime import Runtime
 from app.write.excluded import set_excluded
@@ -201,9 +203,21 @@ def replay(
     rt: Runtime, data: Any, history: list[E], check: Check, *, after_each: Callable[[], None] | None = None
 ) -> None:
     """Insert the deliveries one by one, exclude users after one of them, take some of them off the list again at
-    the end, and ``check`` (the events inserted so far, the excluded set) after some inserts and at the end."""
+    the end, and ``check`` (the events inserted so far, the excluded set) after some inserts and at the end.
+
+    By default (``after_each`` not given) the insights' histories job runs after some inserts, so that reads take
+    the history tables for the keys that did not change since and the log for those that did (and the log alone
+    before the first run): the same answers either way."""
     rt.redis.flushdb()
     wipe_clickhouse(rt)
+    if after_each is None:
+
+        def after_each() -> None:
+            if data.draw(st.booleans(), label="histories job runs"):
+                with pytest.MonkeyPatch.context() as mp:  # cut at the run's instant: later inserts come after it
+                    mp.setattr(changelog, "INFLIGHT_MARGIN", timedelta(0))
+                    update_insight_histories(rt)
+
     parts = deliveries(data, history)
     added = set(data.draw(st.lists(users, max_size=2), label="excluded"))
     removed = (
