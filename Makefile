@@ -48,6 +48,7 @@ bench: install
 	$(PY) -m app bench read $(BENCH_ARGS)
 	$(PY) -m app bench jobs $(BENCH_ARGS)
 	$(PY) -m app bench legacy $(BENCH_ARGS)
+	$(PY) -m app bench insights $(BENCH_ARGS)
 	$(PY) -m app bench capacity $(BENCH_ARGS)
 	$(PY) -m app bench cluster $(BENCH_ARGS)
 
