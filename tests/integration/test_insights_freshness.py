@@ -1,5 +1,6 @@
-"""Freshness of the read-time insights: an event sent with the producer through the real worker, once acknowledged
-(flushed to ClickHouse), shows in growth, retention, audience and activity within a second."""
+"""Freshness of the read-time insights: an event sent with the producer through the real worker shows in growth,
+retention, audience and activity within a second of the broker acknowledging the send (the worker buffers it,
+the flusher writes it, and the next read computes from it)."""
 
 from __future__ import annotations
 
@@ -72,6 +73,5 @@ def test_an_acknowledged_event_shows_in_the_insight_within_a_second(
     producer.record_upload(user_id=CREATOR, content_type="Image", entity_id=IMAGE)
     wait_events(clean, 1)
     assert not shows(clean)
-    written = send(producer)
-    wait_events(clean, 1 + written)  # in ClickHouse: the flush acknowledged the events
+    send(producer)  # returns once the broker acknowledged the messages
     wait_until(lambda: shows(clean), f"the insight {shows.__name__} to show the event", timeout_s=1.0)
