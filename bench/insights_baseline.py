@@ -8,6 +8,7 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from app.core.events import as_utc
 from app.core.metrics import EXCLUDED_USERS_SQL
 from app.insights.requests import InsightRequest
 from app.stores.clickhouse import ClickHouse
@@ -33,7 +34,7 @@ def _follow_history(ch: ClickHouse, request: InsightRequest) -> dict[int, list[t
     for follower, at, event_id, value in ch.rows(_FOLLOWS_SQL, {"user": request.user_id, "asof": request.as_of}):
         if event_id not in seen:
             seen.add(event_id)
-            by_follower[int(follower)].append((at, event_id, value > 0))
+            by_follower[int(follower)].append((as_utc(at), event_id, value > 0))
     return {f: [(at, on) for at, _, on in sorted(events)] for f, events in by_follower.items()}
 
 
@@ -91,6 +92,7 @@ def received(ch: ClickHouse, request: InsightRequest, lo: datetime, hi: datetime
         if event_id in seen:
             continue
         seen.add(event_id)
+        at = as_utc(at)
         if metric.startswith("Reaction"):
             keys[(etype, eid, metric, actor)].append((at, event_id, value, actor))
         elif lo <= at <= hi:
