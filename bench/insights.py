@@ -3,8 +3,10 @@
 On the same dataset (10 million events, 100,000 users, 400 days; ``--quick``: 300,000 events), for the 100
 most-followed creators and 100 random creators, through ``UserInsightsService`` in this process: p50 / p99 of
 growth over 365 days, retention over 12 weeks, audience over 30 days, activity over 28 days, and, after their jobs
-ran (timed), peers and achievements. The baseline, measured in the same run on a sample of the same users, computes
-each insight at query time from the user's raw events replayed in Python (``bench.insights_baseline``).
+ran (timed), peers and achievements. The four read-time insights are measured twice: from the log alone (before the
+histories job ran: the design without it) and with the histories. The baseline, measured in the same run on a
+sample of the same users, computes each insight at query time from the user's raw events replayed in Python
+(``bench.insights_baseline``).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from app.insights import histories
 from app.insights.requests import InsightRequest
 from app.insights.service import UserInsightsService
 from app.jobs.achievements import award_achievements
+from app.jobs.insight_histories import update_insight_histories
 from app.jobs.peers import recompute_peers
 from app.stores import clickhouse
 from app.stores.runtime import Runtime
@@ -82,6 +86,18 @@ def _measure(rt: Runtime, f: Figures) -> None:
         "audience": lambda u: service.audience(u, last - timedelta(days=29), last, as_of=as_of),
         "activity": lambda u: service.activity(u, days=28, tz="Europe/Berlin", as_of=as_of),
     }
+    for table in (histories.FOLLOWS_TABLE, histories.REACTIONS_TABLE, histories.CUTS_TABLE):
+        rt.clickhouse.command(f"TRUNCATE TABLE {table}")  # the log alone first: the design before the histories
+    for kind, call in calls.items():
+        _latencies(f, f"{kind}_log", call, top, random_creators)
+    started = time.perf_counter()
+    update_insight_histories(rt, True)
+    f["histories_full_s"] = time.perf_counter() - started
+    for table in (histories.FOLLOWS_TABLE, histories.REACTIONS_TABLE):  # what background merges do over time
+        rt.clickhouse.command(f"OPTIMIZE TABLE {table} FINAL")
+    started = time.perf_counter()
+    update_insight_histories(rt)
+    f["histories_incremental_s"] = time.perf_counter() - started
     for kind, call in calls.items():
         _latencies(f, kind, call, top, random_creators)
     started = time.perf_counter()
@@ -138,6 +154,11 @@ def rows(f: Figures) -> list[tuple[str, str, str]]:
     out = [
         ("dataset", f"{f['events']:,.0f} events, {f['users']:,.0f} users", f"generated in {f['generate_s']:.0f} s"),
         (
+            "insights' histories: full run / incremental run with nothing new",
+            f"{f['histories_full_s']:.1f} s / {f['histories_incremental_s']:.2f} s",
+            "",
+        ),
+        (
             "recompute_peers / award_achievements (full)",
             f"{f['peers_job_s']:.1f} s / {f['achievements_job_s']:.1f} s",
             "",
@@ -151,6 +172,11 @@ def rows(f: Figures) -> list[tuple[str, str, str]]:
             against += f"; raw-log replay p99 {base:.0f} ms ({base / f[f'{kind}_p99_ms']:.1f}x)"
         out.append((f"{kind}, 200 users", lat(kind), against))
         out.append(("  100 most-followed / 100 random", f"{lat(kind + '_top')} / {lat(kind + '_random')}", ""))
+        if f"{kind}_log_p99_ms" in f:
+            ratio = f[f"{kind}_log_p99_ms"] / f[f"{kind}_p99_ms"]
+            out.append(
+                ("  from the log alone (no histories)", lat(f"{kind}_log"), f"histories {ratio:.1f}x faster (p99)")
+            )
     return out
 
 
