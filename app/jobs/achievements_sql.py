@@ -15,15 +15,17 @@ none by an excluded user; uploads are the user's own upload keys, none while the
 engine's order.
 
 A computation sees the rows inserted up to ``until`` (its run's slice end: every insert that started by then has
-landed), and records per (user, badge) where its replay ended (``achievementsProgress``): the last event, the running
-value and the running maximum, with ``seenUntil = until``. Two ways to compute:
+landed) and dated up to it (an event dated ahead counts from the run whose slice its time falls in), and records per
+(user, badge) where its replay ended (``achievementsProgress``): the last event, the running value and the running
+maximum, with ``seenUntil = until``. Two ways to compute:
 
 - ``FULL_SQL`` replays each user's whole history from zero;
 - ``CONTINUE_SQL`` goes on from the recorded progress with the events after its last event, which are all in the
   changelog slice (a later event inserted by ``seenUntil`` would have been replayed); each state key's transitions
   are taken against the key's own history. Only for users none of whose slice rows inserted after ``seenUntil`` falls
   at or before the recorded last event (``LATE_USERS_SQL``): a late event, or a row written again (a redelivery, a
-  replayed dead letter, a backfill re-run), sends the user to the full replay.
+  replayed dead letter, a backfill re-run), sends the user to the full replay, and so does an event inserted before
+  the slice but dated into it.
 
 Both return the tiers first reached (rows with ``tier`` > 0) and one row per (user, badge) replayed with ``tier`` 0:
 the last event, the running value (in ``running``) and the running maximum (``peak``).
@@ -40,13 +42,19 @@ ARRIVAL_TYPES = [*OWNER_STATE_TYPES, "Upload", "Download"]
 
 _UNTIL = "{until:DateTime64(3, 'UTC')}"
 _SLICE = f"insertedAt > {{after:DateTime64(3, 'UTC')}} AND insertedAt <= {_UNTIL}"
+# Rows inserted before the slice but dated into it (a producer may date an event up to an hour ahead; a computation
+# leaves out events dated after its slice's end, and takes them once their time has come).
+_DATED_INTO_SLICE = (
+    f"insertedAt > {{after:DateTime64(3, 'UTC')}} - INTERVAL 1 DAY AND insertedAt <= {{after:DateTime64(3, 'UTC')}} "
+    f"AND createdAt > {{after:DateTime64(3, 'UTC')}} AND createdAt <= {_UNTIL}"
+)
 _KEY = "entityType, entityId, metricType, userId"
 # Each event of the selected keys once, as the computation sees the log (rows inserted by ``until``).
 _EACH_EVENT_OF_A_KEY = """
     SELECT entityType, entityId, metricType, userId, eventId, toString(eventId) AS eid, any(createdAt) AS at,
            toInt64(any(metricValue) > 0) AS isOn, max(ownerId) AS rowOwner
     FROM entityMetricEvents
-    WHERE {where}
+    WHERE {where} AND createdAt <= {{until:DateTime64(3, 'UTC')}}
     GROUP BY entityType, entityId, metricType, userId, eventId
     HAVING min(insertedAt) <= {{until:DateTime64(3, 'UTC')}}
 """
@@ -82,7 +90,7 @@ SELECT owner, 'downloads' AS badge, at, eventId, toString(eventId) AS eid, '' AS
 FROM (
     SELECT eventId, max(ownerId) AS owner, any(userId) AS actor, any(createdAt) AS at, toInt64(any(metricValue)) AS val
     FROM {source}
-    WHERE ownerId IN {{users:Array(Int64)}} AND metricType = 'Download' AND {where}
+    WHERE ownerId IN {{users:Array(Int64)}} AND metricType = 'Download' AND {where} AND createdAt <= {_UNTIL}
     GROUP BY eventId
     HAVING min(insertedAt) <= {_UNTIL}
 )
@@ -161,8 +169,9 @@ WHERE (r.at, r.eid) > (p.pAt, p.pEid)
 """  # noqa: S608
 CONTINUE_SQL = _TIERS.format(rows=_CONTINUE_ROWS)
 
-# The users who must be replayed whole: never computed, or with a row in the slice inserted after their last
-# computation that falls at or before the last event replayed for its badge.
+# The users who must be replayed whole: never computed, with a row in the slice inserted after their last
+# computation that falls at or before the last event replayed for its badge, or with a row dated into the slice that
+# was inserted before it.
 LATE_USERS_SQL = f"""
 SELECT DISTINCT a.owner
 FROM (
@@ -176,6 +185,9 @@ FROM (
 LEFT JOIN ({_PROGRESS}) AS p ON a.owner = p.pUser AND a.badge = p.pBadge
 LEFT JOIN (SELECT pUser AS sUser, pSeen AS seen FROM ({_PROGRESS}) WHERE pBadge = '') AS s ON a.owner = s.sUser
 WHERE s.sUser = 0 OR (a.insertedAt > s.seen AND (a.at, a.eid) <= (p.pAt, p.pEid))
+UNION DISTINCT
+SELECT ownerId FROM eventArrivals
+WHERE {_DATED_INTO_SLICE} AND ownerId IN {{users:Array(Int64)}} AND metricType IN {{types:Array(String)}}
 """  # noqa: S608
 
 PROGRESS_COLUMNS = ["userId", "badge", "lastAt", "lastEid", "running", "peak", "seenUntil", "version"]
@@ -222,5 +234,5 @@ ORDER BY u
 # of their uploads; an orphan adopted later arrives again with its owner).
 ARRIVED_USERS_SQL = f"""
 SELECT DISTINCT ownerId FROM eventArrivals
-WHERE {_SLICE} AND ownerId > 0 AND metricType IN {{types:Array(String)}}
+WHERE (({_SLICE}) OR ({_DATED_INTO_SLICE})) AND ownerId > 0 AND metricType IN {{types:Array(String)}}
 """  # noqa: S608

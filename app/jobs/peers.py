@@ -3,10 +3,11 @@
 At the run's instant ``asOf`` (the jobs' clock), for every user who may have a value that is not 0 (owners of state
 keys and additive events, uploaders): ``compute_user_metrics`` with ``now = asOf`` gives exactly what
 ``user:metrics`` serves (followerCount, engagementScore, reactionCount, downloadCount, and uploadCount, which makes a
-creator); followerGrowth30d is followerCount at ``asOf`` minus followerCount 30 days before, both from the log (a
-follow key's state at an instant is its latest event by ``(createdAt, eventId)`` up to it, as the as-of metrics
-take it). The run writes a new generation under its own keys and switches the pointer in one script; readers see
-the old generation or the new one, never a part.
+creator), except for the few users with an event dated after ``asOf``, computed as of ``asOf`` from the log so that
+no later event counts; followerGrowth30d is followerCount at ``asOf`` minus followerCount 30 days before, both from
+the log (a follow key's state at an instant is its latest event by ``(createdAt, eventId)`` up to it, as the as-of
+metrics take it). The run writes a new generation under its own keys and switches the pointer in one script; readers
+see the old generation or the new one, never a part.
 
 No incremental run: a percentile moves with everyone's values, and engagement scores decay without events, so each
 run recomputes everyone (the cost of a full metrics snapshot; see the design notes).
@@ -49,6 +50,13 @@ WHERE u > 0
 ORDER BY u
 """
 
+# Actors and owners of the rows dated after ``asof`` (inserted in the last day: producers date events at most an
+# hour ahead).
+DATED_AHEAD_SQL = """
+SELECT DISTINCT arrayJoin([userId, ownerId]) FROM eventArrivals
+WHERE insertedAt > {asof:DateTime64(3, 'UTC')} - INTERVAL 1 DAY AND createdAt > {asof:DateTime64(3, 'UTC')}
+"""
+
 # Per followed user: follows on at ``asof`` minus follows on at ``start``, from the log (each key's latest event by
 # (createdAt, eventId) up to the instant; others than the user, not excluded; the key's owner as the as-of metrics
 # resolve it).
@@ -79,8 +87,12 @@ def follower_growth(rt: Runtime, as_of: datetime) -> dict[int, int]:
 def peer_values(rt: Runtime, as_of: datetime) -> dict[int, tuple[bool, tuple[int, ...]]]:
     """Per user with a value that is not 0 (and every creator): whether a creator, and the values in ``METRICS``
     order (engagementScore in units of 1/10,000)."""
-    users = [int(u) for (u,) in rt.clickhouse.rows(CANDIDATES_SQL)]
-    metrics = compute_user_metrics(rt.clickhouse, users, weights=rt.weights, window=rt.window, now=as_of)
+    ch = rt.clickhouse
+    users = [int(u) for (u,) in ch.rows(CANDIDATES_SQL)]
+    metrics = compute_user_metrics(ch, users, weights=rt.weights, window=rt.window, now=as_of)
+    # Users with an event dated after asOf (a producer may date one up to an hour ahead): as of asOf, from the log.
+    ahead = sorted({int(u) for (u,) in ch.rows(DATED_AHEAD_SQL, {"asof": as_of})} & set(metrics))
+    metrics.update(compute_user_metrics(ch, ahead, weights=rt.weights, window=rt.window, as_of=as_of))
     growth = follower_growth(rt, as_of)
     out: dict[int, tuple[bool, tuple[int, ...]]] = {}
     for uid in sorted(set(metrics) | set(growth)):

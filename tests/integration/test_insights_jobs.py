@@ -362,6 +362,23 @@ def test_runs_going_on_from_their_progress_match_the_definition(rt: Runtime, dat
     assert set(announced) >= {(u, b, t) for u in (1, 2) for b, t, _, _ in earned(rt, u)}
 
 
+def test_an_event_dated_ahead_counts_from_the_run_its_time_falls_in(clean: Runtime) -> None:
+    import time
+
+    m = timedelta(minutes=1)
+    insert_events(clean.clickhouse, [follow(100 + i, 7, T0 + i * m) for i in range(9)])
+    award_achievements(clean)
+    ahead = follow(200, 7, datetime.now(UTC) + timedelta(seconds=25))  # the tenth, dated 25 s ahead
+    insert_events(clean.clickhouse, [ahead])
+    assert award_achievements(clean).announced == 0  # not yet: it has not happened
+    time.sleep(12)  # past the next run's look-back: the row is no longer in its slice by insertion
+    assert award_achievements(clean).announced == 0
+    assert [t for _, t, _, _ in earned(clean, 7)] == [1]
+    time.sleep(max(0.0, (ahead.created_at - datetime.now(UTC)).total_seconds()) + 1)
+    assert award_achievements(clean).announced == 1  # its time fell in this run's slice
+    assert earned(clean, 7)[-1] == ("followers", 10, at_ms(ahead.created_at), str(ahead.event_id))
+
+
 # --- peers -------------------------------------------------------------------------------------------------------
 
 
@@ -445,6 +462,20 @@ def test_peers_values_and_percentiles_on_a_small_population(clean: Runtime) -> N
     assert nobody["band"] == "0" and nobody["metrics"]["followerCount"]["band"]["population"] == 1
     assert nobody["metrics"]["followerCount"]["percentile"] == 12.5
     assert nobody["metrics"]["engagementScore"]["value"] == 0.0
+
+
+def test_peers_leave_out_events_dated_after_the_run(clean: Runtime) -> None:
+    day = datetime.now(UTC) - timedelta(days=1)
+    insert_events(
+        clean.clickhouse,
+        [
+            ev("Image", 101, 1, 1, "Upload", 1, day),
+            ev("Image", 101, 2, 1, "ReactionLike", 1, day),
+            ev("Image", 101, 2, 1, "ReactionLike", -1, datetime.now(UTC) + timedelta(minutes=30)),  # dated ahead
+        ],
+    )
+    recompute_peers(clean)
+    assert read_peers(clean, 1)["metrics"]["reactionCount"]["value"] == 1  # as of the run: still on
 
 
 def test_a_run_switches_generations_whole_and_every_key_expires(clean: Runtime) -> None:
