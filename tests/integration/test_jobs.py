@@ -41,6 +41,7 @@ def current_scores(rt: Runtime) -> dict[int, int]:
     return {int(u): int(s) for u, s in rt.clickhouse.rows("SELECT userId, score FROM engagementCurrent FINAL")}
 
 
+@pytest.mark.timeout(900)  # 20 examples, each wiping and refilling every table: minutes on a 2x2 cluster
 @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 @given(history=st.lists(an_event(), min_size=1, max_size=30, unique_by=lambda e: e.event_id), data=st.data())
 def test_engagement_full_and_incremental_match_the_oracle(clean, history, data):  # type: ignore[no-untyped-def]
