@@ -1,16 +1,17 @@
-"""Growth and retention: a creator's followers over time, from the follow events of the log.
+"""Growth and retention: a creator's followers over time, from the creator's follow rows.
 
 A follow is a state key ``(User, creator, Follow, follower)``: its state at an instant is its latest event by
-``(createdAt, eventId)`` at or before that instant. The follow events of one creator are one range of the log's
-primary key, so both queries read only them, however large the log is:
+``(createdAt, eventId)`` at or before that instant. The follow rows come from ``followHistory`` (each key's changes)
+with the keys changed since its cut read from the log, or from the log alone (``app.insights.histories``):
 
 - growth takes each follower's state at the end of every day with an event (the latest of that day) and compares it
   with the same follower's previous such day: on after off is a gain, off after on a loss; a follow and an unfollow
   inside one day are neither, because only the end of the day counts. The number of followers at the end of a day
   is the sum of the gains and losses up to it, so ``followers(d) = followers(d-1) + gained(d) - lost(d)`` holds by
   construction and equals ``followerCount`` as of that instant.
-- retention does the same by week, and places each follower in the cohort of the week of the first event that ever
-  turned the follow on; a follower counts as retained k weeks later while the state at the end of that week is on.
+- retention takes each follower's rows in order once: the cohort is the week of the first row that turned the
+  follow on, and the follower counts as retained k weeks later when the state after their last row up to that
+  week is on.
 
 Excluded users' follows and a creator's follow of themself count for nobody, as in the metrics.
 """

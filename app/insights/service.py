@@ -57,11 +57,9 @@ class UserInsightsService:
         return self._compute(InsightRequest.of("achievements", user_id))
 
     def _compute(self, request: InsightRequest) -> dict[str, Any]:
-        if request.kind in ("peers", "achievements"):
-            reader = peers.read_peers if request.kind == "peers" else achievements.read_achievements
-            if request.kind == "peers" or not clickhouse.owner_is_elsewhere(self.rt.settings):
-                return reader(self.rt, request.user_id)
-        elif not clickhouse.owner_is_elsewhere(self.rt.settings):
+        if request.kind == "peers":  # Redis alone: read here whatever owns the engine
+            return peers.read_peers(self.rt, request.user_id)
+        if not clickhouse.owner_is_elsewhere(self.rt.settings):
             return compute_insight(self.rt, request)
         answer: dict[str, Any] = through_worker(self.rt, c.QUERY_INSIGHT, request=request.to_json())
         return answer
