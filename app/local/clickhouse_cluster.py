@@ -91,6 +91,13 @@ def node_paths(root: Path, node: Node) -> ServerPaths:
     return ServerPaths(root / f"node{node.index}")
 
 
+# Queries between nodes wait for the replica they picked instead of hedging: a hedged request gives up on a slow
+# replica's connection by closing it, and this engine build aborts the whole server when a peer resets a connection
+# its TCP handler is reading (seen on a loaded machine, where a node is slow to answer within the 50 ms default).
+# Given on the command line, the node's default for every session, the distributed queries' included.
+NODE_SETTINGS = ["--use_hedged_requests=0"]
+
+
 def _config(layout: Layout, node: Node) -> str:
     shards = []
     for shard in range(1, layout.shards + 1):
@@ -169,7 +176,7 @@ def start_node(root: Path, node: Node) -> str:
     assert layout is not None
     config = root / f"node{node.index}.xml"
     config.write_text(_config(layout, node))
-    return clickhouse_server.start(node_paths(root, node), node.http_port, node.tcp_port, [f"--config-file={config}"])
+    return clickhouse_server.start(node_paths(root, node), node.http_port, node.tcp_port, [f"--config-file={config}", *NODE_SETTINGS])
 
 
 def stop_node(root: Path, node: Node) -> None:
