@@ -87,10 +87,10 @@ class Monitored:
     prometheus_url: str
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start(self, name: str, argv: list[str]) -> None:
+    def start(self, name: str, argv: list[str], cwd: Path = REPO) -> None:
         log = open(ROOT / f"prometheus-{name}.log", "ab")  # noqa: SIM115 - the child owns it
         self.procs[name] = subprocess.Popen(  # noqa: S603 - our own argv
-            argv, env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            argv, env=self.env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
     def stop(self, name: str) -> None:
@@ -176,7 +176,7 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
     app.config_from_object(celery_config(cfg))
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(RULES)],
+        "rule_files": [RULES.name],  # a copy beside the configuration: Prometheus names it as it was given
         "scrape_configs": [
             {"job_name": "usermetrics", "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]},
             {
@@ -187,6 +187,7 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
         ],
     }
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+    shutil.copy(RULES, tmp / RULES.name)
     m = Monitored(env, Runtime(cfg), app, paths, tmp, f"http://127.0.0.1:{prometheus_port}")
     try:
         m.start(
@@ -200,11 +201,12 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
             "prometheus",
             [
                 binary,
-                f"--config.file={tmp / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp / 'tsdb'}",
+                "--config.file=prometheus.yml",
+                "--storage.tsdb.path=tsdb",
                 f"--web.listen-address=127.0.0.1:{prometheus_port}",
                 "--log.level=warn",
             ],
+            cwd=tmp,
         )
         yield m
     finally:
@@ -320,7 +322,7 @@ def test_faults_make_their_alerts_active(scraped: Monitored) -> None:
 
     screenshot = os.environ.get("PROMETHEUS_ALERTS_SCREENSHOT")
     if screenshot:
-        _screenshot(f"{m.prometheus_url}/alerts", Path(screenshot))
+        _screenshot(f"{m.prometheus_url}/classic/alerts", Path(screenshot))  # Debian: the classic UI
 
     # When the worker stops, its exporter is down and no worker is up
     m.stop("worker")
@@ -332,7 +334,15 @@ def _screenshot(url: str, out: Path) -> None:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     assert browser is not None, "PROMETHEUS_ALERTS_SCREENSHOT needs chromium"
     subprocess.run(  # noqa: S603 - our own argv
-        [browser, "--headless", "--no-sandbox", f"--screenshot={out}", "--window-size=1280,900", url],
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--virtual-time-budget=5000",
+            f"--screenshot={out}",
+            "--window-size=1280,900",
+            url,
+        ],
         capture_output=True,
         timeout=60,
         check=True,

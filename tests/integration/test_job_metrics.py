@@ -12,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.core import constants as c
 from app.jobs import registry
-from app.jobs.ranks import recompute_ranks
 from app.jobs.engagement import recompute_engagement
+from app.jobs.ranks import recompute_ranks
 from app.jobs.run import run_job
 from app.ops.exporter import StatsCollector
 from app.stores.runtime import Runtime
