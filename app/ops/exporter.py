@@ -17,6 +17,8 @@ from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFam
 from prometheus_client.registry import Collector
 
 from app.core import constants as c
+from app.jobs import registry
+from app.jobs.run import job_counter
 from app.stores import broker, counters
 from app.stores.runtime import Runtime
 from app.write import buffer, deadletters
@@ -24,6 +26,7 @@ from app.write import buffer, deadletters
 log = logging.getLogger(__name__)
 
 COUNTERS = {
+    "messages_ingested_total": "Buffer entries (one per event message) written to ClickHouse",
     "events_ingested_total": "Events written to ClickHouse",
     "flushes_total": "ClickHouse inserts by the flusher",
     "flush_failures_total": "Flush attempts ClickHouse could not take (capacity, timeout, availability); retried",
@@ -32,6 +35,7 @@ COUNTERS = {
     "cache_misses_total": "user:metrics lookups that went to ClickHouse",
     "reconcile_checked_total": "Cached hashes compared with ClickHouse by reconcile_caches",
     "reconcile_repaired_total": "Cached hashes repaired by reconcile_caches",
+    "dual_discrepancies_total": "Users whose legacy and ClickHouse metrics differed in a dual read",
 }
 BROKER_QUEUES = (c.EVENTS_QUEUE, c.MAINTENANCE_QUEUE, c.READS_QUEUE)
 
@@ -97,11 +101,50 @@ class StatsCollector(Collector):
             value=buf.oldest_pending_age_s,
         )
         yield GaugeMetricFamily("usermetrics_dead_letters", "Dead letters stored", value=dead)
-        runs = GaugeMetricFamily("usermetrics_job_last_run_seconds", "Duration of each job's last run", labels=["job"])
-        for job in c.JOBS:
-            if f"job_{job}_seconds" in stats:
-                runs.add_metric([job], float(stats[f"job_{job}_seconds"]))
-        yield runs
+        yield from self._job_metrics(stats)
+
+    def _job_metrics(self, stats: dict[str, str]) -> Iterator[Any]:
+        """Per beat job (label ``beat_job``; ``job`` is the scrape target's label in Prometheus): its counters from
+        ``app.jobs.run``, its interval from the settings, and when beat should next start it."""
+
+        def known(name: str, what: str) -> float | None:
+            value = stats.get(job_counter(name, what))
+            return None if value is None else float(value)
+
+        label = ["beat_job"]
+        runs = CounterMetricFamily("usermetrics_job_runs", "Successful runs of each beat job", labels=label)
+        failures = CounterMetricFamily("usermetrics_job_failures", "Runs of each beat job that raised", labels=label)
+        skipped = CounterMetricFamily(
+            "usermetrics_job_skipped",
+            "Attempts skipped: the tick's run already happened, or the job's lock was held",
+            labels=label,
+        )
+        interval = GaugeMetricFamily("usermetrics_job_interval_seconds", "Each beat job's interval", labels=label)
+        duration = GaugeMetricFamily(
+            "usermetrics_job_last_duration_seconds", "Duration of each beat job's last successful run", labels=label
+        )
+        success = GaugeMetricFamily(
+            "usermetrics_job_last_success_timestamp_seconds",
+            "When each beat job last succeeded (Unix time)",
+            labels=label,
+        )
+        due = GaugeMetricFamily(
+            "usermetrics_job_next_due_timestamp_seconds",
+            "When beat should next start each job: its last attempt's start plus its interval (Unix time)",
+            labels=label,
+        )
+        for name, every in registry.intervals(self.rt.settings).items():
+            runs.add_metric([name], known(name, "runs_total") or 0.0)
+            failures.add_metric([name], known(name, "failures_total") or 0.0)
+            skipped.add_metric([name], known(name, "skipped_total") or 0.0)
+            interval.add_metric([name], every)
+            if (seconds := known(name, "seconds")) is not None:
+                duration.add_metric([name], seconds)
+            if (at := known(name, "last_success")) is not None:
+                success.add_metric([name], at)
+            if (attempt := known(name, "last_attempt")) is not None:
+                due.add_metric([name], attempt + every)
+        yield from (runs, failures, skipped, interval, duration, success, due)
 
 
 def serve(rt: Runtime, port: int, address: str | None = None) -> bool:

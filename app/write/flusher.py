@@ -145,7 +145,7 @@ class Flusher:
         reactions_cache.merge(r, reactions_cache.updates_from_events(events))
         mark_dirty(r, users)  # the refresher recomputes their cached hashes
         buffer.ack(r, [entry.entry_id for entry in entries])
-        self._count(events_ingested_total=len(events), flushes_total=1)
+        self._count(messages_ingested_total=len(entries), events_ingested_total=len(events), flushes_total=1)
         return FlushResult(len(entries), len(events), len(users))
 
     def _give_up_on_exhausted(self, entries: list[Entry]) -> list[Entry]:
