@@ -27,7 +27,7 @@ from app.core.paths import REPO
 from app.stores.runtime import Runtime
 from tests.stack import ROOT, BrokerBacklog
 
-pytestmark = pytest.mark.usefixtures("worker")
+pytestmark = pytest.mark.usefixtures("browser_installed", "worker")  # no worker started for a test that skips
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -36,7 +36,9 @@ RELOAD_EVERY_S = 0.1
 APP = REPO / "examples" / "webapp" / "webapp.py"
 
 
-def _need_browser() -> None:
+@pytest.fixture()
+def browser_installed() -> None:
+    """Skips (fails in CI) without the machine's browser and its driver."""
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not Path(path).exists()]
     if not missing:
         return
@@ -55,7 +57,6 @@ def _free_port() -> int:
 @pytest.fixture()
 def site(clean) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """The example app as a web server process on a free loopback port, on this session's stack."""
-    _need_browser()
     port = _free_port()
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{ROOT / f'example-webapp-{port}.sqlite3'}"}
     env["FLOWER_URL"] = "http://127.0.0.1:5555/"
@@ -88,7 +89,6 @@ def site(clean) -> Iterator[str]:  # type: ignore[no-untyped-def]
 @pytest.fixture()
 def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     """Headless Chromium through Selenium, on the machine's browser and driver (Selenium Manager stays offline)."""
-    _need_browser()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
