@@ -105,6 +105,14 @@ def viewer() -> int:
     return request.values.get("viewer", 1, type=int)
 
 
+def signed_in(session: Session) -> int:
+    """The viewer, who must be one of the site's users to write anything (the site's login would see to that)."""
+    user_id = viewer()
+    if session.get(User, user_id) is None:
+        abort(403, "sign in as one of the site's users")
+    return user_id
+
+
 def back_to(user_id: int) -> Response:
     return redirect(url_for("profile", user_id=user_id, viewer=viewer()))
 
@@ -114,12 +122,12 @@ def back_to(user_id: int) -> Response:
 
 def follow(user_id: int) -> Response:
     """Follow ``user_id``, or stop following: the ``UserEngagement`` row and a ``record_follow`` event."""
-    follower = viewer()
-    if follower == user_id:
-        abort(400, "a user cannot follow themselves")
     s = services()
     now = datetime.now(UTC)
     with Session(s.db) as session:
+        follower = signed_in(session)
+        if follower == user_id:
+            abort(400, "a user cannot follow themselves")
         if session.get(User, user_id) is None:
             abort(404)
         row = session.get(UserEngagement, (follower, user_id))
@@ -138,11 +146,11 @@ def follow(user_id: int) -> Response:
 
 def upload(user_id: int) -> Response:
     """Upload an image to one's own profile: an ``Image`` row and a ``record_upload`` event."""
-    if viewer() != user_id:
-        abort(403, "upload to your own profile")
     s = services()
     now = datetime.now(UTC)
     with Session(s.db) as session:
+        if signed_in(session) != user_id:
+            abort(403, "upload to your own profile")
         image = Image(userId=user_id, createdAt=now)
         session.add(image)
         session.flush()  # the row's id, for the event
@@ -156,7 +164,6 @@ def upload(user_id: int) -> Response:
 def react(image_id: int) -> Response:
     """Toggle one reaction of the viewer on an image: an ``ImageReaction`` row added or removed, and a
     ``set_reaction`` event with the viewer's full reaction state on that image (the service keeps the latest)."""
-    user_id = viewer()
     try:
         reaction = ReviewReactions(request.form.get("reaction", ""))
     except ValueError:
@@ -166,6 +173,7 @@ def react(image_id: int) -> Response:
     s = services()
     now = datetime.now(UTC)
     with Session(s.db) as session:
+        user_id = signed_in(session)
         image = session.get(Image, image_id)
         if image is None:
             abort(404)
