@@ -35,8 +35,8 @@ test-fast: install
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check app tasks bench tests
-	$(VENV)/bin/ruff format --check app tasks bench tests
+	$(VENV)/bin/ruff check app tasks bench tests examples
+	$(VENV)/bin/ruff format --check app tasks bench tests examples
 	$(VENV)/bin/mypy
 
 # A real ClickHouse server on loopback (fetched once with npm into .tools/); prints the CLICKHOUSE_URL to use.
