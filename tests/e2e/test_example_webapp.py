@@ -25,6 +25,7 @@ import requests
 
 from app.core.paths import REPO
 from app.stores.runtime import Runtime
+from tests.ci import missing_tool
 from tests.stack import ROOT, BrokerBacklog
 
 pytestmark = pytest.mark.usefixtures("browser_installed", "worker")  # no worker started for a test that skips
@@ -42,10 +43,7 @@ def browser_installed() -> None:
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not Path(path).exists()]
     if not missing:
         return
-    reason = f"needs Debian's chromium and chromium-driver ({', '.join(missing)} missing)"
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}: .ci/run installs them")
-    pytest.skip(reason)
+    missing_tool(f"needs Debian's chromium and chromium-driver ({', '.join(missing)} missing)")
 
 
 def _free_port() -> int:

@@ -40,9 +40,10 @@ from app.local.clickhouse_server import ServerPaths
 from app.read.metrics_service import UserMetricsQueryService
 from app.stores.runtime import Runtime
 from tasks.config import celery_config
+from tests.ci import missing_tool
 from tests.e2e.test_multiprocess import CELERY, purge
 from tests.stack import BASE_REDIS_URL, ROOT, process_env, wait_until, with_db
-from tests.unit.test_monitoring import IN_CI, RULES, dashboard_expressions
+from tests.unit.test_monitoring import RULES, dashboard_expressions
 
 pytestmark = pytest.mark.e2e
 TICK_S = 2  # every beat job's interval here
@@ -70,10 +71,7 @@ def eventually(check: Callable[[], Any], what: str, timeout_s: float) -> None:
 def _prometheus() -> str:
     found = shutil.which("prometheus")
     if found is None:
-        reason = "prometheus is not installed (Debian: apt-get install prometheus)"
-        if IN_CI:
-            pytest.fail(f"{reason}; CI must run the monitoring tests")
-        pytest.skip(reason)
+        missing_tool("prometheus is not installed (Debian: apt-get install prometheus)")
     return found
 
 

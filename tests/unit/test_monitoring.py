@@ -11,31 +11,26 @@ missing promtool fails them.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from app.core.paths import REPO
+from tests.ci import missing_tool
 
 MONITORING = REPO / "deploy" / "monitoring"
 RULES = MONITORING / "rules.yml"
 DASHBOARD = MONITORING / "dashboard.json"
-IN_CI = bool(os.environ.get("CI") or os.environ.get("USERMETRICS_CI"))
 
 
 def promtool() -> str:
     """Path of promtool; skips the test without it, fails it in CI."""
     found = shutil.which("promtool")
     if found is None:
-        reason = "promtool is not installed (Debian: apt-get install prometheus)"
-        if IN_CI:
-            pytest.fail(f"{reason}; CI must run the monitoring tests")
-        pytest.skip(reason)
+        missing_tool("promtool is not installed (Debian: apt-get install prometheus)")
     return found
 
 
