@@ -176,7 +176,9 @@ def start_node(root: Path, node: Node) -> str:
     assert layout is not None
     config = root / f"node{node.index}.xml"
     config.write_text(_config(layout, node))
-    return clickhouse_server.start(node_paths(root, node), node.http_port, node.tcp_port, [f"--config-file={config}", *NODE_SETTINGS])
+    return clickhouse_server.start(
+        node_paths(root, node), node.http_port, node.tcp_port, [f"--config-file={config}", *NODE_SETTINGS]
+    )
 
 
 def stop_node(root: Path, node: Node) -> None:
