@@ -214,6 +214,8 @@ def release_fill_locks(r: RedisClient, user_ids: list[int], token: str) -> None:
 
 # Only cached hashes are touched: a user without one gets everything on the next read anyway. Users and values come
 # as two comma-joined strings (a value '' deletes the field): two arguments however many users, cheap to send.
+# ARGV[3], when not '', is the writer's snapshot version: a hash whose snapshot is newer (its version key above it)
+# is left alone, since it was computed from later data than the writer's (a job's score would take it back in time).
 _SET_FIELD_IF_CACHED = """
 local users, values = {}, {}
 for u in string.gmatch(ARGV[1], '[^,]+') do users[#users + 1] = u end
@@ -221,7 +223,12 @@ for v in string.gmatch(ARGV[2] .. ',', '([^,]*),') do values[#values + 1] = v en
 local n = 0
 for i = 1, #users do
   local key = KEYS[1] .. users[i]
-  if redis.call('EXISTS', key) == 1 then
+  local newer = false
+  if ARGV[3] ~= '' then
+    local current = redis.call('GET', KEYS[3] .. users[i])
+    newer = current and tonumber(current) > tonumber(ARGV[3])
+  end
+  if not newer and redis.call('EXISTS', key) == 1 then
     if values[i] == '' then redis.call('HDEL', key, KEYS[2]) else redis.call('HSET', key, KEYS[2], values[i]) end
     n = n + 1
   end
@@ -229,12 +236,20 @@ end
 return n
 """
 _METRICS_PREFIX = c.USER_METRICS_KEY.removesuffix("{user_id}")
-# Cluster mode: KEYS are the hashes (one slot), ARGV[1] the field, then one value per hash.
+_VERSION_PREFIX = c.USER_METRICS_VERSION_KEY.removesuffix("{user_id}")
+# Cluster mode: KEYS are the hashes then their version keys (one slot), ARGV[1] the field, ARGV[2] the snapshot
+# version or '', then one value per hash.
 _SET_FIELD_IF_CACHED_KEYS = """
 local n = 0
-for i = 1, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    local v = ARGV[i + 1]
+local half = #KEYS / 2
+for i = 1, half do
+  local newer = false
+  if ARGV[2] ~= '' then
+    local current = redis.call('GET', KEYS[half + i])
+    newer = current and tonumber(current) > tonumber(ARGV[2])
+  end
+  if not newer and redis.call('EXISTS', KEYS[i]) == 1 then
+    local v = ARGV[i + 2]
     if v == '' then redis.call('HDEL', KEYS[i], ARGV[1]) else redis.call('HSET', KEYS[i], ARGV[1], v) end
     n = n + 1
   end
@@ -244,11 +259,19 @@ return n
 CHUNK = 5000  # users per script call
 
 
-def set_field_if_cached(r: RedisClient, field: str, values: Mapping[int, str]) -> int:
-    """HSET ``field`` on the cached ``user:metrics`` hashes among ``values`` ('' deletes it); returns how many."""
-    if is_cluster(r):  # one call per slot, each naming its users' hashes
+def set_field_if_cached(
+    r: RedisClient, field: str, values: Mapping[int, str], snapshot_version: int | None = None
+) -> int:
+    """HSET ``field`` on the cached ``user:metrics`` hashes among ``values`` ('' deletes it); returns how many.
+    With ``snapshot_version`` (Redis time taken before the writer queried ClickHouse, as for whole-hash writes),
+    hashes written from a newer snapshot are left as they are."""
+    version = "" if snapshot_version is None else str(snapshot_version)
+    if is_cluster(r):  # one call per slot, each naming its users' hashes and version keys
         calls = [
-            ([keys.of_user(c.USER_METRICS_KEY, u) for u in group], [field, *(values[u] for u in group)])
+            (
+                [metrics_key(u) for u in group] + [version_key(u) for u in group],
+                [field, version, *(values[u] for u in group)],
+            )
             for group in per_slot(r, values)
         ]
         return sum(int(n) for n in run_script(r, _SET_FIELD_IF_CACHED_KEYS, calls))
@@ -258,5 +281,7 @@ def set_field_if_cached(r: RedisClient, field: str, values: Mapping[int, str]) -
     for i in range(0, len(items), CHUNK):
         chunk = items[i : i + CHUNK]
         users = ",".join(str(u) for u, _ in chunk)
-        done += int(script(keys=[_METRICS_PREFIX, field], args=[users, ",".join(v for _, v in chunk)]))
+        done += int(
+            script(keys=[_METRICS_PREFIX, field, _VERSION_PREFIX], args=[users, ",".join(v for _, v in chunk), version])
+        )
     return done

@@ -128,13 +128,18 @@ _TURN_ONS_FROM_TABLE = f"""
     {{log}}
 """  # noqa: S608
 
-# The creator's keys with arrivals after a cut: followers whose follow changed, reaction keys on their entities.
+# In one round trip: each table's cut (``(name, cut)``, absent: never built or lost), and the creator's keys with
+# arrivals after the older usable one (not older than the changelog keeps: ``oldest``): followers whose follow
+# changed, reaction keys on their entities. Without a usable cut nothing is scanned (the reader takes the log).
 CHANGED_SQL = f"""
-SELECT groupUniqArrayIf(userId, entityType = 'User' AND entityId = {{user:Int64}} AND metricType = 'Follow'),
+WITH cuts AS (SELECT name, argMax(cut, version) AS cut FROM {CUTS_TABLE} GROUP BY name)
+SELECT (SELECT groupArray((name, cut)) FROM cuts),
+       groupUniqArrayIf(userId, entityType = 'User' AND entityId = {{user:Int64}} AND metricType = 'Follow'),
        groupUniqArrayIf((toString(entityType), entityId, toString(metricType), userId),
                         ownerId = {{user:Int64}} AND metricType IN {REACTIONS})
 FROM eventArrivals
-WHERE insertedAt > {{cut:DateTime64(3, 'UTC')}}
+WHERE insertedAt > ifNull((SELECT minOrNull(cut) FROM cuts WHERE cut >= {{oldest:DateTime64(3, 'UTC')}}),
+                          toDateTime64('2299-12-31 00:00:00', 3, 'UTC'))
 """  # noqa: S608
 # Past this many changed keys a reader takes the log alone (each set is bound as one parameter).
 MAX_CHANGED = 1000
@@ -150,12 +155,10 @@ class Corrections:
 
     @classmethod
     def read(cls, ch: ClickHouse, user: int) -> Corrections:
-        cuts, now = read_cuts(ch), datetime.now(UTC)
+        now = datetime.now(UTC)
+        listed, followers, keys = ch.rows(CHANGED_SQL, {"user": user, "oldest": now - ARRIVALS_KEPT})[0]
+        cuts = {str(name): as_utc(cut) for name, cut in listed}
         follows_cut, reactions_cut = usable_cut(cuts, FOLLOWS_TABLE, now), usable_cut(cuts, REACTIONS_TABLE, now)
-        usable = [c for c in (follows_cut, reactions_cut) if c is not None]
-        if not usable:
-            return cls()
-        followers, keys = ch.rows(CHANGED_SQL, {"user": user, "cut": min(usable)})[0]
         return cls(
             [int(f) for f in followers] if follows_cut is not None and len(followers) <= MAX_CHANGED else None,
             [(str(a), int(b), str(c), int(d)) for a, b, c, d in keys]

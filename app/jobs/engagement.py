@@ -24,6 +24,7 @@ from app.derived.job_state import JobReport, load_state, save_state
 from app.derived.job_state import now as clock
 from app.jobs import engagement_sql as q
 from app.stores.clickhouse import ClickHouse
+from app.stores.redis_store import server_time_us
 from app.stores.runtime import Runtime
 
 # Past this many changed keys an incremental run is no cheaper than a full one.
@@ -103,6 +104,9 @@ class Engagement(ChangelogJob):
         self.runs = int(self.state.get("runs", 0))
         self.weights = json.dumps(rt.weights.params(), sort_keys=True, default=str)
         self.stamp: datetime | None = None
+        # Redis time before any query: a cached hash written from a later snapshot keeps its score (the refresher
+        # computed it from newer rows; this run's score would take it back until the next run).
+        self.cache_version = server_time_us(rt.redis)
 
     def stale(self, rt: Runtime, run: Slice) -> bool:
         return (
@@ -128,7 +132,7 @@ class Engagement(ChangelogJob):
     def _record(self, rt: Runtime, run: Slice, mode: str, result: Scores) -> JobReport:
         scores, considered, previous = result
         changed = {u: scores.get(u, 0) for u in considered if scores.get(u, 0) != previous.get(u, 0)}
-        cached = _record_scores(rt, changed, self._stamp(rt))
+        cached = _record_scores(rt, changed, self._stamp(rt), self.cache_version)
         save_position(
             rt,
             self.name,
@@ -154,12 +158,15 @@ def recompute_engagement(rt: Runtime, full: bool | None = None) -> JobReport:
     return run_on_changelog(rt, job, full)
 
 
-def _record_scores(rt: Runtime, changed: Mapping[int, int], stamp: datetime) -> int:
+def _record_scores(rt: Runtime, changed: Mapping[int, int], stamp: datetime, cache_version: int) -> int:
     """Store changed scores (current table, and through engagementTrendMv the trend; cached hashes)."""
     if not changed:
         return 0
     rows = [(u, s, stamp) for u, s in changed.items()]
     rt.clickhouse.insert("engagementCurrent", rows, ["userId", "score", "computedAt"])
     return set_field_if_cached(
-        rt.redis, "engagementScore", {u: format_score(Decimal(s) / SCORE_SCALE) for u, s in changed.items()}
+        rt.redis,
+        "engagementScore",
+        {u: format_score(Decimal(s) / SCORE_SCALE) for u, s in changed.items()},
+        cache_version,
     )

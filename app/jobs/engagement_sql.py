@@ -127,6 +127,9 @@ FROM engagementContrib FINAL
 WHERE (entityId, userId) IN (SELECT entityId, userId FROM engagementChanged)
 """  # noqa: S608
 # Per owner: new contributions of the changed keys minus what they contributed before, and the current score.
+# GLOBAL IN, said outright: this IN sits in a joined subquery, where cluster mode's prefer_global_in_and_join does
+# not reach; a plain IN went to each shard as text and read that node's own (empty) scratch tables, so an owner
+# whose score lives on a replica of another node got no previous score and the run wrote the difference alone.
 DELTA_SQL = """
 SELECT owner, d, prev
 FROM (
@@ -141,7 +144,7 @@ FROM (
 ) AS delta
 LEFT JOIN (
     SELECT userId, score AS prev FROM engagementCurrent FINAL
-    WHERE userId IN (SELECT ownerId FROM engagementNew UNION ALL SELECT ownerId FROM engagementOld)
+    WHERE userId GLOBAL IN (SELECT ownerId FROM engagementNew UNION ALL SELECT ownerId FROM engagementOld)
 ) AS current ON current.userId = delta.owner
 """
 # The new rows replace the old ones: every key read into engagementOld has a row in engagementNew (a state key's

@@ -24,13 +24,15 @@ from app.core import constants as c
 from app.core import keys
 from app.core.metrics import SCORE_SCALE, UserMetrics
 from app.core.paths import REPO
-from app.jobs.engagement import mark_phase, recompute_engagement
+from app.derived.changelog import run_on_changelog
+from app.jobs.engagement import Engagement, mark_phase, recompute_engagement
 from app.jobs.ranks import recompute_ranks
 from app.jobs.reconcile import reconcile_caches
 from app.jobs.rewarm import refresh_expiring_caches
 from app.ops.exporter import StatsCollector
 from app.read.metrics_service import UserMetricsQueryService
 from app.stores.clickhouse import insert_events
+from app.stores.redis_store import server_time_us
 from app.stores.runtime import Runtime
 from tests.integration.test_read_properties import USERS, an_event, to_event
 from tests.oracle import Oracle
@@ -88,6 +90,48 @@ def test_a_run_rereading_the_last_runs_arrivals_moves_no_score(clean: Runtime) -
     insert_events(clean.clickhouse, [to_event(E(str(uuid.uuid4()), "User", 2, 1, 2, "Follow", -1, now))])
     assert recompute_engagement(clean).mode == "incremental"  # its slice holds the like again
     assert {u: s for u, s in current_scores(clean).items() if s} == liked
+
+
+def test_an_incremental_run_moves_every_owners_stored_score(clean: Runtime) -> None:
+    """Follows of eight owners (their scores spread over every shard), then unfollows: each incremental run moves
+    each owner's stored score by the difference. Found in cluster mode: the previous scores were read with an IN over
+    the run's node-local scratch tables inside a joined subquery; the other shards read their own empty ones, and
+    their owners' scores became the difference alone (-0.1 after the unfollow)."""
+    from tests.oracle import E
+
+    now = datetime.now(UTC) - timedelta(minutes=1)
+    owners = list(range(1, 9))
+    assert recompute_engagement(clean).mode == "full"
+    for value, expected, at in ((1, Decimal("0.1"), now), (-1, Decimal(0), now + timedelta(seconds=1))):
+        follows = [E(str(uuid.uuid4()), "User", o, 20, o, "Follow", value, at) for o in owners]
+        insert_events(clean.clickhouse, [to_event(e) for e in follows])
+        assert recompute_engagement(clean).mode == "incremental"
+        scores = current_scores(clean)
+        assert {o: scores.get(o, 0) for o in owners} == {o: int(expected * SCORE_SCALE) for o in owners}
+
+
+def test_an_engagement_run_leaves_a_hash_from_a_newer_snapshot_alone(clean: Runtime) -> None:
+    """A run's scores are as of its snapshot (Redis time before its queries); a hash the refresher wrote from a later
+    snapshot keeps its score, which a run would otherwise take back in time until the next run."""
+    from tests.oracle import E
+
+    now = datetime.now(UTC)
+    insert_events(clean.clickhouse, [to_event(E(str(uuid.uuid4()), "Model", 11, 2, 1, "Download", 3, now))])
+    job = Engagement(clean)  # this run's snapshot
+    newer = UserMetrics(follower_count=7, engagement_score=Decimal(5))
+    assert metrics_cache.write(clean.redis, server_time_us(clean.redis), {1: newer}) == 1
+    assert run_on_changelog(clean, job, True).changed == 1  # user 1 scores 3 in ClickHouse...
+    assert current_scores(clean)[1] == 3 * SCORE_SCALE
+    cached = metrics_cache.read(clean.redis, [1])[1]
+    assert cached is not None and cached.engagement_score == Decimal(5)  # ...and the newer hash keeps its own
+    # A run over a hash from an older snapshot sets the score
+    clean.redis.delete(metrics_cache.version_key(1))
+    clean.clickhouse.truncate("engagementCurrent")
+    job = Engagement(clean)
+    assert metrics_cache.write(clean.redis, job.cache_version - 1, {1: newer}) == 1
+    run_on_changelog(clean, job, True)
+    cached = metrics_cache.read(clean.redis, [1])[1]
+    assert cached is not None and cached.engagement_score == Decimal(3)
 
 
 def test_engagement_trend_is_recorded_and_unchanged_scores_are_not(clean: Runtime) -> None:

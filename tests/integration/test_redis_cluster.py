@@ -100,6 +100,10 @@ def test_metrics_hashes_write_read_and_never_go_back_in_time(crt: Runtime) -> No
     # Fields set only where a hash is cached
     assert set_field_if_cached(r, "rank", {1: "5", 2: "", 999: "1"}) == 2
     assert r.hget(metrics_cache.metrics_key(1), "rank") == "5" and not r.exists(metrics_cache.metrics_key(999))
+    # A field from an older snapshot than the hash's is not set; from a newer one it is
+    assert set_field_if_cached(r, "engagementScore", {1: "9", 200: "9"}, snapshot_version=2_500) == 1
+    assert r.hget(metrics_cache.metrics_key(1), "engagementScore") != "9"  # written at 3,000
+    assert r.hget(metrics_cache.metrics_key(200), "engagementScore") == "9"  # written at 2,000
 
 
 def test_fill_locks_and_dirty_marks_across_slots(crt: Runtime) -> None:
