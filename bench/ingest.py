@@ -256,7 +256,8 @@ def _measure_samples(sizes: IngestSizes, f: dict[str, float]) -> None:
     with contextlib.ExitStack() as exits:
         stacks = {share: exits.enter_context(bench_stack()) for share in SAMPLES}
         for share, stack in stacks.items():
-            stack.start_worker(EVENT_TASK_EVENTS_SAMPLE=str(share), TASK_EVENTS="true")
+            # No exporter: the three workers would contend for one port, and it is not on a message's path.
+            stack.start_worker(EVENT_TASK_EVENTS_SAMPLE=str(share), TASK_EVENTS="true", METRICS_PORT="0")
             _warm_up(stack)
         for r in range(rounds):
             order = list(SAMPLES) if r % 2 == 0 else list(reversed(SAMPLES))
