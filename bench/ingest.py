@@ -2,11 +2,14 @@
 
 (a) a no-op task's throughput (the ceiling of this machine and broker); (b) a realistic mix of per-message event
 tasks, end to end (acknowledged, in ClickHouse and in the caches); (c) ``record_events`` with 500-event
-messages; (d) event-to-visible latency at half of (b)'s rate; (e) the worker's peak memory.
+messages; (d) event-to-visible latency at half of (b)'s rate; (e) the worker's peak memory; (f) the project's
+no-op and (b) with the event tasks' task events sampled at 0, the default share and every message
+(``EVENT_TASK_EVENTS_SAMPLE``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,6 +22,7 @@ import clickhouse_connect
 from app.caches import metrics_cache
 from app.core import constants as c
 from app.core.metrics import UserMetrics
+from app.core.settings import Settings
 from app.ops.simulate import TrafficGenerator
 from bench.harness import BenchStack, bench_stack, percentile
 
@@ -27,6 +31,15 @@ PLAIN_APP = "bench.plain:plain"
 GOAL_RATIO = 0.7
 GOAL_BATCH_EPS = 20_000
 GOAL_P99_S = 1.0
+# (f): the event tasks' task-event samples compared: none, the default, every message.
+DEFAULT_SAMPLE = float(Settings.model_fields["event_task_events_sample"].default)
+SAMPLES = (0.0, DEFAULT_SAMPLE, 1.0)
+SAMPLE_ROUNDS = 3
+
+
+def sample_key(share: float) -> str:
+    """``sample_1pct`` for 0.01: the prefix of (f)'s figures for one sample."""
+    return f"sample_{share * 100:g}pct"
 
 
 @dataclass
@@ -97,6 +110,25 @@ class IngestResult:
             ),
             ("(e) worker peak memory", f"{f['peak_rss_mb']:.0f} MB", "embedded worker"),
         ]
+        if f"{sample_key(1.0)}_mix_per_s" in f:
+            rows += self._sample_rows()
+        return rows
+
+    def _sample_rows(self) -> list[tuple[str, str, str]]:
+        f = self.figures
+        labels = " / ".join(f"{s * 100:g}%" for s in SAMPLES)
+        rows = []
+        for what, key, unit in (("no-op", "noop_per_s", "tasks/s"), ("per-message mix", "mix_per_s", "msgs/s")):
+            rates = [f[f"{sample_key(s)}_{key}"] for s in SAMPLES]
+            rows.append(
+                (
+                    f"(f) {what}, event tasks' task events {labels} (best of {f['sample_rounds']:.0f})",
+                    " / ".join(f"{r:,.0f}" for r in rates) + f" {unit}",
+                    "of (a): "
+                    + " / ".join(f"{r / f['noop_per_s']:.2f}" for r in rates)
+                    + f"; 100% / 0% = {rates[-1] / rates[0]:.2f}",
+                )
+            )
         return rows
 
 
@@ -113,8 +145,8 @@ def _measure_noop(stack: BenchStack, n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
-def _measure_mix(stack: BenchStack, n: int) -> tuple[float, float]:
-    gen = TrafficGenerator(users=100_000, seed=1)
+def _measure_mix(stack: BenchStack, n: int, seed: int = 1, next_entity: int = 1) -> tuple[float, float]:
+    gen = TrafficGenerator(users=100_000, seed=seed, next_entity=next_entity)
     messages = [(m.task, m.kwargs) for m in gen.stream(n, duplicates=0.02, out_of_order=0.02)]
     before = stack.ingested()
     started = time.perf_counter()
@@ -214,6 +246,36 @@ def _measure_embedded(sizes: IngestSizes, f: dict[str, float]) -> None:
         f["peak_rss_mb"] = stack.worker_peak_rss_mb()
 
 
+def _measure_samples(sizes: IngestSizes, f: dict[str, float]) -> None:
+    """(f): the project's worker (embedded) with the event tasks' task events sampled at each of ``SAMPLES``: one
+    stack each, all up at once, measured in interleaved rounds (the no-op, then the per-message mix, each sample in
+    turn, the order reversed every round) so that a busy spell of the machine falls on every sample alike; each
+    figure is the best of its rounds."""
+    rounds = SAMPLE_ROUNDS
+    noop_n, mix_n = sizes.noop // rounds, sizes.events // rounds
+    with contextlib.ExitStack() as exits:
+        stacks = {share: exits.enter_context(bench_stack()) for share in SAMPLES}
+        for share, stack in stacks.items():
+            # No exporter: the three workers would contend for one port, and it is not on a message's path.
+            stack.start_worker(EVENT_TASK_EVENTS_SAMPLE=str(share), TASK_EVENTS="true", METRICS_PORT="0")
+            _warm_up(stack)
+        for r in range(rounds):
+            order = list(SAMPLES) if r % 2 == 0 else list(reversed(SAMPLES))
+            for share in order:
+                key = sample_key(share)
+                noop = _measure_noop(stacks[share], noop_n)
+                f[f"{key}_noop_per_s"] = max(f.get(f"{key}_noop_per_s", 0.0), noop)
+            for share in order:
+                key = sample_key(share)
+                # Entities of this round's own: an earlier round's uploads name other owners for the same ids.
+                mix, _ = _measure_mix(stacks[share], mix_n, seed=100 + r, next_entity=20_000_000 * (r + 1))
+                f[f"{key}_mix_per_s"] = max(f.get(f"{key}_mix_per_s", 0.0), mix)
+    for share in SAMPLES:
+        key = sample_key(share)
+        f[f"{key}_ratio"] = f[f"{key}_mix_per_s"] / f["noop_per_s"]
+    f["sample_rounds"] = rounds
+
+
 def _measure_server(sizes: IngestSizes, base_url: str, workers: int, concurrency: int, f: dict[str, float]) -> None:
     """The server shape: ``n`` prefork worker processes (``concurrency`` pool processes each, the Procfile's 4 by
     default) on one ClickHouse server, n = 1..N, each on a fresh database."""
@@ -239,6 +301,7 @@ def run(quick: bool, clickhouse_url: str | None = None, workers: int = 0, concur
     f = result.figures
     _measure_ceiling(sizes, f)
     _measure_embedded(sizes, f)
+    _measure_samples(sizes, f)
     if clickhouse_url is not None and workers:
         f["server_concurrency"] = concurrency
         _measure_server(sizes, _server_base(clickhouse_url), workers, concurrency, f)

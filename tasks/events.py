@@ -12,11 +12,10 @@ from app.core.errors import ValidationError
 from app.stores import runtime
 from app.write import ingest
 from tasks.base import project_task
-from tasks.celery_app import settings
 
-# Task events (Flower's per-task view) for the high-volume event tasks only when asked for: three broker
-# publishes per message cost much of a worker's throughput. Reads and jobs always send theirs.
-_EVENTS = settings.event_task_events
+# Task events (Flower's per-task view) for a sampled share of the high-volume event tasks' messages only
+# (EVENT_TASK_EVENTS_SAMPLE): three broker publishes per message cost much of a worker's throughput. Reads and
+# jobs send theirs for every message.
 
 
 def _receive(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
@@ -27,31 +26,31 @@ def _receive(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
     return len(events)
 
 
-@project_task(c.RECORD_FOLLOW, send_events=_EVENTS)
+@project_task(c.RECORD_FOLLOW, sampled_events=True)
 def record_follow(self: Any, *args: Any, **kwargs: Any) -> int:
     """Keyword arguments: ``app.core.payloads.RecordFollow`` (``schemas/record_follow.json``)."""
     return _receive(self, args, kwargs)
 
 
-@project_task(c.RECORD_UPLOAD, send_events=_EVENTS)
+@project_task(c.RECORD_UPLOAD, sampled_events=True)
 def record_upload(self: Any, *args: Any, **kwargs: Any) -> int:
     """Keyword arguments: ``app.core.payloads.RecordUpload`` (``schemas/record_upload.json``)."""
     return _receive(self, args, kwargs)
 
 
-@project_task(c.SET_REACTION, send_events=_EVENTS)
+@project_task(c.SET_REACTION, sampled_events=True)
 def set_reaction(self: Any, *args: Any, **kwargs: Any) -> int:
     """Keyword arguments: ``app.core.payloads.SetReaction`` (``schemas/set_reaction.json``)."""
     return _receive(self, args, kwargs)
 
 
-@project_task(c.RECORD_ENTITY_METRIC, send_events=_EVENTS)
+@project_task(c.RECORD_ENTITY_METRIC, sampled_events=True)
 def record_entity_metric(self: Any, *args: Any, **kwargs: Any) -> int:
     """Keyword arguments: ``app.core.payloads.RecordEntityMetric`` (``schemas/record_entity_metric.json``)."""
     return _receive(self, args, kwargs)
 
 
-@project_task(c.RECORD_EVENTS, send_events=_EVENTS)
+@project_task(c.RECORD_EVENTS, sampled_events=True)
 def record_events(self: Any, *args: Any, **kwargs: Any) -> int:
     """Keyword arguments: ``app.core.payloads.RecordEvents`` (``schemas/record_events.json``)."""
     return _receive(self, args, kwargs)

@@ -121,3 +121,11 @@ JOBS = (
     AWARD_ACHIEVEMENTS,
 )
 BENCH_NOOP = "bench_noop"
+
+# The ClickHouse releases the code is tested with, as major.minor (docs/deployment.md, "Supported ClickHouse
+# versions"). Servers: the local server of the server-mode and cluster test passes (``app.local.clickhouse_server``)
+# runs this release, and the ClickHouse server and Keeper images of docker-compose.yml and
+# docker-compose.cluster.yml are pinned to it. Embedded mode: the engine chdb bundles (its version is locked in
+# uv.lock). Tests check all three against these.
+CLICKHOUSE_SERVER_VERSION = "26.7"
+CLICKHOUSE_EMBEDDED_VERSION = "26.9"

@@ -48,8 +48,11 @@ class Settings(BaseSettings):
     flush_max_events: int = Field(default=5000, ge=1, alias="FLUSH_MAX_EVENTS")
     flush_max_deliveries: int = Field(default=30, ge=1, alias="FLUSH_MAX_DELIVERIES")
     task_events: bool = Field(default=True, alias="TASK_EVENTS")
-    # The per-message event tasks: three task events each (broker publishes) would cost much of a worker's throughput.
-    event_task_events: bool = Field(default=False, alias="EVENT_TASK_EVENTS")
+    # The per-message event tasks: three task events each (broker publishes) would cost much of a worker's throughput,
+    # so only this share of their messages sends them (decided per message from its task id).
+    event_task_events_sample: float = Field(default=0.01, ge=0, le=1, alias="EVENT_TASK_EVENTS_SAMPLE")
+    # Deprecated, read only while EVENT_TASK_EVENTS_SAMPLE is unset: true was every message, false none.
+    event_task_events: bool | None = Field(default=None, alias="EVENT_TASK_EVENTS")
     # Test only: failpoints (app/core/failpoints.py) a test in another process may hold, comma-separated.
     failpoints: str = Field(default="", alias="FAILPOINTS")
     worker_prefetch: int = Field(default=8, ge=1, alias="WORKER_PREFETCH")
@@ -139,6 +142,14 @@ class Settings(BaseSettings):
             if len({self._db_of(u) for u in urls}) != 1:
                 raise ValueError("every server in CLICKHOUSE_URL must name the same database")
         return self
+
+    @property
+    def event_task_events_share(self) -> float:
+        """The share of the event tasks' messages that send task events: ``EVENT_TASK_EVENTS_SAMPLE``, or the
+        deprecated ``EVENT_TASK_EVENTS`` (true: 1, false: 0) when only that one is set."""
+        if self.event_task_events is not None and "event_task_events_sample" not in self.model_fields_set:
+            return 1.0 if self.event_task_events else 0.0
+        return self.event_task_events_sample
 
     @cached_property
     def data_path(self) -> Path:

@@ -1,5 +1,6 @@
-"""The local ClickHouse server (``python -m app clickhouse-server``): one command starts a real ClickHouse 26.7
-on loopback, it answers over HTTP to clickhouse-connect, stops cleanly, and keeps its data across restarts."""
+"""The local ClickHouse server (``python -m app clickhouse-server``): one command starts a real ClickHouse of the
+supported server release (``CLICKHOUSE_SERVER_VERSION``) on loopback, it answers over HTTP to clickhouse-connect,
+stops cleanly, and keeps its data across restarts."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import clickhouse_connect
 import pytest
 
+from app.core import constants as c
 from app.local import clickhouse_server
 from app.local.clickhouse_server import ServerPaths
 
@@ -28,7 +30,7 @@ def test_start_query_stop_and_restart_keeps_data(tmp_path: Path) -> None:
         assert clickhouse_server.status(paths) == url
         assert clickhouse_server.start(paths) == url  # already running: the same server
         client = clickhouse_connect.get_client(dsn=url)
-        assert client.command("SELECT version()").startswith("26.7")
+        assert client.command("SELECT version()").startswith(f"{c.CLICKHOUSE_SERVER_VERSION}.")
         client.command("CREATE DATABASE kept")
         client.command("CREATE TABLE kept.t (x Int64) ENGINE = MergeTree ORDER BY x")
         client.insert("kept.t", [[1], [2], [3]], column_names=["x"])

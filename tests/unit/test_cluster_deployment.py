@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from app.core.constants import CLICKHOUSE_SERVER_VERSION
 from app.core.paths import REPO
 from app.core.settings import Settings
 from tests.unit.test_deployment_files import ALL_QUEUES, check_command
@@ -159,7 +160,7 @@ def test_the_four_nodes_mount_the_cluster_config_and_their_own_macros(services: 
     pairs = []
     for node, (shard, replica) in CH_NODES.items():
         svc = services[node]
-        assert svc["image"] == "clickhouse/clickhouse-server:24.8"
+        assert svc["image"] == f"clickhouse/clickhouse-server:{CLICKHOUSE_SERVER_VERSION}"
         assert svc["ulimits"]["nofile"] == {"soft": 262144, "hard": 262144}
         assert svc.get("hostname", node) == node
         mounts = bind_mounts(svc)
@@ -218,7 +219,7 @@ def test_every_keeper_host_is_a_keeper_service(services: dict[str, Service]) -> 
     assert sorted(raft) == sorted(text(zk.find("host")) for zk in zk_nodes)
     for host, raft_id in raft.items():
         svc = services[host]
-        assert svc["image"] == "clickhouse/clickhouse-keeper:24.8"
+        assert svc["image"] == f"clickhouse/clickhouse-keeper:{CLICKHOUSE_SERVER_VERSION}"
         assert str(svc["environment"]["KEEPER_SERVER_ID"]) == raft_id, host
         assert bind_mounts(svc)["/etc/clickhouse-keeper/keeper_config.xml"] == CONFIG_DIR / "keeper" / "keeper.xml"
     for node in CH_NODES:
