@@ -4,8 +4,8 @@
 Compose schema, resolves its anchors, merges and ``${VAR:?}`` interpolations, and prints the configuration it
 would run. Checked on that output: every variable an application service gets is a setting the code reads and
 makes valid settings, and the ClickHouse images are the release the code is tested with. Where the binary is
-missing the tool's tests skip, except in CI (``CI`` set), where they fail. The versions are also checked without the
-tool: the compose files' image tags, the local server's package, against ``app.core.constants``.
+missing the tool's tests skip, except in CI (``tests/ci.py``), where they fail. The versions are also checked
+without the tool: the compose files' image tags, the local server's package, against ``app.core.constants``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from app.core import constants as c
 from app.core.paths import REPO
 from app.core.settings import Settings
 from app.local import clickhouse_server
+from tests.ci import missing_tool
 
 COMPOSE_FILES = ("docker-compose.yml", "docker-compose.cluster.yml")
 # Placeholders for the variables the files require (``${NAME:?message}``); URL-safe, as the files ask.
@@ -40,10 +41,7 @@ CLICKHOUSE_IMAGES = ("clickhouse/clickhouse-server", "clickhouse/clickhouse-keep
 def _docker_compose() -> str:
     binary = shutil.which("docker-compose")
     if binary is None:
-        why = "docker-compose is not installed (apt-get install docker-compose; no Docker engine needed)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{why}: CI must validate the compose files")
-        pytest.skip(why)
+        missing_tool("docker-compose is not installed (apt-get install docker-compose; no Docker engine needed)")
     return binary
 
 
