@@ -162,10 +162,8 @@ def clean(rt: Runtime) -> Runtime:
     from app.core import constants as c
     from app.read.reactions_service import FILLS
 
-    # Let the worker's refresher finish what an earlier test queued (it writes hashes before it unqueues them): a
-    # hash an earlier test's refresh wrote after the flush below would be read by this test as its own (seen on a
-    # loaded machine with a 10 s wait).
-    deadline = time.monotonic() + 30
+    # Let the worker's refresher finish what an earlier test queued (it writes hashes before it unqueues them).
+    deadline = time.monotonic() + 10
     while rt.redis.zcard(c.METRICS_DIRTY_KEY) and time.monotonic() < deadline:
         time.sleep(0.02)
     FILLS.drain()  # and the reactions fills an earlier test's reads left queued
