@@ -31,21 +31,14 @@ WHERE (entityType, entityId) IN {entities:Array(Tuple(String, Int64))}
 GROUP BY entityType, entityId
 """
 
-# Events written before their entity's owner was known, and not written again with it since: the newest row of the
-# event id is an orphan (``insertedAt``; a tie counts as not since). The log is a ReplacingMergeTree whose key has no
-# ``ownerId``: a merge keeps the last inserted of an event's rows, so an orphan row inserted after its adoption (a
-# redelivery resolved before the Upload was visible, written after another flusher adopted the first copy) would
-# replace the owned row. Such an orphan is adopted again.
+# Rows written before their entity's owner was known, and not yet written again with it.
 _ORPHANS_SQL = """
-SELECT eventId, any(entityType), any(entityId), any(userId), any(metricType), any(metricValue), any(createdAt)
+SELECT DISTINCT eventId, entityType, entityId, userId, metricType, metricValue, createdAt
 FROM entityMetricEvents
-WHERE (entityType, entityId) IN {entities:Array(Tuple(String, Int64))} AND metricType != 'Upload'
-  AND eventId IN (
+WHERE (entityType, entityId) IN {entities:Array(Tuple(String, Int64))} AND ownerId = 0 AND metricType != 'Upload'
+  AND eventId NOT IN (
       SELECT eventId FROM entityMetricEvents
-      WHERE (entityType, entityId) IN {entities:Array(Tuple(String, Int64))} AND ownerId = 0
-        AND metricType != 'Upload')
-GROUP BY eventId
-HAVING maxIf(insertedAt, ownerId = 0) >= maxIf(insertedAt, ownerId != 0)
+      WHERE (entityType, entityId) IN {entities:Array(Tuple(String, Int64))} AND ownerId != 0)
 """
 
 
@@ -135,10 +128,4 @@ def adopt_after_insert(ch: ClickHouse, written: Sequence[Event]) -> list[Event]:
     """
     if not any(_owned(e) or e.metric_type is MetricType.UPLOAD for e in written):
         return []
-    resolution = resolve(ch, written)
-    # This batch's own orphans whose owner is known now are written again whatever rows exist: an adoption that
-    # landed before this insert committed is older, and the merge would keep this batch's orphan rows instead.
-    orphans = {str(e.event_id) for e in written if e.owner_id == 0 and _owned(e)}
-    again = [e for e in resolution.events if str(e.event_id) in orphans and e.owner_id != 0]
-    adopted = {str(e.event_id): e for e in [*resolution.adopted, *again]}
-    return list(adopted.values())
+    return resolve(ch, written).adopted

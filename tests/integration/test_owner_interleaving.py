@@ -38,27 +38,3 @@ def test_an_orphan_and_its_upload_resolved_by_two_flushers_at_once_end_owned(cle
     insert_events(ch, late)
     after = compute_user_metrics(ch, [2], weights=clean.weights, window=clean.window)[2].engagement_score
     assert before == 0 and float(after) == 1.5  # Comment weight 1.5, by another user, within the window
-
-
-def test_an_orphan_row_landing_after_its_adoption_is_adopted_again_and_survives_the_merge(clean: Runtime) -> None:
-    """A redelivered orphan resolved before the Upload was visible and inserted after another flusher adopted the
-    first copy: the log's merge keeps the last inserted row of an event (its key has no owner), so without a new
-    adoption the owner's engagement would vanish at the next merge. Found by the two-process hot-keys test."""
-    ch = clean.clickhouse
-    comment = _event(101, user=1, owner=0, metric=MetricType.COMMENT)
-    upload = _event(101, user=2, owner=2, metric=MetricType.UPLOAD)
-    redelivered = owners.resolve(ch, [comment])  # flusher A resolves the redelivery: no Upload yet
-    insert_events(ch, [comment])  # the first copy, an orphan
-    b = owners.resolve(ch, [upload])  # flusher B writes the Upload and adopts the first copy
-    insert_events(ch, b.events + b.adopted)
-    assert [e.owner_id for e in b.adopted] == [2]
-    insert_events(ch, redelivered.events)  # A's orphan row lands last
-    late = owners.adopt_after_insert(ch, redelivered.events)  # A's look after its insert
-    assert [(e.event_id, e.owner_id) for e in late] == [(comment.event_id, 2)]
-    insert_events(ch, late)
-    ch.command("OPTIMIZE TABLE entityMetricEvents FINAL")
-    after = compute_user_metrics(ch, [2], weights=clean.weights, window=clean.window)[2].engagement_score
-    assert float(after) == 1.5
-    # And a flusher that only sees the rows (not its own orphan) adopts an orphan newer than the owned row
-    insert_events(ch, redelivered.events)
-    assert [e.event_id for e in owners.resolve(ch, [upload]).adopted] == [comment.event_id]
