@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -35,7 +34,7 @@ from app.client import EventProducer
 from app.core import constants as c
 from app.core.paths import REPO
 from app.core.settings import Settings
-from app.local import clickhouse_server
+from app.local import clickhouse_server, process
 from app.local.clickhouse_server import ServerPaths
 from app.read.metrics_service import UserMetricsQueryService
 from app.stores.runtime import Runtime
@@ -93,13 +92,8 @@ class Monitored:
 
     def stop(self, name: str) -> None:
         proc = self.procs.pop(name)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        process.stop(proc.pid, 30)  # the process group: SIGTERM, then SIGKILL
+        proc.wait()
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """An instant query through Prometheus's HTTP API; its series."""

@@ -9,8 +9,6 @@ ids pass ``tasks.base.sampled``.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import threading
 import time
@@ -26,6 +24,7 @@ from celery.events import EventReceiver
 from app.core import constants as c
 from app.core.paths import REPO
 from app.core.settings import Settings
+from app.local import process
 from app.stores.broker import client_app
 from bench.harness import worker_argv
 from tasks.base import sampled
@@ -111,13 +110,8 @@ def _start_worker(hostname: str, share: float) -> subprocess.Popen[bytes]:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    process.stop(proc.pid, 60)  # the process group: SIGTERM, then SIGKILL
+    proc.wait()
 
 
 def _wait(check: Any, what: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
