@@ -264,12 +264,32 @@ def wait_until(check: Callable[[], Any], what: str, timeout_s: float = 15.0) -> 
         time.sleep(0.05)
 
 
+def worker_report() -> str:
+    """What the in-process worker holds and what every busy thread of this process is doing: a wait that times
+    out says why (a task blocked in a store call, a lock, a backlog of retries) instead of only that it did."""
+    import sys
+    import traceback
+
+    from celery.worker import state
+
+    lines = [
+        f"active: {[(r.name, r.id) for r in list(state.active_requests)]}",
+        f"reserved: {len(state.reserved_requests)}",
+    ]
+    idle = ("concurrent/futures/thread.py", "threading.py", "selectors.py", "eventio.py")
+    for ident, frame in sys._current_frames().items():
+        stack = traceback.extract_stack(frame)
+        if stack and not any(stack[-1].filename.endswith(name) for name in idle):
+            lines.append(f"thread {ident}:\n" + "".join(traceback.format_list(stack[-12:])))
+    return "\n".join(lines)
+
+
 def wait_events(rt: Runtime, n: int, timeout_s: float = 20.0) -> None:
     """Block until ClickHouse holds ``n`` distinct event ids, then until everything downstream settled."""
     deadline = time.monotonic() + timeout_s
     while rt.clickhouse.rows("SELECT uniqExact(eventId) FROM entityMetricEvents")[0][0] < n:
         if time.monotonic() > deadline:
-            raise AssertionError(f"ClickHouse did not reach {n} events")
+            raise AssertionError(f"ClickHouse did not reach {n} events\n{worker_report()}")
         time.sleep(0.02)
     wait_drained(rt, timeout_s)
 
@@ -340,4 +360,4 @@ def wait_drained(rt: Runtime, timeout_s: float = 20.0) -> None:
             time.sleep(0.02)
     finally:
         backlog.close()
-    raise AssertionError(f"not drained in {timeout_s}s: {queued=} {buffered=} {dirty=}")
+    raise AssertionError(f"not drained in {timeout_s}s: {queued=} {buffered=} {dirty=}\n{worker_report()}")

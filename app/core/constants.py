@@ -107,6 +107,9 @@ RECOMPUTE_ENGAGEMENT = "recompute_engagement"
 RECOMPUTE_RANKS = "recompute_ranks"
 REFRESH_EXPIRING_CACHES = "refresh_expiring_caches"
 RECONCILE_CACHES = "reconcile_caches"
+# How long the reconciler gives a mismatch it found to settle before it counts it as drift: the write path's own
+# second (cache correct within a second of an acknowledged event), with a margin.
+RECONCILE_SETTLE_S = 1.5
 SNAPSHOT_USER_METRICS = "snapshot_user_metrics"
 RECOMPUTE_PEERS = "recompute_peers"
 AWARD_ACHIEVEMENTS = "award_achievements"

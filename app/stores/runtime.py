@@ -7,6 +7,7 @@ ClickHouse handle is opened lazily because in embedded mode only the worker proc
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import threading
@@ -82,11 +83,18 @@ class Runtime:
 
 _current: Runtime | None = None
 _current_lock = threading.Lock()
+# A block's own runtime (``use``): seen by the code of that block alone, in its thread or task. Other threads of the
+# process (an in-process worker's pool, its flusher) keep the process's runtime while a command runs beside them.
+_override: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar("runtime_override", default=None)
 
 
 def get() -> Runtime:
-    """This process's runtime; a forked child gets a fresh one (clients must not cross a fork)."""
+    """This code's runtime: the one a ``use`` block around it gave, else this process's (a forked child gets a
+    fresh one: clients must not cross a fork)."""
     global _current
+    override = _override.get()
+    if override is not None:
+        return override
     with _current_lock:
         if _current is None or _current.pid != os.getpid():
             _current = Runtime(load_settings())
@@ -95,15 +103,13 @@ def get() -> Runtime:
 
 @contextlib.contextmanager
 def use(rt: Runtime) -> Iterator[Runtime]:
-    """Make ``rt`` this process's runtime for a block, then close it and restore the previous one untouched."""
-    global _current
-    with _current_lock:
-        previous, _current = _current, rt
+    """Make ``rt`` the runtime of the code inside this block (this thread or task), then close it. The process's
+    runtime, which other threads use meanwhile, is untouched."""
+    token = _override.set(rt)
     try:
         yield rt
     finally:
-        with _current_lock:
-            _current = previous
+        _override.reset(token)
         rt.close()
 
 

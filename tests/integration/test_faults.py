@@ -23,7 +23,7 @@ from app.stores.runtime import Runtime
 from app.write import buffer, deadletters
 from app.write.excluded import list_excluded
 from tests.raw import publish_raw
-from tests.stack import BROKER_IS_REDIS, BROKER_URL, prime, wait_drained, wait_until
+from tests.stack import BROKER_IS_REDIS, BROKER_URL, prime, wait_drained, wait_until, worker_report
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -35,7 +35,7 @@ def wait_letters(rt: Runtime, n: int, timeout_s: float = 15.0) -> list[deadlette
         if len(letters) >= n:
             return letters
         time.sleep(0.05)
-    raise AssertionError(f"expected {n} dead letters, got {deadletters.list_letters(rt.redis)}")
+    raise AssertionError(f"expected {n} dead letters, got {deadletters.list_letters(rt.redis)}\n{worker_report()}")
 
 
 def followers(rt: Runtime, user: int) -> int:

@@ -241,6 +241,33 @@ def test_reconcile_repairs_corruption_and_a_flushed_redis(clean: Runtime) -> Non
     assert clean.redis.zcard(keys.leaderboard()) == 2
 
 
+def test_reconcile_counts_no_drift_for_hashes_the_write_path_is_still_updating(clean: Runtime) -> None:
+    from app.derived.metrics_from_log import compute_user_metrics
+    from tests.integration.test_read_service import follow
+
+    insert_events(clean.clickhouse, [follow(1, 2)])
+    UserMetricsQueryService(clean).get_user_metrics([2, 3])
+    # Given events in ClickHouse that the cached hashes do not show yet: user 2 is marked for the refresher, and
+    # user 3's event is between its insert and the flusher's mark, with the refresher's write half a second away
+    insert_events(clean.clickhouse, [follow(4, 2), follow(5, 3)])
+    clean.redis.zadd(c.METRICS_DIRTY_KEY, {"2": server_time_us(clean.redis)})
+
+    def refresher() -> None:
+        time.sleep(0.5)
+        version = server_time_us(clean.redis)
+        fresh = compute_user_metrics(clean.clickhouse, [3], weights=clean.weights, window=clean.window)
+        metrics_cache.write(clean.redis, version, fresh)
+
+    writer = threading.Thread(target=refresher)
+    writer.start()
+    # When the reconciler compares them meanwhile
+    report = reconcile_caches(clean, sample=10)
+    writer.join()
+    # Then neither is drift: nothing counted, nothing written by the reconciler
+    assert report.users == 2 and report.changed == 0 and report.drift_ratio == 0.0
+    assert float(clean.redis.hget(c.COUNTER_KEY, "reconcile_drift_ratio") or 0) == 0.0
+
+
 def test_refresh_rewarms_hot_users_before_expiry_and_leaves_cold_ones(clean: Runtime) -> None:
     from tests.integration.test_read_service import follow
 
