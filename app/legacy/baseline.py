@@ -17,6 +17,7 @@ from sqlalchemy import Engine, and_, delete, func, insert, select
 from sqlalchemy.orm import aliased
 
 from app.legacy.models import (
+    REACTION_FLAG,
     EngagementType,
     Image,
     ImageReaction,
@@ -29,8 +30,7 @@ from app.legacy.models import (
     UserMetric,
 )
 
-FLAG_OF = {ReviewReactions.LIKE: 1, ReviewReactions.HEART: 2, ReviewReactions.LAUGH: 4, ReviewReactions.CRY: 8}
-COUNTED = list(FLAG_OF)
+COUNTED = list(REACTION_FLAG)
 FIELDS = ("followerCount", "followingCount", "modelCount", "postCount", "imageCount", "uploadCount", "reactionCount")
 
 
@@ -116,7 +116,7 @@ def legacy_reactions(eng: Engine, user_id: int, image_ids: Sequence[int]) -> dic
     )
     with eng.connect() as conn:
         for image, reaction in conn.execute(query):
-            out[int(image)] |= FLAG_OF.get(ReviewReactions(reaction), 0)
+            out[int(image)] |= int(REACTION_FLAG.get(ReviewReactions(reaction), 0))
     return out
 
 

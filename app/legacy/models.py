@@ -20,6 +20,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from app.core.events import REACTION_TYPES, MetricType, ReactionFlag
+
 # SQLite only makes INTEGER PRIMARY KEY columns autoincrement; PostgreSQL gets BIGINT.
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -45,6 +47,18 @@ class ReviewReactions(enum.StrEnum):
     LAUGH = "Laugh"
     CRY = "Cry"
     HEART = "Heart"
+
+
+# The reactions the service counts, as its bit flags; Dislike has none (the seed counts four kinds). Every mapping of a
+# legacy reaction (migration, the legacy baseline, a web app's dual write) derives from this one.
+REACTION_FLAG: dict[ReviewReactions, ReactionFlag] = {
+    ReviewReactions.LIKE: ReactionFlag.LIKE,
+    ReviewReactions.HEART: ReactionFlag.HEART,
+    ReviewReactions.LAUGH: ReactionFlag.LAUGH,
+    ReviewReactions.CRY: ReactionFlag.CRY,
+}
+# ... and as the event log's metric types.
+REACTION_METRIC: dict[ReviewReactions, MetricType] = {r: REACTION_TYPES[f] for r, f in REACTION_FLAG.items()}
 
 
 class MetricTimeframe(enum.StrEnum):

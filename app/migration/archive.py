@@ -15,8 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import Engine, select, text
 
-from app.legacy.models import ImageReaction, ReviewReactions
-from app.migration.rows import REACTION_METRIC
+from app.legacy.models import REACTION_METRIC, ImageReaction, ReviewReactions
 from app.stores.runtime import Runtime
 
 DROP_STATEMENTS = ['DROP TABLE "ImageReaction"']

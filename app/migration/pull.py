@@ -33,15 +33,18 @@ from sqlalchemy import Engine, exists, func, literal, or_, select, text
 
 from app.core.events import as_utc, uuid5_sql
 from app.core.settings import Settings
-from app.legacy.models import EngagementType, Image, ImageReaction, Model, Post, ReviewReactions, UserEngagement
+from app.legacy.models import (
+    REACTION_METRIC,
+    EngagementType,
+    Image,
+    ImageReaction,
+    Model,
+    Post,
+    UserEngagement,
+)
 from app.stores.clickhouse import EVENT_COLUMNS, EVENT_TABLE, ClickHouse
 
-REACTIONS = {
-    ReviewReactions.LIKE: "ReactionLike",
-    ReviewReactions.HEART: "ReactionHeart",
-    ReviewReactions.LAUGH: "ReactionLaugh",
-    ReviewReactions.CRY: "ReactionCry",
-}
+REACTIONS = {reaction: metric.value for reaction, metric in REACTION_METRIC.items()}
 OWNERS_TABLE = "backfillImageOwners"
 
 

@@ -14,14 +14,16 @@ from typing import Any
 from sqlalchemy import Engine, or_, select, tuple_
 
 from app.core.events import Event, MetricType, as_utc, derive_event_id
-from app.legacy.models import EngagementType, Image, ImageReaction, Model, Post, ReviewReactions, UserEngagement
-
-REACTION_METRIC = {
-    ReviewReactions.LIKE: MetricType.REACTION_LIKE,
-    ReviewReactions.HEART: MetricType.REACTION_HEART,
-    ReviewReactions.LAUGH: MetricType.REACTION_LAUGH,
-    ReviewReactions.CRY: MetricType.REACTION_CRY,
-}
+from app.legacy.models import (
+    REACTION_METRIC,
+    EngagementType,
+    Image,
+    ImageReaction,
+    Model,
+    Post,
+    ReviewReactions,
+    UserEngagement,
+)
 
 
 def _id(*parts: object) -> Any:

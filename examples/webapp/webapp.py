@@ -28,10 +28,18 @@ from sqlalchemy.orm import Session
 from werkzeug.wrappers.response import Response
 
 from app.client import EventProducer, after_commit, sending_app
-from app.core.events import ReactionFlag
 from app.core.metrics import UserMetrics
 from app.core.settings import Settings, load_settings
-from app.legacy.models import Base, EngagementType, Image, ImageReaction, ReviewReactions, User, UserEngagement
+from app.legacy.models import (
+    REACTION_FLAG,
+    Base,
+    EngagementType,
+    Image,
+    ImageReaction,
+    ReviewReactions,
+    User,
+    UserEngagement,
+)
 from app.read.metrics_service import MetricsResult, UserMetricsQueryService
 from app.read.reactions_service import ReactionsResult, UserReactionQueryService
 from app.read.sources import reaction_source
@@ -39,12 +47,7 @@ from app.stores.runtime import Runtime
 
 IMAGES_PER_PAGE = 12
 # The site's reactions that the service counts, with their bit in a reaction state (Dislike is not counted).
-REACTION_BITS: dict[ReviewReactions, ReactionFlag] = {
-    ReviewReactions.LIKE: ReactionFlag.LIKE,
-    ReviewReactions.HEART: ReactionFlag.HEART,
-    ReviewReactions.LAUGH: ReactionFlag.LAUGH,
-    ReviewReactions.CRY: ReactionFlag.CRY,
-}
+REACTION_BITS = REACTION_FLAG
 # A few users to click around with on a fresh database.
 DEMO_USERS = {1: "alice", 2: "bob", 3: "carol"}
 
