@@ -24,7 +24,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from tests.oracle import REACTIONS, E, Oracle
+from bench.oracle import REACTIONS, E, Oracle
 
 REACTION_TYPES = frozenset(REACTIONS)
 ACTIVITY_ADDITIVE = frozenset({"Download", "Generation", "Comment"})

@@ -32,6 +32,7 @@ from app.core.settings import Settings
 from app.local import redis_cluster
 from app.read.metrics_service import UserMetricsQueryService
 from app.stores.runtime import Runtime
+from bench.oracle import Oracle
 from tasks.config import celery_config
 from tests.integration.test_write_properties import (
     IMAGES,
@@ -41,7 +42,6 @@ from tests.integration.test_write_properties import (
     assert_computed_and_cached_match,
     oracle_events,
 )
-from tests.oracle import Oracle
 from tests.stack import (
     AMQP_URL,
     BASE_REDIS_URL,

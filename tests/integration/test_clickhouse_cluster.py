@@ -28,8 +28,8 @@ from app.local import clickhouse_cluster, clickhouse_server
 from app.stores import clickhouse, migrations
 from app.stores.clickhouse import ClickHouse, insert_events
 from app.stores.cluster_schema import SHARDING_KEYS
+from bench.oracle import E, Oracle
 from tests.integration.test_read_properties import assert_metrics, to_event
-from tests.oracle import E, Oracle
 from tests.stack import CLUSTER_MODE, ROOT
 
 pytestmark = pytest.mark.skipif(

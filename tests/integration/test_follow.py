@@ -13,7 +13,7 @@ from app.caches import metrics_cache
 from app.caches.metrics_cache import metrics_key, version_key
 from app.core.errors import ValidationError
 from app.read.metrics_service import UserMetricsQueryService
-from tests.oracle import E, Oracle
+from bench.oracle import E, Oracle
 from tests.stack import prime, wait_drained, wait_events, wipe_clickhouse
 
 pytestmark = pytest.mark.usefixtures("worker")

@@ -29,10 +29,10 @@ from app.jobs.insight_histories import update_insight_histories
 from app.stores.clickhouse import insert_events
 from app.stores.runtime import Runtime
 from app.write.excluded import set_excluded
+from bench.oracle import E
 from tests import insights_oracle as oracle
 from tests.insights_oracle import Insights
 from tests.integration.test_read_properties import to_event
-from tests.oracle import E
 from tests.stack import wipe_clickhouse
 
 USERS = (1, 2, 3, 4)

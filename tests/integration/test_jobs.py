@@ -34,8 +34,8 @@ from app.read.metrics_service import UserMetricsQueryService
 from app.stores.clickhouse import insert_events
 from app.stores.redis_store import server_time_us
 from app.stores.runtime import Runtime
+from bench.oracle import Oracle
 from tests.integration.test_read_properties import USERS, an_event, to_event
-from tests.oracle import Oracle
 from tests.stack import BROKER_URL, CACHE_REDIS_URL, process_env, purge_broker, wait_drained, wipe_clickhouse
 
 
@@ -79,7 +79,7 @@ def test_a_run_rereading_the_last_runs_arrivals_moves_no_score(clean: Runtime) -
     read back from the stored contributions and nets to zero. Found in cluster mode: an IN in PREWHERE over the
     node-local scratch table was not made global by the 24.3+ analyzer, the stored row was never read, and the like
     counted twice."""
-    from tests.oracle import E
+    from bench.oracle import E
 
     now = datetime.now(UTC) - timedelta(minutes=1)
     assert recompute_engagement(clean).mode == "full"
@@ -97,7 +97,7 @@ def test_an_incremental_run_moves_every_owners_stored_score(clean: Runtime) -> N
     each owner's stored score by the difference. Found in cluster mode: the previous scores were read with an IN over
     the run's node-local scratch tables inside a joined subquery; the other shards read their own empty ones, and
     their owners' scores became the difference alone (-0.1 after the unfollow)."""
-    from tests.oracle import E
+    from bench.oracle import E
 
     now = datetime.now(UTC) - timedelta(minutes=1)
     owners = list(range(1, 9))
@@ -113,7 +113,7 @@ def test_an_incremental_run_moves_every_owners_stored_score(clean: Runtime) -> N
 def test_an_engagement_run_leaves_a_hash_from_a_newer_snapshot_alone(clean: Runtime) -> None:
     """A run's scores are as of its snapshot (Redis time before its queries); a hash the refresher wrote from a later
     snapshot keeps its score, which a run would otherwise take back in time until the next run."""
-    from tests.oracle import E
+    from bench.oracle import E
 
     now = datetime.now(UTC)
     insert_events(clean.clickhouse, [to_event(E(str(uuid.uuid4()), "Model", 11, 2, 1, "Download", 3, now))])
@@ -135,7 +135,7 @@ def test_an_engagement_run_leaves_a_hash_from_a_newer_snapshot_alone(clean: Runt
 
 
 def test_engagement_trend_is_recorded_and_unchanged_scores_are_not(clean: Runtime) -> None:
-    from tests.oracle import E
+    from bench.oracle import E
 
     now = datetime.now(UTC)
     insert_events(clean.clickhouse, [to_event(E(str(uuid.uuid4()), "Image", 1, 2, 1, "Download", 3, now))])
@@ -150,7 +150,7 @@ def test_engagement_trend_is_recorded_and_unchanged_scores_are_not(clean: Runtim
 def test_incremental_engagement_drops_keys_leaving_the_window_and_an_interrupted_run_is_repaired(
     clean: Runtime,
 ) -> None:
-    from tests.oracle import E
+    from bench.oracle import E
 
     def follow(actor: int, at: datetime) -> Any:
         return to_event(E(str(uuid.uuid4()), "User", 7, actor, 7, "Follow", 1, at))

@@ -85,8 +85,8 @@ def test_a_mark_by_a_process_whose_clock_is_behind_is_not_cleared_unseen(
     survive the clear, or the cache misses the follow until the hash expires."""
     from app.stores.clickhouse import insert_events
     from app.write.owners import resolve
+    from bench.oracle import E
     from tests.integration.test_read_properties import to_event
-    from tests.oracle import E
 
     rt, user = clean, 920_001
     UserMetricsQueryService(rt).get_user_metrics([user])  # a cached hash: the flusher marks the user
@@ -115,8 +115,8 @@ def test_an_exclusion_stamped_in_the_past_still_reaches_the_engagement_scores(cl
     engagement job must still see that the excluded set changed (and run in full), or the user keeps counting."""
     from app.stores.clickhouse import insert_events
     from app.write.excluded import set_excluded
+    from bench.oracle import E
     from tests.integration.test_read_properties import to_event
-    from tests.oracle import E
 
     rt = clean
     now = datetime.now(UTC)
@@ -162,8 +162,8 @@ def test_rows_of_an_insert_still_landing_during_a_run_are_counted_by_a_later_run
     from app.derived import changelog
     from app.stores import clickhouse
     from app.stores.clickhouse import insert_events
+    from bench.oracle import E
     from tests.integration.test_read_properties import to_event
-    from tests.oracle import E
 
     monkeypatch.setattr(changelog, "INFLIGHT_MARGIN", timedelta(milliseconds=500))  # shorter than the insert
     rt = clean
@@ -197,8 +197,8 @@ def test_a_clock_that_steps_back_cannot_make_an_older_score_win(
     newer one and must win in engagementCurrent (and its contributions in engagementContrib), whatever the clock
     says; the incremental run after it must build on them."""
     from app.stores.clickhouse import insert_events
+    from bench.oracle import E
     from tests.integration.test_read_properties import to_event
-    from tests.oracle import E
 
     rt = clean
     weight = rt.weights.by_type.get("Follow", rt.weights.default)
@@ -229,8 +229,8 @@ def test_rows_landing_in_the_middle_of_an_incremental_run_are_counted_once(clean
     keys and a download of the same owner land. Whether this run or the next counts them, after the next run the
     score is the oracle's: nothing half-seen, nothing counted twice."""
     from app.stores.clickhouse import insert_events
+    from bench.oracle import E, Oracle
     from tests.integration.test_read_properties import to_event
-    from tests.oracle import E, Oracle
 
     rt, owner = clean, 7
     now = datetime.now(UTC)

@@ -25,9 +25,9 @@ from app.read.reactions_miss import current_reactions, from_snapshot
 from app.read.reactions_service import FILLS, UserReactionQueryService, latest_reactions
 from app.stores.clickhouse import insert_events
 from app.stores.runtime import Runtime
+from bench.oracle import E, Oracle
 from tests.integration.test_read_properties import REACTION_METRICS, to_event
 from tests.integration.test_read_service import down_redis
-from tests.oracle import E, Oracle
 from tests.stack import wipe_clickhouse
 
 USERS = (1, 2, 3)

@@ -24,7 +24,7 @@ from app.read.metrics_service import UserMetricsQueryService
 from app.read.reactions_service import latest_reactions
 from app.stores.clickhouse import insert_events
 from app.write.excluded import set_excluded
-from tests.oracle import E, Oracle
+from bench.oracle import E, Oracle
 from tests.stack import wipe_clickhouse
 
 USERS = (1, 2, 3, 4)

@@ -21,8 +21,8 @@ from app.read.metrics_miss import current_user_metrics, from_snapshot
 from app.stores.clickhouse import insert_events
 from app.stores.runtime import Runtime
 from app.write.excluded import set_excluded
+from bench.oracle import E
 from tests.integration.test_read_properties import USERS, an_event, assert_metrics, oracle_at, to_event, users
-from tests.oracle import E
 from tests.stack import wipe_clickhouse
 
 

@@ -19,8 +19,8 @@ from app.jobs.timeline import update_timeline
 from app.read.history import metric_history
 from app.stores.clickhouse import insert_events
 from app.write.excluded import set_excluded
+from bench.oracle import E
 from tests.integration.test_read_properties import NOW, USERS, an_event, oracle_at, to_event, users
-from tests.oracle import E
 from tests.stack import wipe_clickhouse
 
 STATE_METRICS = ("followerCount", "followingCount", "modelCount", "imageCount", "uploadCount", "reactionCount")

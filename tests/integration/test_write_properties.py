@@ -12,11 +12,10 @@ from hypothesis import strategies as st
 
 from app.caches import metrics_cache
 from app.caches.metrics_cache import metrics_key
-from app.core.events import derive_event_id
 from app.derived.metrics_from_log import compute_user_metrics
 from app.read.reactions_service import FILLS, UserReactionQueryService, latest_reactions
 from app.stores.runtime import Runtime
-from tests.oracle import E, Oracle
+from bench.oracle import Oracle, events_of
 from tests.stack import prime, wait_drained, wait_events, wipe_clickhouse
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -96,75 +95,6 @@ def assert_computed_and_cached_match(rt: Runtime, oracle: Oracle, context: objec
             assert got["uploadCount"] == got["modelCount"] + got["postCount"] + got["imageCount"]
 
 
-def oracle_events(sent: list[dict[str, Any]]) -> list[E]:
-    uploaded = {m["entity_id"] for m in sent if m["type"] == "record_upload"}
-    out = []
-    for m in sent:
-        at = datetime.fromisoformat(m["occurred_at"])
-        if m["type"] == "record_follow":
-            out.append(
-                E(
-                    m["event_id"],
-                    "User",
-                    m["user_id"],
-                    m["follower_id"],
-                    m["user_id"],
-                    "Follow",
-                    1 if m["is_follow"] else -1,
-                    at,
-                )
-            )
-        elif m["type"] == "record_upload":
-            out.append(
-                E(
-                    m["event_id"],
-                    m["content_type"],
-                    m["entity_id"],
-                    m["user_id"],
-                    m["user_id"],
-                    "Upload",
-                    -1 if m["is_removed"] else 1,
-                    at,
-                )
-            )
-        else:
-            entity = m.get("image_id", m.get("entity_id"))
-            owner = m.get("owner_id") or (OWNER[entity] if entity in uploaded else 0)
-            if m["type"] == "set_reaction":
-                for bit, metric in (
-                    (1, "ReactionLike"),
-                    (2, "ReactionHeart"),
-                    (4, "ReactionLaugh"),
-                    (8, "ReactionCry"),
-                ):
-                    out.append(
-                        E(
-                            str(derive_event_id(m["event_id"], metric)),
-                            "Image",
-                            entity,
-                            m["user_id"],
-                            owner,
-                            metric,
-                            1 if m["reactions"] & bit else -1,
-                            at,
-                        )
-                    )
-            else:
-                out.append(
-                    E(
-                        m["event_id"],
-                        m["entity_type"],
-                        entity,
-                        m["user_id"],
-                        owner,
-                        m["metric_type"],
-                        m["metric_value"],
-                        at,
-                    )
-                )
-    return out
-
-
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 @given(history=st.lists(an_event(), min_size=3, max_size=30), data=st.data())
 def test_every_metric_and_reaction_matches_the_oracle(clean, producer, history, data):  # type: ignore[no-untyped-def]
@@ -188,7 +118,7 @@ def test_every_metric_and_reaction_matches_the_oracle(clean, producer, history, 
             producer.send("record_events", events=chunk)
         if waves > 1 and (i // batch_size) % (len(delivery) // waves + 1) == 0:
             wait_drained(clean)
-    expected_events = oracle_events(history)
+    expected_events = events_of(history)
     wait_events(clean, len({e.event_id for e in expected_events}))
 
     oracle = Oracle(now=datetime.now(UTC))
