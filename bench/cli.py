@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from app.cli.common import console, to_json
+from app.cli.common import console, err, to_json
 from app.core.settings import load_settings
 
 bench_cli = typer.Typer(no_args_is_help=True, help="Benchmarks: figures and ratios against a same-run baseline.")
@@ -244,3 +244,49 @@ def bench_legacy(
 
     result = legacy_bench.run(quick, load_settings(), database_url, users, reuse)
     _print_bench("legacy" + (" (quick)" if quick else ""), result.rows(), result.figures, as_json)
+
+
+@bench_cli.command("chaos")
+def bench_chaos(
+    minutes: Annotated[float, typer.Option(help="How long traffic and faults run")] = 2.0,
+    broker: Annotated[str, typer.Option(help="rabbitmq (the machine's, a vhost of its own) or redis")] = "rabbitmq",
+    seed: Annotated[int, typer.Option(help="Seed of the traffic and the fault schedule")] = 1,
+    rate: Annotated[float, typer.Option(help="Messages per second")] = 30.0,
+    users: Annotated[int, typer.Option(help="Distinct users of the traffic")] = 500,
+    faults_per_kind: Annotated[int, typer.Option(help="Faults of each kind over the run")] = 3,
+    stop_s: Annotated[float, typer.Option(help="How long each stop_clickhouse fault holds the server")] = 10.0,
+    refuse_s: Annotated[float, typer.Option(help="How long each refuse_inserts fault lasts")] = 5.0,
+    rolling: Annotated[bool, typer.Option("--rolling", help="A rolling restart, three times, instead")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Exit 1 on any loss, double count or wrong value")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+) -> None:
+    """The production shape (a ClickHouse server, the broker, two prefork workers, the maintenance worker and beat,
+    supervised) under steady traffic and a seeded storm of faults; then every acknowledged event, every metric and
+    every cached value against the oracle."""
+    from bench import chaos, chaos_check
+
+    if broker not in ("rabbitmq", "redis"):
+        raise typer.BadParameter("rabbitmq or redis", param_hint="--broker")
+    cfg = chaos.Config(
+        minutes=minutes,
+        seed=seed,
+        broker=broker,
+        rate=rate,
+        users=users,
+        faults_per_kind=faults_per_kind,
+        stop_s=stop_s,
+        refuse_s=refuse_s,
+        rolling=rolling,
+    )
+    report = chaos.soak(cfg)
+    if as_json:
+        print(to_json(report))
+    else:
+        table = Table("measure", "result", title=f"chaos ({broker}, {minutes:g} min, seed {seed})")
+        for key, value in report.items():
+            table.add_row(key, to_json(value) if isinstance(value, dict | list) else str(value))
+        console.print(table)
+    failed = chaos_check.failures(report)
+    if check and failed:
+        err.print("chaos: " + ", ".join(failed))
+        raise typer.Exit(1)

@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 QUEUES = (c.EVENTS_QUEUE, c.MAINTENANCE_QUEUE, c.READS_QUEUE)
 
 
+def transport_options(broker_url: str) -> dict[str, Any]:
+    """The broker transport's options every process of the stack uses (workers add their own)."""
+    return {"confirm_publish": True} if broker_url.startswith(("amqp://", "amqps://", "pyamqp://")) else {}
+
+
 def sender_config(broker_url: str) -> dict[str, Any]:
     """The Celery settings of every process that sends tasks to this service's workers."""
     from kombu import Exchange, Queue
@@ -43,6 +48,10 @@ def sender_config(broker_url: str) -> dict[str, Any]:
         "enable_utc": True,
         # No "task-sent" events: they would double the producer's broker writes; workers report the rest.
         "task_send_sent_event": False,
+        # RabbitMQ: a publish returns once the broker has confirmed it (publisher confirms), so a message the
+        # broker never took raises at the sender instead of vanishing with a connection that dropped meanwhile.
+        # A Redis broker's LPUSH reply is its confirmation already.
+        "broker_transport_options": transport_options(broker_url),
         # Queues and routes are part of the message contract: a sender declares them exactly as workers do.
         "task_queues": [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
         "task_default_exchange": c.EVENTS_QUEUE,

@@ -26,7 +26,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from kombu import Connection
 from kombu.transport import redis as kombu_redis
 
-from app.client.sending import sender_config
+from app.client.sending import sender_config, transport_options
 from app.core import constants as c
 from app.core.errors import TransientError
 from app.core.settings import Settings
@@ -68,7 +68,10 @@ def client_config(settings: Settings) -> dict[str, Any]:
     return {
         **sender_config(url),
         # Unacknowledged messages (a worker died) return to the queue after this long; longer than any task.
-        "broker_transport_options": {"visibility_timeout": settings.broker_visibility_timeout_s},
+        "broker_transport_options": {
+            **transport_options(url),
+            "visibility_timeout": settings.broker_visibility_timeout_s,
+        },
         # A Redis Cluster cache cannot hold Celery's results: they travel back over the broker instead.
         "result_backend": _result_backend(redis_url, url),
         "result_expires": 3600,
