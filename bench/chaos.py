@@ -255,9 +255,15 @@ def _recovery(run: Run) -> dict[str, dict[str, float]]:
 
 
 def _longest_pause(run: Run) -> float:
-    """The longest stretch in which no probe became visible while one was waiting."""
-    visible = sorted(p.visible for p in run.probes if p.visible is not None)
-    return max((b - a for a, b in zip(visible, visible[1:], strict=False)), default=0.0)
+    """The longest stretch in which no probe became visible while one was waiting: between two consecutive
+    visibility instants a < b, from a (or from when the first probe still waiting after a was sent) to b."""
+    seen = [p for p in run.probes if p.visible is not None]
+    instants = sorted({p.visible for p in seen if p.visible is not None})
+    longest = 0.0
+    for a, b in zip(instants, instants[1:], strict=False):
+        waiting = min(p.acked for p in seen if p.visible is not None and p.visible > a)
+        longest = max(longest, b - max(a, waiting))
+    return longest
 
 
 def soak(cfg: Config) -> dict[str, Any]:

@@ -4,6 +4,8 @@ restarted, a server continued): the soak measures recovery from that moment."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import signal
 import threading
@@ -15,7 +17,7 @@ import clickhouse_connect
 import redis
 
 from app.local import clickhouse_server
-from bench.chaos_stack import VHOST, ChaosStack, children, clickhouse_pid, rabbitmqctl, redis_restart
+from bench.chaos_stack import ChaosStack, children, clickhouse_pid, rabbitmqctl, redis_restart
 
 KINDS = (
     "kill_worker_child",  # SIGKILL one pool process of an event worker (the pool replaces it)
@@ -153,8 +155,8 @@ class Injector:
     def _broker_blip(self) -> str:
         with self.locks["broker"]:
             if self.stack.broker_redis is None:
-                rabbitmqctl("close_all_connections", "--vhost", VHOST, "chaos soak")
-                return f"closed the connections of vhost {VHOST}"
+                rabbitmqctl("close_all_connections", "--vhost", self.stack.vhost, "chaos soak")
+                return f"closed the connections of vhost {self.stack.vhost}"
             url = self.stack.broker_redis.url
             redis_restart(self.stack.broker_redis, self.stack._redis_settings("broker"))
             if self.stack.broker_redis.url != url:
@@ -180,8 +182,5 @@ def _kill(pid: int) -> None:
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
-    import contextlib
-    import os
-
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)

@@ -26,7 +26,6 @@ from bench.harness import CHECKOUT
 
 CELERY = [sys.executable, "-m", "celery", "-A", "tasks.celery_app:celery_app"]
 RESTART_DELAY_S = 1.0  # a supervisor's restart delay (Docker's first one is 0.1 s, growing)
-VHOST = "usermetrics_chaos"
 # Jobs every few seconds, so that every one of them runs, and is killed, many times in a soak.
 JOB_INTERVALS = {
     "ENGAGEMENT_INTERVAL_S": "15",
@@ -114,6 +113,8 @@ class ChaosStack:
     cache: embedded_redis.Server = field(default_factory=lambda: embedded_redis.Server(""))
     broker_redis: embedded_redis.Server | None = None
     broker_url: str = ""
+    # A vhost of this soak's own (two soaks on one RabbitMQ never share one), deleted at the end.
+    vhost: str = field(default_factory=lambda: f"usermetrics_chaos_{os.getpid()}")
     procs: dict[str, Supervised] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -132,9 +133,9 @@ class ChaosStack:
             self.broker_redis = embedded_redis.Server(*embedded_redis.start(self._redis_settings("broker")))
             self.broker_url = self.broker_redis.url.rsplit("/", 1)[0] + "/1"
         else:
-            rabbitmqctl("add_vhost", VHOST)
-            rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
-            self.broker_url = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
+            rabbitmqctl("add_vhost", self.vhost)
+            rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
+            self.broker_url = f"amqp://guest:guest@127.0.0.1:5672/{self.vhost}"
         rt = self.runtime()  # the release step: the schema before any process starts
         try:
             migrations.migrate(rt.clickhouse)
@@ -248,7 +249,7 @@ class ChaosStack:
             if server is not None and server.pid is not None:
                 embedded_redis.stop(server.pid)
         if self.broker_kind == "rabbitmq":
-            rabbitmqctl("delete_vhost", VHOST)
+            rabbitmqctl("delete_vhost", self.vhost)
 
 
 def clickhouse_pid(paths: ServerPaths) -> int:
