@@ -238,7 +238,9 @@ def _quiesce(stack: ChaosStack, run: Run, timeout_s: float = 600) -> float:
         elif quiet_since is None:
             quiet_since = time.monotonic()
         elif time.monotonic() - quiet_since >= 3:
-            return time.monotonic() - started
+            if stack.broker_unacked() == 0:  # nothing taken and still running, or held by a killed worker
+                return time.monotonic() - started
+            quiet_since = None
         time.sleep(0.2)
     raise TimeoutError(f"the stack did not drain in {timeout_s:.0f} s")
 

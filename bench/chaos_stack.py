@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
+
 from app.core import constants as c
 from app.core.settings import Settings
 from app.local import clickhouse_server, embedded_redis, process
@@ -25,7 +27,8 @@ from app.stores.runtime import Runtime
 from bench.harness import CHECKOUT
 
 CELERY = [sys.executable, "-m", "celery", "-A", "tasks.celery_app:celery_app"]
-RESTART_DELAY_S = 1.0  # a supervisor's restart delay (Docker's first one is 0.1 s, growing)
+RESTART_DELAY_S = 1.0
+REDIS_VISIBILITY_TIMEOUT_S = 120  # a supervisor's restart delay (Docker's first one is 0.1 s, growing)
 # Jobs every few seconds, so that every one of them runs, and is killed, many times in a soak.
 JOB_INTERVALS = {
     "ENGAGEMENT_INTERVAL_S": "15",
@@ -168,7 +171,19 @@ class ChaosStack:
             TASK_EVENTS="false",
             **JOB_INTERVALS,
         )
+        if self.broker_redis is not None:
+            # A Redis broker gives a dead worker's taken messages back after the visibility timeout only: a short
+            # one (above the longest retry countdown plus a task) so that the soak's end sees them run.
+            env.update(BROKER_VISIBILITY_TIMEOUT_S=str(REDIS_VISIBILITY_TIMEOUT_S), RETRY_BACKOFF_MAX_S="30")
         return env
+
+    def broker_unacked(self) -> int:
+        """Messages the broker holds as taken by a consumer and not acknowledged yet (queue depths leave them
+        out): a Redis broker's ``unacked`` hash, RabbitMQ's per-queue count (``rabbitmqctl``, about a second)."""
+        if self.broker_redis is not None:
+            return int(redis.Redis.from_url(self.broker_url).hlen("unacked"))
+        out = rabbitmqctl("list_queues", "-p", self.vhost, "--no-table-headers", "--quiet", "messages_unacknowledged")
+        return sum(int(n) for n in out.split() if n.isdigit())
 
     # -- processes ---------------------------------------------------------------------------------------------
     def start_processes(self, workers: int = 2, concurrency: int = 2) -> None:

@@ -32,7 +32,7 @@ from app.core.settings import Settings
 from app.local import redis_cluster
 from app.read.metrics_service import UserMetricsQueryService
 from app.stores.runtime import Runtime
-from bench.oracle import Oracle
+from bench.oracle import Oracle, events_of
 from tasks.config import celery_config
 from tests.integration.test_write_properties import (
     IMAGES,
@@ -40,7 +40,6 @@ from tests.integration.test_write_properties import (
     USERS,
     an_event,
     assert_computed_and_cached_match,
-    oracle_events,
 )
 from tests.stack import (
     AMQP_URL,
@@ -219,7 +218,7 @@ def test_every_number_matches_the_oracle_with_two_worker_processes(shape: Shape,
         else:
             for item in chunk:
                 producer.send(item["type"], **{k: v for k, v in item.items() if k != "type"})
-    settled_at_the_oracle(shape, oracle_events(history))
+    settled_at_the_oracle(shape, events_of(history))
 
 
 def _runs(rt: Runtime) -> dict[str, int]:
@@ -336,7 +335,7 @@ def test_hot_keys_written_by_two_worker_processes_stay_exact(shape: Shape) -> No
     producer = shape.producer
     for m in sent + rnd.sample(sent, 40):  # with redeliveries
         producer.send(m["type"], **{k: v for k, v in m.items() if k != "type"})
-    oracle = settled_at_the_oracle(shape, oracle_events(sent), timeout_s=90)
+    oracle = settled_at_the_oracle(shape, events_of(sent), timeout_s=90)
     assert shape.rt.redis.exists(flags_key(reactor))  # served from the cache the flushers kept
     flags = reactions.get_user_reactions(reactor, [image, late_image])
     assert dict(flags) == {i: oracle.reactions(reactor, i) for i in (image, late_image)}
