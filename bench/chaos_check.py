@@ -96,7 +96,7 @@ def verify(rt: Runtime, acked: list[dict[str, Any]], users_simulated: int) -> di
         "cached_users_checked": out.cached_users,
         "cached_reactions_checked": out.cached_reactions,
         "dead_letters": len(letters),
-        "dead_letter_reasons": dict(Counter(d.reason[:100] for d in letters).most_common(10)),
+        "dead_letter_reasons": dict(Counter(f"{d.task}: {d.reason[:100]}" for d in letters).most_common(10)),
         "examples": out.examples,
     }
 
