@@ -1,3 +1,3 @@
-"""Fixtures of the integration tests: the real services of ``tests.stack`` (imported here, so started here)."""
+"""Fixtures of the integration tests: the real services of ``tests.stack`` (``tests/stack_plugin.py``)."""
 
-from tests.stack import celery_app, clean, producer, rt, run_cli, settings, worker  # noqa: F401 - fixtures
+from tests.stack_plugin import pytest_configure  # noqa: F401 - registers tests.stack once for the session

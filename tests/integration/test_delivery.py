@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -105,3 +106,10 @@ def test_replay_of_a_fixed_dead_letter_enqueues_it(clean, run_cli):  # type: ign
     wait_drained(clean)
     assert deadletters.count(clean.redis) == 0
     assert metrics_cache.read(clean.redis, [72])[72].follower_count == 1  # type: ignore[union-attr]
+
+
+def test_the_session_runs_one_in_process_worker(worker) -> None:  # type: ignore[no-untyped-def]
+    # One worker, so one flusher and one refresher, however many test directories asked for it.
+    names = [t.name for t in threading.enumerate()]
+    assert sum(n.startswith("flusher-") for n in names) == 1, names
+    assert names.count("metrics-refresher") == 1, names
