@@ -40,7 +40,7 @@ from app.read.reactions_service import UserReactionQueryService
 from app.stores import broker
 from bench.chaos_check import verify
 from bench.chaos_faults import KINDS, Fault, Injector, reset_inserts
-from bench.chaos_stack import ChaosStack
+from bench.chaos_stack import REDIS_VISIBILITY_TIMEOUT_S, ChaosStack
 
 PROBE_EVERY_S = 0.5
 PROBE_TARGET = 1  # probes follow the most popular user
@@ -218,28 +218,33 @@ def _rolling(stack: ChaosStack, run: Run) -> None:
                 return
 
 
-def _quiesce(stack: ChaosStack, run: Run, timeout_s: float = 600) -> float:
-    """Every message consumed, every buffered event written, every marked hash refreshed, every probe visible, for
-    three seconds in a row; returns how long it took."""
+def _quiesce(stack: ChaosStack, run: Run, timeout_s: float = 900) -> float:
+    """Every message consumed, every buffered event written, every marked hash refreshed and every probe visible,
+    for three seconds in a row; returns how long it took. Probes still missing once all the rest has been quiet
+    for longer than a dead worker's messages can take to come back (the Redis broker's visibility timeout) are
+    lost: the soak goes on to count them instead of waiting for them."""
     started = time.monotonic()
     client = clickhouse_connect.get_client(dsn=stack.clickhouse_url)
     reset_inserts(client)  # in case a refusal outlived its fault thread
     cache = redis.Redis.from_url(stack.cache.url)
+    give_up_probes_s = (REDIS_VISIBILITY_TIMEOUT_S if stack.broker_redis is not None else 0) + 60
     quiet_since: float | None = None
     while time.monotonic() - started < timeout_s:
         try:
             depth = sum(s.depth for s in broker.queue_stats(stack.broker_url, [c.EVENTS_QUEUE]).values())
             busy = depth + int(cache.xlen(c.EVENT_STREAM_KEY)) + int(cache.zcard(c.METRICS_DIRTY_KEY))
-            busy += len(_outstanding(run))
         except Exception:
             busy = 1
+        now = time.monotonic()
         if busy:
             quiet_since = None
-        elif quiet_since is None:
-            quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since >= 3:
+            time.sleep(0.2)
+            continue
+        quiet_since = now if quiet_since is None else quiet_since
+        probes_in = not _outstanding(run) or now - quiet_since >= give_up_probes_s
+        if now - quiet_since >= 3 and probes_in:
             if stack.broker_unacked() == 0:  # nothing taken and still running, or held by a killed worker
-                return time.monotonic() - started
+                return now - started
             quiet_since = None
         time.sleep(0.2)
     raise TimeoutError(f"the stack did not drain in {timeout_s:.0f} s")
@@ -318,6 +323,7 @@ def soak(cfg: Config) -> dict[str, Any]:
             visible_max_s=max(latencies, default=None),
             longest_pause_s=_longest_pause(run),
             probes=len(run.probes),
+            probes_never_visible=len(_outstanding(run)),
             producer_send_retries=run.send_retries,
             reads=run.reads,
             read_errors=run.read_errors,
