@@ -73,9 +73,10 @@ def verify(rt: Runtime, acked: list[dict[str, Any]], users_simulated: int) -> di
     oracle = Oracle(now=datetime.now(UTC))
     events = events_of(acked)
     oracle.apply_all(events)
-    users = sorted((set(oracle.all_metrics()) | set(range(1, users_simulated + 1))) - {0})
+    expected = oracle.all_metrics()
+    users = sorted((set(expected) | set(range(1, users_simulated + 1))) - {0})
     out = Comparison()
-    _compare_metrics(rt, users, oracle.all_metrics(), out)
+    _compare_metrics(rt, users, expected, out)
     _compare_reactions(rt, users, oracle, out)
     present = {r[0] for r in rt.clickhouse.rows("SELECT DISTINCT toString(eventId) FROM entityMetricEvents")}
     doubled_rows = rt.clickhouse.rows(
