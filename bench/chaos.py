@@ -310,6 +310,8 @@ def soak(cfg: Config) -> dict[str, Any]:
             t.join(300)
         run.memory_mb["end"] = stack.worker_rss_mb()
         quiesce_s = _quiesce(stack, run)
+        for name in ("beat", "maintenance"):  # no job runs beside the check's
+            stack.hold(name)
         watching.set()
         watcher.join(10)
         report = verify(stack.runtime(), run.acked, cfg.users)

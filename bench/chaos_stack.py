@@ -243,6 +243,16 @@ class ChaosStack:
                 proc.held = False
         return stopped
 
+    def hold(self, name: str, timeout_s: float = 60.0) -> None:
+        """Stop ``name`` (SIGTERM, its whole group after ``timeout_s``) and keep it stopped until the end."""
+        proc = self.procs[name]
+        with self.lock:
+            proc.held = True
+        proc.signal(signal.SIGTERM)
+        if not proc.wait_exit(timeout_s):
+            proc.signal(signal.SIGKILL, group=True)
+            proc.wait_exit(10)
+
     def worker_rss_mb(self) -> float:
         return sum(rss_mb(p.pid) for p in self.procs.values() if p.pid is not None and p.name != "beat")
 

@@ -97,12 +97,13 @@ def start(settings: Settings) -> tuple[str, int]:
     state = _state_dir(settings)
     state.mkdir(parents=True, exist_ok=True)
     port = _choose_port(settings)
-    started = _launch(state, port)
+    fsync = settings.embedded_redis_appendfsync
+    started = _launch(state, port, fsync)
     if started is None and port == recorded_port(settings):
         # Taken between the check and the server's bind (it exits at once, without a pid file): a new port.
         fresh = process.free_port()
         log.warning("embedded redis-server: could not listen on port %d; moving to port %d", port, fresh)
-        port, started = fresh, _launch(state, fresh)
+        port, started = fresh, _launch(state, fresh, fsync)
     if started is None:
         raise LocalServiceError(f"embedded redis-server did not start; see {state / 'redis.log'}")
     url, pid = started
@@ -112,7 +113,7 @@ def start(settings: Settings) -> tuple[str, int]:
     return url, pid
 
 
-def _launch(state: Path, port: int) -> tuple[str, int] | None:
+def _launch(state: Path, port: int, fsync: str) -> tuple[str, int] | None:
     """Start a server on ``port``; ``(url, pid)``, or None if it never listened (no pid file: the port was taken)."""
     pidfile = state / "redis.pid"
     pidfile.unlink(missing_ok=True)
@@ -128,7 +129,7 @@ def _launch(state: Path, port: int) -> tuple[str, int] | None:
             "--appendonly",
             "yes",
             "--appendfsync",
-            "everysec",
+            fsync,
             "--save",
             "",
             "--daemonize",

@@ -277,3 +277,23 @@ def test_cache_redis_outage_requeues_messages_instead_of_dropping_them(tmp_path:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
         embedded_redis.stop(pid)
+
+
+@pytest.mark.parametrize("policy", [None, "everysec"])
+def test_the_embedded_redis_fsyncs_every_write_unless_told_otherwise(tmp_path: Path, policy: str | None) -> None:
+    """The event buffer lives in this Redis: by default it answers a write only once the write is on disk
+    (``appendfsync always``), so a SIGKILL loses nothing it answered; ``EMBEDDED_REDIS_APPENDFSYNC=everysec`` trades
+    that for speed (reliability docs)."""
+    extra = {} if policy is None else {"EMBEDDED_REDIS_APPENDFSYNC": policy}
+    redis_settings = Settings(DATA_DIR=str(tmp_path / "redis"), **extra)  # type: ignore[arg-type]
+    url, pid = embedded_redis.start(redis_settings)
+    try:
+        client = redis.Redis.from_url(url)
+        assert client.config_get("appendfsync") == {"appendfsync": policy or "always"}
+        client.xadd("events:buffer", {"e": "1"})
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not process.pid_alive(pid), "redis-server to die", 10)
+        url, pid = embedded_redis.start(redis_settings)
+        assert redis.Redis.from_url(url).xlen("events:buffer") == 1
+    finally:
+        embedded_redis.stop(pid)
