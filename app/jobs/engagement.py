@@ -24,6 +24,7 @@ from app.derived.job_state import JobReport, load_state, save_state
 from app.derived.job_state import now as clock
 from app.jobs import engagement_sql as q
 from app.stores.clickhouse import ClickHouse
+from app.stores.locks import ensure_held
 from app.stores.redis_store import server_time_us
 from app.stores.runtime import Runtime
 
@@ -75,6 +76,8 @@ def _incremental_engagement(rt: Runtime, now: datetime, stamp: datetime, run: Sl
     touched = sorted(delta)
     if ch.failovers != failovers:  # the scratch tables are on the node the run started on
         raise TransientError("the ClickHouse node changed during the run; the next run starts over")
+    # A second run beside this one (its lock expired or lost) would add the same deltas again: stop before writing.
+    ensure_held()
     mark_phase(rt, "writing")  # a crash from here on leaves scores and contributions apart: the next run is full
     ch.command(q.WRITE_SQL, params)
     return {o: previous.get(o, 0) + delta[o] for o in touched}, set(touched), previous
@@ -131,6 +134,7 @@ class Engagement(ChangelogJob):
 
     def _record(self, rt: Runtime, run: Slice, mode: str, result: Scores) -> JobReport:
         scores, considered, previous = result
+        ensure_held()
         changed = {u: scores.get(u, 0) for u in considered if scores.get(u, 0) != previous.get(u, 0)}
         cached = _record_scores(rt, changed, self._stamp(rt), self.cache_version)
         save_position(

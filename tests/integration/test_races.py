@@ -263,3 +263,36 @@ def test_rows_landing_in_the_middle_of_an_incremental_run_are_counted_once(clean
     assert _score(rt, owner) == expected
     assert recompute_engagement(rt, full=True).mode == "full"  # and a full run agrees
     assert _score(rt, owner) == expected
+
+
+def test_an_engagement_run_that_lost_its_lock_writes_nothing(clean: Runtime) -> None:
+    """The job's lock goes while an incremental run works (expired, or lost with Redis's data): another run may be
+    working beside it, and two runs adding the same deltas would double them. The run stops before writing
+    (``LockLost``, a transient failure: the next tick runs again); the next run counts every event once."""
+    from app.core import constants as c
+    from app.jobs.registry import run_now
+    from app.stores.clickhouse import insert_events
+    from app.stores.locks import LockLost
+    from bench.oracle import E, Oracle
+    from tests.integration.test_read_properties import to_event
+
+    rt, owner = clean, 7
+    now = datetime.now(UTC)
+    first = [E(str(uuid.uuid4()), "User", owner, 2, owner, "Follow", 1, now - timedelta(hours=3))]
+    insert_events(rt.clickhouse, [to_event(e) for e in first])
+    assert run_now(rt, c.RECOMPUTE_ENGAGEMENT)["mode"] == "full"
+    before = _score(rt, owner)
+    later = [E(str(uuid.uuid4()), "Model", 700, 4, owner, "Download", 1, now - timedelta(hours=2))]
+    insert_events(rt.clickhouse, [to_event(e) for e in later])
+
+    def lock_lost() -> None:
+        rt.redis.delete(c.LOCK_KEY.format(name=f"job:{c.RECOMPUTE_ENGAGEMENT}"))
+
+    with failpoints.armed(failpoints.ENGAGEMENT_MID_RUN, lock_lost), pytest.raises(LockLost):
+        run_now(rt, c.RECOMPUTE_ENGAGEMENT)
+    assert _score(rt, owner) == before  # nothing written
+
+    run_now(rt, c.RECOMPUTE_ENGAGEMENT)
+    oracle = Oracle(now=datetime.now(UTC))
+    oracle.apply_all(first + later)
+    assert _score(rt, owner) == int(Decimal(str(oracle.metrics(owner)["engagementScore"])) * SCORE_SCALE)
