@@ -38,7 +38,7 @@ from app.read.clickhouse_sources import clickhouse_reaction_source
 from app.read.metrics_service import UserMetricsQueryService
 from app.read.reactions_service import UserReactionQueryService
 from app.stores import broker
-from bench.chaos_check import verify
+from bench.chaos_check import attribute_losses, verify
 from bench.chaos_faults import KINDS, Fault, Injector, reset_inserts
 from bench.chaos_stack import REDIS_VISIBILITY_TIMEOUT_S, ChaosStack
 
@@ -92,7 +92,7 @@ def _send_until_acked(producer: EventProducer, run: Run, task: str, kwargs: dict
     while True:
         try:
             producer.send(task, **kwargs)
-            run.record({"type": task, **kwargs})
+            run.record({"type": task, **kwargs, "_acked": time.monotonic()})
             return True
         except Exception:
             with run.lock:
@@ -315,6 +315,7 @@ def soak(cfg: Config) -> dict[str, Any]:
         watching.set()
         watcher.join(10)
         report = verify(stack.runtime(), run.acked, cfg.users)
+        report["lost_messages"] = attribute_losses(report, run.acked, run.faults, started)
         latencies = [p.visible - p.acked for p in run.probes if p.visible is not None]
         report.update(
             shape={"broker": cfg.broker, "minutes": cfg.minutes, "seed": cfg.seed, "rate": cfg.rate},

@@ -99,6 +99,7 @@ def verify(rt: Runtime, acked: list[dict[str, Any]], users_simulated: int) -> di
         "events_acknowledged": len(acked_ids),
         "messages_acknowledged": len(acked),
         "events_lost": len(acked_ids - present),
+        "lost_event_ids": sorted(acked_ids - present)[:50],
         "events_stored_twice": int(doubled_rows),
         "metric_values_lost": out.lost_values,
         "metric_values_counted_twice": out.doubled_values,
@@ -111,6 +112,27 @@ def verify(rt: Runtime, acked: list[dict[str, Any]], users_simulated: int) -> di
         "dead_letter_reasons": dict(Counter(f"{d.task}: {d.reason[:100]}" for d in letters).most_common(10)),
         "examples": out.examples,
     }
+
+
+def attribute_losses(
+    report: dict[str, Any], acked: list[dict[str, Any]], faults: list[Any], started: float
+) -> list[dict[str, Any]]:
+    """For each lost event (at most 50): its message, when the broker acknowledged it (seconds into the run) and
+    the faults under way from 15 s before that to 5 s after, the suspects of its loss."""
+    lost = set(report.get("lost_event_ids", []))
+    out = []
+    for message in acked:
+        ids = {e.event_id for e in events_of([message])}
+        if not ids & lost:
+            continue
+        at = float(message.get("_acked", started)) - started
+        near = [
+            f"{f.kind} {f.started - started:.1f}-{f.ended - started:.1f} s"
+            for f in faults
+            if f.started - started <= at + 5 and f.ended - started >= at - 15
+        ]
+        out.append({"task": message["type"], "acked_s": round(at, 1), "events": len(ids & lost), "faults_near": near})
+    return out
 
 
 def failures(report: dict[str, Any]) -> list[str]:

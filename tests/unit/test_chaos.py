@@ -8,7 +8,7 @@ from collections import Counter
 
 from app.core.events import derive_event_id
 from bench.chaos import Config, Probe, Run, _longest_pause, _recovery, _schedule
-from bench.chaos_check import failures
+from bench.chaos_check import attribute_losses, failures
 from bench.chaos_faults import KINDS, Fault
 from bench.oracle import events_of
 
@@ -67,3 +67,29 @@ def test_a_reaction_message_is_one_event_per_kind_with_the_contracts_ids() -> No
     }
     assert events["ReactionLike"].event_id == str(derive_event_id(message["event_id"], "ReactionLike"))
     assert all(e.owner_id == 0 and e.entity_id == 10 and e.user_id == 3 for e in events.values())
+
+
+def test_a_lost_event_is_reported_with_its_message_and_the_faults_around_its_ack() -> None:
+    follow = {
+        "type": "record_follow",
+        "follower_id": 2,
+        "user_id": 1,
+        "event_id": "f1",
+        "_acked": 130.0,
+        "occurred_at": "2026-12-01T00:00:00+00:00",
+    }
+    kept = {**follow, "event_id": "f2", "_acked": 131.0}
+    faults = [
+        Fault("kill_worker", started=125.0, ended=126.0),  # 5 s before the ack: a suspect
+        Fault("broker_blip", started=90.0, ended=100.0),  # over 15 s before: not
+        Fault("stop_clickhouse", started=134.0, ended=144.0),  # 4 s after: a suspect
+    ]
+    got = attribute_losses({"lost_event_ids": ["f1"]}, [follow, kept], faults, started=100.0)
+    assert got == [
+        {
+            "task": "record_follow",
+            "acked_s": 30.0,
+            "events": 1,
+            "faults_near": ["kill_worker 25.0-26.0 s", "stop_clickhouse 34.0-44.0 s"],
+        }
+    ]
