@@ -58,6 +58,22 @@ def worker_argv(
     ]
 
 
+def run_module(module: str, payload: Any, timeout_s: float = 3600.0) -> Any:
+    """Run ``python -m module`` in a separate process of this checkout with ``payload`` as JSON on its stdin, and
+    return the JSON document it prints (its stderr goes to ours). What a benchmark measures as another process
+    would see it, or what must run where this process does not hold the embedded engine."""
+    out = subprocess.run(  # noqa: S603 - our own module, arguments we built
+        [sys.executable, "-m", module],
+        input=json.dumps(payload),
+        cwd=CHECKOUT,
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+        timeout=timeout_s,
+    )
+    return json.loads(out.stdout)
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")

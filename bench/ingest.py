@@ -132,7 +132,7 @@ class IngestResult:
         return rows
 
 
-def _warm_up(stack: BenchStack) -> None:
+def warm_up(stack: BenchStack) -> None:
     """First insert initialises the engine (seconds); keep it out of the measurements."""
     stack.enqueue_bulk([(c.RECORD_FOLLOW, {"follower_id": 1, "user_id": 2})])
     stack.wait_drained(120)
@@ -170,7 +170,7 @@ def _measure_batches(stack: BenchStack, batches: int, size: int) -> float:
     return (stack.ingested() - before) / (time.perf_counter() - started)
 
 
-def _measure_latency(stack: BenchStack, rate: float, duration_s: float) -> list[float]:
+def measure_latency(stack: BenchStack, rate: float, duration_s: float) -> list[float]:
     """Send follows of new target users at ``rate``; a watcher notes when each target's cached followerCount
     turns 1. The targets' hashes are cached beforehand (all zeros, as a reader would have left them)."""
     sent: dict[int, float] = {}
@@ -234,13 +234,13 @@ def _measure_ceiling(sizes: IngestSizes, f: dict[str, float]) -> None:
 def _measure_embedded(sizes: IngestSizes, f: dict[str, float]) -> None:
     with bench_stack() as stack:
         stack.start_worker()
-        _warm_up(stack)
+        warm_up(stack)
         f["own_noop_per_s"] = _measure_noop(stack, sizes.noop)
         f["mix_per_s"], f["mix_events_per_s"] = _measure_mix(stack, sizes.events)
         f["ratio"] = f["mix_per_s"] / f["noop_per_s"]
         f["batch_events_per_s"] = _measure_batches(stack, sizes.batches, sizes.batch_size)
         f["latency_rate"] = f["mix_per_s"] / 2
-        latencies = _measure_latency(stack, f["latency_rate"], sizes.latency_s)
+        latencies = measure_latency(stack, f["latency_rate"], sizes.latency_s)
         f["latency_p50_ms"] = percentile(latencies, 50) * 1000
         f["latency_p99_ms"] = percentile(latencies, 99) * 1000
         f["peak_rss_mb"] = stack.worker_peak_rss_mb()
@@ -258,7 +258,7 @@ def _measure_samples(sizes: IngestSizes, f: dict[str, float]) -> None:
         for share, stack in stacks.items():
             # No exporter: the three workers would contend for one port, and it is not on a message's path.
             stack.start_worker(EVENT_TASK_EVENTS_SAMPLE=str(share), TASK_EVENTS="true", METRICS_PORT="0")
-            _warm_up(stack)
+            warm_up(stack)
         for r in range(rounds):
             order = list(SAMPLES) if r % 2 == 0 else list(reversed(SAMPLES))
             for share in order:
@@ -286,7 +286,7 @@ def _measure_server(sizes: IngestSizes, base_url: str, workers: int, concurrency
         try:
             with bench_stack(f"{base_url}/{database}") as stack:
                 stack.start_workers(n, "prefork", concurrency)
-                _warm_up(stack)
+                warm_up(stack)
                 f[f"server{n}_mix_per_s"], _ = _measure_mix(stack, sizes.events)
                 f[f"server{n}_batch_events_per_s"] = _measure_batches(stack, sizes.batches, sizes.batch_size)
         finally:

@@ -121,14 +121,27 @@ def _ms(fn: Any, *args: Any) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def run(
-    quick: bool, settings: Settings, database_url: str | None, users: int | None = None, reuse: bool = False
-) -> LegacyResult:
-    # Full size: 100,000 users and about 10 million legacy rows (reactions dominate, as on the site).
+def legacy_spec(quick: bool, users: int | None = None) -> LegacySpec:
+    """The legacy dataset of a run. Full size: 100,000 users and about 10 million legacy rows (reactions dominate,
+    as on the site)."""
     if quick:
-        spec = LegacySpec(users=users or 2_000)
-    else:
-        spec = LegacySpec(users=users or 100_000, follows_per_user=15, images_per_user=3, reactions_per_user=95)
+        return LegacySpec(users=users or 2_000)
+    return LegacySpec(users=users or 100_000, follows_per_user=15, images_per_user=3, reactions_per_user=95)
+
+
+@dataclass
+class LegacyDataset:
+    """A seeded legacy database: its engine, rows per table, and the seeding rate (None when reused)."""
+
+    engine: Engine
+    url: str
+    counts: dict[str, int]
+    seed_rows_per_s: float | None
+
+
+def legacy_dataset(settings: Settings, database_url: str | None, spec: LegacySpec, reuse: bool) -> LegacyDataset:
+    """Seed ``spec`` into ``database_url`` (default a SQLite file under ``DATA_DIR/bench``; its legacy tables are
+    dropped and created again), or with ``reuse`` keep a dataset already seeded there for as many users."""
     bench_dir = settings.data_path / "bench"
     bench_dir.mkdir(parents=True, exist_ok=True)
     url = database_url or f"sqlite:///{bench_dir / 'legacy.sqlite3'}"
@@ -136,24 +149,34 @@ def run(
     # for short queries): the baseline is the old design at its best, not a badly tuned database.
     connect_args = {"options": "-c random_page_cost=1.1 -c jit=off"} if url.startswith("postgresql") else {}
     eng = create_engine(url, connect_args=connect_args)
+    counts = _existing(eng, spec) if reuse else None
+    if counts is not None:
+        return LegacyDataset(eng, url, counts, None)
+    db.drop_schema(eng)
+    db.create_schema(eng)
+    started = time.perf_counter()
+    counts = seed(eng, spec)
+    return LegacyDataset(eng, url, counts, sum(counts.values()) / (time.perf_counter() - started))
+
+
+def run(
+    quick: bool, settings: Settings, database_url: str | None, users: int | None = None, reuse: bool = False
+) -> LegacyResult:
+    spec = legacy_spec(quick, users)
+    legacy = legacy_dataset(settings, database_url, spec, reuse)
     result = LegacyResult()
     f = result.figures
     f["users"] = spec.users
-    counts = _existing(eng, spec) if reuse else None
-    if counts is None:
-        db.drop_schema(eng)
-        db.create_schema(eng)
-        started = time.perf_counter()
-        counts = seed(eng, spec)
-        f["seed_rows_per_s"] = sum(counts.values()) / (time.perf_counter() - started)
-    f["legacy_rows"] = sum(counts.values())
-    ch_path = bench_dir / "legacy-clickhouse"
+    if legacy.seed_rows_per_s is not None:
+        f["seed_rows_per_s"] = legacy.seed_rows_per_s
+    f["legacy_rows"] = sum(legacy.counts.values())
+    ch_path = settings.data_path / "bench" / "legacy-clickhouse"
     shutil.rmtree(ch_path, ignore_errors=True)
-    s = settings.model_copy(update={"clickhouse_url": f"chdb://{ch_path}", "database_url": url})
+    s = settings.model_copy(update={"clickhouse_url": f"chdb://{ch_path}", "database_url": legacy.url})
     ch = clickhouse.connect(s)
     migrations.migrate(ch)
     with private_runtime(s, ch, "legacy") as rt:
-        _measure(rt, eng, spec, f)
+        _measure(rt, legacy.engine, spec, f)
     ch.close()
     return result
 
