@@ -1,4 +1,5 @@
-"""PNG figures for ``bench read``: latency distributions per read path and how a miss grows with the event log.
+"""PNG figures for ``bench read`` and ``bench seeds``: latency distributions per read path, how a miss grows with the
+event log, and the seeds' scorecard.
 
 matplotlib is a development dependency: without it the benchmarks print their tables and say that no figure was
 drawn.
@@ -9,7 +10,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.seeds_card import Line
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +84,38 @@ def growth(rows: Sequence[Mapping[str, float]], path: Path, title: str) -> Path 
     ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def scorecard(cards: Mapping[str, Sequence[Line]], path: Path) -> Path | None:
+    """The scorecard as a table: a row per seed line, a column per shape with the verdict, green when met."""
+    plt = _pyplot()
+    if plt is None or not cards:
+        return None
+    shapes = list(cards)
+    first = cards[shapes[0]]
+    cells = [[line.seed, line.target, *(cards[s][i].verdict for s in shapes)] for i, line in enumerate(first)]
+    colors = [
+        ["white", "white", *("#c8e6c9" if cards[s][i].met else "#ffcdd2" for s in shapes)] for i in range(len(first))
+    ]
+    fig, ax = plt.subplots(figsize=(11, 0.4 * len(first) + 1.2))
+    ax.axis("off")
+    table = ax.table(
+        cellText=cells,
+        cellColours=colors,
+        colLabels=["seed line", "target", *shapes],
+        colWidths=[0.38, 0.38, *([0.24 / len(shapes)] * len(shapes))],
+        loc="center",
+        cellLoc="left",
+    )
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.scale(1, 1.4)
+    ax.set_title("bench seeds: the seeds' success metrics")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
