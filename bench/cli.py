@@ -246,6 +246,48 @@ def bench_legacy(
     _print_bench("legacy" + (" (quick)" if quick else ""), result.rows(), result.figures, as_json)
 
 
+@bench_cli.command("seeds")
+def bench_seeds(
+    database_url: Annotated[
+        str, typer.Option("--database-url", help="A PostgreSQL scratch database (its legacy tables are recreated)")
+    ],
+    quick: Annotated[bool, typer.Option("--quick", help="5,000 users (150,000 legacy rows), a few minutes")] = False,
+    reuse: Annotated[
+        bool, typer.Option("--reuse", help="Keep a legacy dataset already seeded there for as many users")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON")] = False,
+    clickhouse_url: Annotated[str | None, typer.Option(help=_SERVER_URL_HELP)] = None,
+    server: Annotated[bool, typer.Option("--server", help=_SERVER_HELP)] = False,
+    plots: Annotated[
+        Path | None, typer.Option(help="Where to draw the PNG figures (default: $DATA_DIR/bench/plots)")
+    ] = None,
+) -> None:
+    """The seeds' success metrics as one scorecard: each line, its target, the figure measured (reads from a web
+    app's process on a Zipf page mix, the migration's checks, storage, load, freshness), the legacy baseline of the
+    same run, met or not; embedded and, with --server or --clickhouse-url, on a server side by side."""
+    from bench import seeds, seeds_card
+
+    settings = load_settings()
+    legacy, base = seeds.prepare_legacy(quick, settings, database_url, reuse)
+    results = {"embedded": seeds.measure(quick, settings, legacy, base, None)}
+    with _bench_server(clickhouse_url, server) as url:
+        if url is not None:
+            results["server"] = seeds.measure(quick, settings, legacy, base, url)
+    figures = {shape: result.card() for shape, result in results.items()}
+    if as_json:
+        print(to_json(figures))
+    else:
+        headers, rows = seeds_card.table(figures)
+        table = Table(*headers, title="seeds: success metrics" + (" (quick dataset)" if quick else ""))
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    cards = {shape: seeds_card.lines(f) for shape, f in figures.items()}
+    for path in seeds.draw(results, cards, plots or settings.data_path / "bench" / "plots"):
+        if not as_json:
+            console.print(f"figure: {path}")
+
+
 @bench_cli.command("chaos")
 def bench_chaos(
     minutes: Annotated[float, typer.Option(help="How long traffic and faults run")] = 2.0,

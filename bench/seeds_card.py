@@ -18,6 +18,11 @@ def reduction(before: float, after: float) -> float:
     return 1.0 - after / before if before > 0 else math.nan
 
 
+def less(share: float) -> str:
+    """A reduction as words: "85% less", or "62% more" when it grew."""
+    return f"{share:.0%} less" if share >= 0 else f"{-share:.0%} more"
+
+
 def below(value: float, limit: float) -> bool:
     """A "< limit" target: strictly below it; NaN (not measured) never meets it."""
     return not math.isnan(value) and value < limit
@@ -134,7 +139,7 @@ def lines(f: Mapping[str, Any]) -> list[Line]:
         Line(
             "90% reduction in user metric query load",
             ">= 90% fewer PostgreSQL statements",
-            f"{m_after:,.0f} statements ({reduction(m_before, m_after):.0%} fewer)",
+            f"{m_after:,.0f} statements ({less(reduction(m_before, m_after))})",
             f"{m_before:,.0f} statements: the legacy job ({f['legacy_job_s']:.2f} s) and a query per page",
             at_least(reduction(m_before, m_after), 0.9),
         ),
@@ -182,7 +187,7 @@ def lines(f: Mapping[str, Any]) -> list[Line]:
         Line(
             "80% reduction in storage",
             ">= 80% below the legacy table and indexes",
-            f"{store.total / MB:.1f} MB ({store.reduction:.0%} less): ClickHouse {store.clickhouse / MB:.1f} MB "
+            f"{store.total / MB:.1f} MB ({less(store.reduction)}): ClickHouse {store.clickhouse / MB:.1f} MB "
             f"(every table; the log {store.log / MB:.1f} MB), Redis {store.redis / MB:.1f} MB",
             f"{store.legacy_same / MB:.1f} MB: ImageReaction with its indexes ({f['legacy_flagged_rows']:,.0f} rows)",
             at_least(store.reduction, 0.8),
@@ -190,7 +195,7 @@ def lines(f: Mapping[str, Any]) -> list[Line]:
         Line(
             "80% reduction in reaction-related database load",
             ">= 80% fewer database queries",
-            f"{r_after:,.0f} queries ({reduction(r_before, r_after):.0%} fewer): ClickHouse on misses, "
+            f"{r_after:,.0f} queries ({less(reduction(r_before, r_after))}): ClickHouse on misses, "
             f"{f['client_sql_statements']:,.0f} PostgreSQL",
             f"{r_before:,.0f} PostgreSQL queries, one a page",
             at_least(reduction(r_before, r_after), 0.8),
