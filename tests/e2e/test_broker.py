@@ -245,3 +245,32 @@ def test_rabbitmq_redelivers_a_message_taken_by_a_worker_killed_before_its_ack()
         with Connection(AMQP_URL) as conn:
             queue(conn.default_channel).delete()
             queue.exchange(conn.default_channel).delete()
+
+
+def test_the_redis_transport_unprotects_a_redelivered_message_when_its_first_taker_acks(
+    redis_broker: redis.Redis,
+) -> None:
+    """The Redis broker's second window (reliability docs): a message held unacknowledged past the visibility
+    timeout is given to a second consumer under the same delivery tag; when the first one then acknowledges it,
+    the ack deletes the second one's record too, and the message is in neither the queue nor ``unacked`` while
+    the second consumer still works on it: killed then, it is lost. RabbitMQ has no visibility timeout."""
+    events = _queue("events")
+    _publish(BROKER_URL, events, {"n": 1})
+    options = {"visibility_timeout": 1}
+    with (
+        Connection(BROKER_URL, transport_options=options) as first,
+        Connection(BROKER_URL, transport_options=options) as second,
+    ):
+        taken = events(first.default_channel).get(no_ack=False)
+        assert taken is not None and redis_broker.hlen("unacked") == 1
+        time.sleep(1.5)  # past the visibility timeout: any consumer's periodic restore gives it back
+        second.default_channel.qos.restore_visible(num=100)
+        again = events(second.default_channel).get(no_ack=False)
+        assert again is not None and again.delivery_tag == taken.delivery_tag
+        assert redis_broker.hlen("unacked") == 1  # the second taker's record
+
+        taken.ack()
+
+        assert redis_broker.llen("events") == 0
+        assert redis_broker.hlen("unacked") == 0  # the second taker holds it unprotected
+        again.ack()
