@@ -187,24 +187,31 @@ def _rabbitmq_answers() -> bool:
         return False
 
 
-def test_queue_stats_amqp_depth() -> None:
+@pytest.fixture()
+def amqp_queue() -> Iterator[Queue]:
+    """A queue of this test's own on RabbitMQ, deleted with its exchange afterwards."""
     if not _rabbitmq_answers():
         pytest.skip("no RabbitMQ (guest/guest) on 127.0.0.1:5672")
     name = f"usermetrics-test-{uuid.uuid4().hex[:8]}"
     queue = Queue(name, Exchange(name, type="direct"), routing_key=name, durable=False)
     try:
-        for n in range(3):
-            _publish(AMQP_URL, queue, {"n": n}, headers={"sent_at_ms": int(time.time() * 1000)})
-        deadline = time.monotonic() + 10
-        while (stats := broker.queue_stats(AMQP_URL, [name, f"{name}-absent"]))[name].depth < 3:
-            assert time.monotonic() < deadline, stats
-            time.sleep(0.1)
-        assert stats[name] == broker.QueueStats(depth=3, oldest_age_s=None)  # age: not knowable without consuming
-        assert stats[f"{name}-absent"] == broker.QueueStats(depth=0, oldest_age_s=None)
+        yield queue
     finally:
         with Connection(AMQP_URL) as conn:
             queue(conn.default_channel).delete()
             queue.exchange(conn.default_channel).delete()
+
+
+def test_queue_stats_amqp_depth(amqp_queue: Queue) -> None:
+    queue, name = amqp_queue, amqp_queue.name
+    for n in range(3):
+        _publish(AMQP_URL, queue, {"n": n}, headers={"sent_at_ms": int(time.time() * 1000)})
+    deadline = time.monotonic() + 10
+    while (stats := broker.queue_stats(AMQP_URL, [name, f"{name}-absent"]))[name].depth < 3:
+        assert time.monotonic() < deadline, stats
+        time.sleep(0.1)
+    assert stats[name] == broker.QueueStats(depth=3, oldest_age_s=None)  # age: not knowable without consuming
+    assert stats[f"{name}-absent"] == broker.QueueStats(depth=0, oldest_age_s=None)
 
 
 def test_the_redis_transport_loses_a_message_taken_by_a_worker_killed_before_recording_it(
@@ -222,29 +229,21 @@ def test_the_redis_transport_loses_a_message_taken_by_a_worker_killed_before_rec
     assert broker.restore_unacked(BROKER_URL) == 0  # lost: acknowledged by the broker to its producer, never run
 
 
-def test_rabbitmq_redelivers_a_message_taken_by_a_worker_killed_before_its_ack() -> None:
-    if not _rabbitmq_answers():
-        pytest.skip("no RabbitMQ (guest/guest) on 127.0.0.1:5672")
-    name = f"usermetrics-test-{uuid.uuid4().hex[:8]}"
-    queue = Queue(name, Exchange(name, type="direct"), routing_key=name, durable=False)
-    try:
-        _publish(AMQP_URL, queue, {"n": 1})
+def test_rabbitmq_redelivers_a_message_taken_by_a_worker_killed_before_its_ack(amqp_queue: Queue) -> None:
+    queue, name = amqp_queue, amqp_queue.name
+    _publish(AMQP_URL, queue, {"n": 1})
 
-        assert _killed_after_pop(AMQP_URL, name) == -9
+    assert _killed_after_pop(AMQP_URL, name) == -9
 
-        # The broker kept it as delivered to a consumer; the consumer's connection closing gives it back.
-        with Connection(AMQP_URL) as conn:
-            deadline = time.monotonic() + 10
-            while (message := queue(conn.default_channel).get(no_ack=False)) is None:
-                assert time.monotonic() < deadline, "the message did not come back"
-                time.sleep(0.1)
-            assert message.payload == {"n": 1}
-            assert message.delivery_info["redelivered"]
-            message.ack()
-    finally:
-        with Connection(AMQP_URL) as conn:
-            queue(conn.default_channel).delete()
-            queue.exchange(conn.default_channel).delete()
+    # The broker kept it as delivered to a consumer; the consumer's connection closing gives it back.
+    with Connection(AMQP_URL) as conn:
+        deadline = time.monotonic() + 10
+        while (message := queue(conn.default_channel).get(no_ack=False)) is None:
+            assert time.monotonic() < deadline, "the message did not come back"
+            time.sleep(0.1)
+        assert message.payload == {"n": 1}
+        assert message.delivery_info["redelivered"]
+        message.ack()
 
 
 def test_the_redis_transport_unprotects_a_redelivered_message_when_its_first_taker_acks(
