@@ -13,6 +13,7 @@ from app.caches.reactions_cache import flags_key
 from app.core import constants as c
 from app.derived.metrics_from_log import compute_user_metrics
 from app.jobs.registry import run_now
+from app.jobs.run import job_lock_key
 from app.stores.runtime import Runtime
 from app.write import deadletters
 from bench.oracle import Oracle, events_of
@@ -72,7 +73,7 @@ def final_engagement(rt: Runtime) -> None:
     """One engagement run after the last event (the cached scores are the job's), the way beat runs it: under the
     job's lock. Beat and the maintenance worker are stopped by now, so a lock still held is a killed run's and is
     broken first; a run outside the lock beside the stack's own would double the changed keys' deltas."""
-    rt.redis.delete(c.LOCK_KEY.format(name=f"job:{c.RECOMPUTE_ENGAGEMENT}"))
+    rt.redis.delete(job_lock_key(c.RECOMPUTE_ENGAGEMENT))
     report = run_now(rt, c.RECOMPUTE_ENGAGEMENT)
     if "skipped" in report:
         raise RuntimeError(f"the final engagement run did not run: {report}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import clickhouse_connect
 import redis
 
+from app.jobs.run import job_lock_key
 from app.local import clickhouse_server
 from bench.chaos_stack import ChaosStack, children, clickhouse_pid, rabbitmqctl, redis_restart
 
@@ -103,7 +104,7 @@ class Injector:
         running: list[bytes] = []
         while not running and time.monotonic() < deadline:
             try:
-                running = list(cache.scan_iter("lock:job:*", count=100))
+                running = list(cache.scan_iter(job_lock_key("*"), count=100))
             except redis.RedisError:
                 pass
             time.sleep(0.05)
@@ -112,7 +113,7 @@ class Injector:
             pool = children(pid) if pid is not None else []
             for child in pool:
                 _kill(child)
-        jobs = ", ".join(sorted(k.decode().removeprefix("lock:job:") for k in running)) or "no job running"
+        jobs = ", ".join(sorted(k.decode().removeprefix(job_lock_key("")) for k in running)) or "no job running"
         return f"{len(pool)} pool process(es) during {jobs}"
 
     # -- ClickHouse ----------------------------------------------------------------------------------------------

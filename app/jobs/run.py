@@ -27,6 +27,16 @@ from app.stores.runtime import Runtime
 log = logging.getLogger(__name__)
 
 
+def job_lock(name: str) -> str:
+    """The name of the lock that keeps two runs of the job ``name`` apart (``redis_lock``)."""
+    return f"job:{name}"
+
+
+def job_lock_key(name: str) -> str:
+    """The Redis key of that lock (a supervisor that knows the holder is dead may delete it)."""
+    return c.LOCK_KEY.format(name=job_lock(name))
+
+
 def run_job(
     rt: Runtime, name: str, interval_s: float, job: Callable[[Runtime], JobReport], slot: bool = True
 ) -> dict[str, Any]:
@@ -38,7 +48,7 @@ def run_job(
             log.info("%s: this interval's run already happened or is happening; skipped", name)
             count_skipped(r, name)
             return {"skipped": "slot"}
-    with redis_lock(r, f"job:{name}", timeout_s=rt.settings.job_time_limit_s, wait_s=0) as held:
+    with redis_lock(r, job_lock(name), timeout_s=rt.settings.job_time_limit_s, wait_s=0) as held:
         if not held:
             log.info("%s already running elsewhere; skipped", name)
             count_skipped(r, name)

@@ -271,6 +271,7 @@ def test_an_engagement_run_that_lost_its_lock_writes_nothing(clean: Runtime) -> 
     (``LockLost``, a transient failure: the next tick runs again); the next run counts every event once."""
     from app.core import constants as c
     from app.jobs.registry import run_now
+    from app.jobs.run import job_lock_key
     from app.stores.clickhouse import insert_events
     from app.stores.locks import LockLost
     from bench.oracle import E, Oracle
@@ -286,7 +287,7 @@ def test_an_engagement_run_that_lost_its_lock_writes_nothing(clean: Runtime) -> 
     insert_events(rt.clickhouse, [to_event(e) for e in later])
 
     def lock_lost() -> None:
-        rt.redis.delete(c.LOCK_KEY.format(name=f"job:{c.RECOMPUTE_ENGAGEMENT}"))
+        rt.redis.delete(job_lock_key(c.RECOMPUTE_ENGAGEMENT))
 
     with failpoints.armed(failpoints.ENGAGEMENT_MID_RUN, lock_lost), pytest.raises(LockLost):
         run_now(rt, c.RECOMPUTE_ENGAGEMENT)
