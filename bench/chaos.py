@@ -34,7 +34,7 @@ import redis
 from app.client import EventProducer
 from app.core import constants as c
 from app.ops.simulate import TrafficGenerator
-from app.read.clickhouse_sources import clickhouse_reaction_source
+from app.read.clickhouse_sources import clickhouse_complete_source, clickhouse_reaction_source
 from app.read.metrics_service import UserMetricsQueryService
 from app.read.reactions_service import UserReactionQueryService
 from app.stores import broker
@@ -164,7 +164,9 @@ def _readers(stack: ChaosStack, cfg: Config, run: Run) -> None:
     rt = stack.runtime()
     rng = random.Random(cfg.seed + 1)  # noqa: S311 - simulation
     metrics = UserMetricsQueryService(rt)
-    reactions = UserReactionQueryService(rt.redis, clickhouse_reaction_source(rt), fills=None)
+    reactions = UserReactionQueryService(
+        rt.redis, clickhouse_reaction_source(rt), fills=None, complete=clickhouse_complete_source(rt)
+    )
     while not run.stop.wait(0.1):
         user = rng.randint(1, cfg.users)
         try:

@@ -36,7 +36,7 @@ from app.legacy.baseline import legacy_reactions, legacy_user_metrics, run_legac
 from app.legacy.models import Collection, Image, ImageReaction, Model, Post, User, UserEngagement
 from app.migration.backfill import backfill
 from app.migration.seed import LegacySpec, seed
-from app.read.clickhouse_sources import clickhouse_reaction_source
+from app.read.clickhouse_sources import clickhouse_complete_source, clickhouse_reaction_source
 from app.read.metrics_service import UserMetricsQueryService
 from app.read.reactions_service import UserReactionQueryService
 from app.stores import clickhouse, migrations
@@ -242,7 +242,9 @@ def _measure(rt: Runtime, eng: Engine, spec: LegacySpec, f: dict[str, float]) ->
         reactors = [int(u) for (u,) in conn.execute(select(ImageReaction.userId).distinct().limit(30))]
     pages = [(u, [rnd.randint(1, spec.users * 3) for _ in range(100)]) for u in reactors]
     f["pg_reactions_p50_ms"] = percentile([_ms(legacy_reactions, eng, u, p) for u, p in pages], 50)
-    reactions = UserReactionQueryService(rt.redis, clickhouse_reaction_source(rt), fills=None)
+    reactions = UserReactionQueryService(
+        rt.redis, clickhouse_reaction_source(rt), fills=None, complete=clickhouse_complete_source(rt)
+    )
     for u, p in pages:
         reactions.get_user_reactions(u, p)  # fill
     counter = StatementCounter(eng)

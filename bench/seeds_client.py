@@ -27,7 +27,7 @@ from app.core.metrics import UserMetrics
 from app.core.settings import Settings
 from app.read.metrics_service import UserMetricsQueryService
 from app.read.reactions_service import FILLS, UserReactionQueryService
-from app.read.sources import metrics_source, reaction_source
+from app.read.sources import complete_reaction_source, metrics_source, reaction_source
 from app.stores.runtime import Runtime
 from bench.page_mix import MixSpec, Page, measured, page_mix
 
@@ -36,6 +36,7 @@ class Counts:
     def __init__(self) -> None:
         self.source_calls = 0
         self.missed_ids = 0
+        self.complete_calls = 0  # misses that read a user's complete set
         self.sql_statements = 0
 
     def on_statement(self, *_: Any) -> None:
@@ -44,7 +45,7 @@ class Counts:
 
 def readers(rt: Runtime, counts: Counts) -> tuple[UserMetricsQueryService, UserReactionQueryService]:
     """The read services on the configured sources, each call of a source counted as a miss."""
-    metrics, reactions = metrics_source(rt), reaction_source(rt)
+    metrics, reactions, every = metrics_source(rt), reaction_source(rt), complete_reaction_source(rt)
 
     def metrics_miss(user_ids: Sequence[int], as_of: datetime | None = None) -> dict[int, UserMetrics]:
         counts.source_calls += 1
@@ -52,11 +53,18 @@ def readers(rt: Runtime, counts: Counts) -> tuple[UserMetricsQueryService, UserR
         return metrics(user_ids, as_of)
 
     def reactions_miss(user_id: int, image_ids: Sequence[int]) -> dict[int, list[BitUpdate]]:
-        counts.source_calls += 1
-        counts.missed_ids += len(image_ids)
+        counts.source_calls += 1  # the page's missed images are counted from its answer
         return reactions(user_id, image_ids)
 
-    return UserMetricsQueryService(rt, source=metrics_miss), UserReactionQueryService(rt.redis, reactions_miss)
+    def complete_miss(user_id: int) -> dict[int, list[BitUpdate]] | None:
+        counts.source_calls += 1
+        counts.complete_calls += 1
+        assert every is not None
+        return every(user_id)
+
+    return UserMetricsQueryService(rt, source=metrics_miss), UserReactionQueryService(
+        rt.redis, reactions_miss, complete=complete_miss if every is not None else None
+    )
 
 
 def read_pages(payload: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +78,7 @@ def read_pages(payload: dict[str, Any]) -> dict[str, Any]:
         if page.kind == "metrics":
             metrics.get_user_metrics(page.ids)
         else:
-            reactions.get_user_reactions(page.user, page.ids)
+            counts.missed_ids += reactions.get_user_reactions(page.user, page.ids).missed
 
     pages = page_mix(spec)
     for page in pages[: spec.warmup]:
@@ -89,7 +97,7 @@ def read_pages(payload: dict[str, Any]) -> dict[str, Any]:
         out["lookups"].append(len(page.ids))
         out["missed_ids"].append(counts.missed_ids - ids)
     FILLS.drain()
-    return {**out, "sql_statements": counts.sql_statements}
+    return {**out, "sql_statements": counts.sql_statements, "complete_reads": counts.complete_calls}
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from app.legacy.models import REACTION_METRIC, ImageReaction
 from app.migration import archive
 from app.migration.backfill import backfill
 from app.migration.compare import compare
-from app.read.clickhouse_sources import clickhouse_reaction_source
+from app.read.clickhouse_sources import clickhouse_complete_source, clickhouse_reaction_source
 from app.read.reactions_service import MAX_IMAGES_PER_READ, UserReactionQueryService
 from app.stores import clickhouse, migrations
 from app.stores.runtime import Runtime
@@ -123,7 +123,9 @@ def _redis_bytes(rt: Runtime, eng: Engine, sample: int) -> dict[str, float]:
         pairs = select(ImageReaction.userId, ImageReaction.imageId).where(_FLAGGED).distinct().subquery()
         total_pairs = int(conn.execute(select(func.count()).select_from(pairs)).scalar_one())
     chosen = sorted(random.Random(9).sample(users, min(sample, len(users))))  # noqa: S311 - sampling
-    service = UserReactionQueryService(rt.redis, clickhouse_reaction_source(rt), fills=None)
+    service = UserReactionQueryService(
+        rt.redis, clickhouse_reaction_source(rt), fills=None, complete=clickhouse_complete_source(rt)
+    )
     cached = used = 0
     for i in range(0, len(chosen), 500):
         group = chosen[i : i + 500]

@@ -13,6 +13,7 @@ from app.insights.service import compute_insight
 from app.read.history import metric_history
 from app.read.metrics_miss import user_metrics
 from app.read.reactions_miss import current_reactions
+from app.read.reactions_service import all_reactions
 from app.stores import migrations, runtime
 from app.stores.locks import redis_lock
 from app.write.excluded import list_excluded, set_excluded
@@ -35,6 +36,23 @@ def query_reactions(self: Any, user_id: int, image_ids: list[int]) -> dict[str, 
     ``{imageId: [[bit, on, version], ...]}``."""
     user, images = check_id(user_id, "user id"), check_ids(image_ids, "image id")
     states = current_reactions(runtime.get(), user, images)
+    return {str(image): [[u.bit, u.on, u.version] for u in bits] for image, bits in states.items()}
+
+
+@project_task(c.QUERY_ALL_REACTIONS, ignore_result=False, max_retries=0, time_limit_s=30)
+def query_all_reactions(self: Any, user_id: int, max_images: int) -> dict[str, list[list[Any]]] | None:
+    """Every image a user has a reaction event on, as ``query_reactions`` answers; None for more than
+    ``max_images``."""
+    user = check_id(user_id, "user id")
+    if (
+        not isinstance(max_images, int)
+        or isinstance(max_images, bool)
+        or not 0 < max_images <= c.REACTIONS_COMPLETE_LIMIT
+    ):
+        raise ValidationError(f"max_images must be an integer in 1..{c.REACTIONS_COMPLETE_LIMIT}, got {max_images!r}")
+    states = all_reactions(runtime.get().clickhouse, user, max_images)
+    if states is None:
+        return None
     return {str(image): [[u.bit, u.on, u.version] for u in bits] for image, bits in states.items()}
 
 

@@ -13,8 +13,7 @@ from app.core.events import ReactionFlag
 from app.core.metrics import UserMetrics
 from app.read.history import METRICS as HISTORY_METRICS
 from app.read.metrics_service import UserMetricsQueryService
-from app.read.reactions_service import UserReactionQueryService
-from app.read.sources import reaction_source
+from app.read.sources import reactions_reader
 from app.write import excluded
 
 
@@ -54,7 +53,7 @@ def reactions(
     user_id, image_ids = ids([user_id], "user id")[0], ids(image_ids, "image id")
     with refusing_bad_input(), command_runtime() as rt:
         # One read and out: fill the cache before the connections close.
-        reader = UserReactionQueryService(rt.redis, reaction_source(rt), fills=None)
+        reader = reactions_reader(rt, fills=None)
         found = reader.get_user_reactions(user_id, image_ids)
     if found.unavailable:
         err.print(f"[yellow]ClickHouse unreachable: images {sorted(found.unavailable)} unknown[/yellow]")

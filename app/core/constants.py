@@ -16,8 +16,11 @@ USER_METRICS_STALE_KEY = "user:metrics:last:{user_id}"
 USER_METRICS_FILL_LOCK_KEY = "lock:fill:metrics:{user_id}"
 REACTIONS_KEY = "reactions:{user_id}"
 REACTIONS_TTL_S = 604_800
-# Companion of a reactions hash: per ``{imageId}:{bit}``, the version of the event that set it. Same TTL.
+# Companion of a reactions hash: per ``{imageId}:{bit}``, the version of the event that set it; fields ``all`` (the
+# set is complete) and ``drops`` (events it could not apply). Same TTL.
 REACTIONS_VERSION_KEY = "reactions:v:{user_id}"
+# The most images ``REACTIONS_COMPLETE_MAX_IMAGES`` may allow in a user's complete set of cached reactions.
+REACTIONS_COMPLETE_LIMIT = 10_000
 LEADERBOARD_KEY = "leaderboard:engagement"
 # userId -> rank on the board, replaced together with it (a fill reads its users' ranks in one HMGET).
 LEADERBOARD_RANKS_KEY = "leaderboard:engagement:ranks"
@@ -87,6 +90,7 @@ EVENT_TASKS = (RECORD_FOLLOW, RECORD_UPLOAD, SET_REACTION, RECORD_ENTITY_METRIC,
 # Read and maintenance task names.
 QUERY_USER_METRICS = "query_user_metrics"
 QUERY_REACTIONS = "query_reactions"
+QUERY_ALL_REACTIONS = "query_all_reactions"
 QUERY_HISTORY = "query_metric_history"
 QUERY_INSIGHT = "query_insight"
 RUN_JOB_NOW = "run_job_now"
@@ -96,6 +100,7 @@ APPLY_MIGRATIONS = "apply_migrations"
 READ_TASKS = (
     QUERY_USER_METRICS,
     QUERY_REACTIONS,
+    QUERY_ALL_REACTIONS,
     QUERY_HISTORY,
     QUERY_INSIGHT,
     MANAGE_EXCLUDED_USERS,

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.core import constants as c
+
 DEFAULT_DATA_DIR = Path(".data")
 ReadSource = Literal["clickhouse", "postgres", "dual"]
 
@@ -72,6 +74,11 @@ class Settings(BaseSettings):
     # legacy PostgreSQL, or both (serve PostgreSQL, compare with ClickHouse in the background).
     user_metrics_read_source: ReadSource = Field(default="clickhouse", alias="USER_METRICS_READ_SOURCE")
     reactions_read_source: ReadSource = Field(default="clickhouse", alias="REACTIONS_READ_SOURCE")
+    # A user's first reactions miss caches every image the user reacted to (a complete set: then every page is a
+    # hit), for users with at most this many; 0 turns complete sets off (pages are filled image by image).
+    reactions_complete_max_images: int = Field(
+        default=1000, ge=0, le=c.REACTIONS_COMPLETE_LIMIT, alias="REACTIONS_COMPLETE_MAX_IMAGES"
+    )
     # A reader that finds another one already filling a user's cache waits this long for it before querying.
     cache_fill_wait_s: float = Field(default=2.0, ge=0, alias="CACHE_FILL_WAIT_S")
     # How long the last known metrics of a user are kept to be served (marked stale) while ClickHouse is down.

@@ -13,7 +13,7 @@ from app.core.metrics import UserMetrics
 from app.read.history import HistoryPoint, metric_history
 from app.read.metrics_miss import user_metrics
 from app.read.reactions_miss import current_reactions
-from app.read.reactions_service import ReactionSource
+from app.read.reactions_service import CompleteReactionSource, ReactionSource, all_reactions
 from app.stores import clickhouse
 from app.stores.broker import through_worker
 from app.stores.runtime import Runtime
@@ -57,6 +57,26 @@ def clickhouse_reaction_source(rt: Runtime) -> ReactionSource:
 
         return via_worker
     return lambda user_id, image_ids: current_reactions(rt, user_id, image_ids)
+
+
+def clickhouse_complete_source(rt: Runtime) -> CompleteReactionSource | None:
+    """Every image a user has a reaction event on, up to ``REACTIONS_COMPLETE_MAX_IMAGES`` (None: complete sets
+    off)."""
+    cap = rt.settings.reactions_complete_max_images
+    if cap <= 0:
+        return None
+    if clickhouse.owner_is_elsewhere(rt.settings):
+
+        def via_worker(user_id: int) -> dict[int, list[BitUpdate]] | None:
+            data = through_worker(rt, c.QUERY_ALL_REACTIONS, user_id=user_id, max_images=cap)
+            if data is None:
+                return None
+            return {
+                int(i): [BitUpdate(int(i), int(b), bool(on), str(v)) for b, on, v in bits] for i, bits in data.items()
+            }
+
+        return via_worker
+    return lambda user_id: all_reactions(rt.clickhouse, user_id, cap)
 
 
 def history_source(rt: Runtime) -> HistorySource:

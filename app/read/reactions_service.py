@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from app.caches import reactions_cache
-from app.caches.reactions_cache import ALL_BITS, BIT_OF, NO_VERSION, BitUpdate
+from app.caches.reactions_cache import ALL_BITS, BIT_OF, COMPLETE, NO_VERSION, PAGE, TOO_MANY, BitUpdate, Lookup
 from app.core.errors import ValidationError
 from app.core.events import epoch_ms
 from app.core.ids import check_id, check_ids
@@ -49,8 +49,46 @@ def latest_reactions(ch: ClickHouse, user_id: int, image_ids: Sequence[int]) -> 
     }
 
 
+# Every image the user has a reaction event on, as ``_REACTIONS_SQL`` reads a page; at most ``{rows}`` rows (four
+# per image at most), so that a heavy reactor's set is recognised as too big without reading all of it.
+_ALL_REACTIONS_SQL = """
+SELECT entityId, metricType, isOn,
+       concat(leftPad(toString(toUnixTimestamp64Milli(at)), 15, '0'), ':', toString(eventId))
+FROM stateByActor FINAL
+WHERE userId = {user:Int64} AND metricType IN {reactions:Array(String)} AND entityType = 'Image'
+LIMIT {rows:UInt64}
+"""
+
+
+def all_reactions(ch: ClickHouse, user_id: int, max_images: int) -> dict[int, list[BitUpdate]] | None:
+    """The latest state of every image ``user_id`` has a reaction event on (``latest_reactions``' shape), or None
+    when there are more than ``max_images`` of them. An image absent from the answer has no reaction."""
+    if max_images <= 0:
+        return None
+    limit = 4 * max_images + 1
+    params = {"user": user_id, "rows": limit, "reactions": sorted(m.value for m in BIT_OF)}
+    rows = ch.rows(_ALL_REACTIONS_SQL, params)
+    found: dict[int, dict[int, BitUpdate]] = {}
+    for image, metric, value, version in rows:
+        found.setdefault(int(image), {})[BIT_OF[metric]] = BitUpdate(
+            int(image), BIT_OF[metric], int(value) > 0, str(version)
+        )
+    if len(rows) >= limit or len(found) > max_images:
+        return None
+    return {
+        image: [bits.get(b) or BitUpdate(image, b, False, NO_VERSION) for b in ALL_BITS]
+        for image, bits in found.items()
+    }
+
+
 class ReactionSource(Protocol):
     def __call__(self, user_id: int, image_ids: Sequence[int]) -> dict[int, list[BitUpdate]]: ...
+
+
+class CompleteReactionSource(Protocol):
+    """Every image a user has a reaction event on (``all_reactions``), or None for a user with too many."""
+
+    def __call__(self, user_id: int) -> dict[int, list[BitUpdate]] | None: ...
 
 
 def flags_of(bits: Sequence[BitUpdate]) -> int:
@@ -65,8 +103,14 @@ class UserReactionCacheService:
 
     def get_user_reactions(self, user_id: int, image_ids: Sequence[int]) -> dict[int, int | None]:
         """Cached flags per image; None where the cache does not know. Renews the TTL."""
+        found = self.lookup(user_id, image_ids)
+        known = found.known()
+        return {image: known.get(image) for image in found.flags}
+
+    def lookup(self, user_id: int, image_ids: Sequence[int]) -> reactions_cache.Lookup:
+        """The cache's answer with what it knows about the set (complete, too big) and the drops a fill must find."""
         user_id = check_id(user_id, "user id")
-        return reactions_cache.read(self.redis, user_id, check_ids(image_ids, "image id"))
+        return reactions_cache.lookup(self.redis, user_id, check_ids(image_ids, "image id"))
 
     def set_reaction(
         self, user_id: int, image_id: int, reactions: int, *, at: datetime | None = None, event_id: str | None = None
@@ -86,8 +130,9 @@ class UserReactionCacheService:
 
     def populate_from_clickhouse(self, user_id: int, image_ids: Sequence[int], source: ReactionSource) -> None:
         user_id = check_id(user_id, "user id")
+        noted = self.lookup(user_id, []).drops
         states = source(user_id, check_ids(image_ids, "image id"))
-        reactions_cache.merge(self.redis, {user_id: [u for bits in states.values() for u in bits]})
+        reactions_cache.fill(self.redis, user_id, [u for bits in states.values() for u in bits], PAGE, noted)
 
 
 class CacheFills:
@@ -137,15 +182,21 @@ FILLS = CacheFills()  # the process's fill thread, shared by every query service
 
 class ReactionsResult(dict[int, int]):
     """``{imageId: flags}``; ``unavailable`` images were not cached and ClickHouse could not be reached (their 0 is
-    not real)."""
+    not real); ``missed``: how many of the images the cache did not answer (a hit rate's misses)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.unavailable: set[int] = set()
+        self.missed = 0
 
 
 class UserReactionQueryService:
-    """Cache first; misses resolved from ClickHouse (latest event wins), cached (absences as 0), returned.
+    """Cache first; misses resolved from ClickHouse (latest event wins), cached, returned.
+
+    With ``complete`` (``CompleteReactionSource``), the first miss of a user reads every image the user has a reaction
+    event on and caches them as a complete set: from then on every image of every page is a hit (an absent image has
+    no reaction) until the set expires. A user with too many reaction images, or without ``complete``, is filled page
+    by page (absences cached as 0).
 
     Redis unreachable: everything is read from ClickHouse. ClickHouse unreachable: cached images are served, the
     others are reported in ``unavailable``. Neither raises.
@@ -154,10 +205,17 @@ class UserReactionQueryService:
     ``fills=None`` before it.
     """
 
-    def __init__(self, redis: RedisClient, source: ReactionSource, fills: CacheFills | None = FILLS) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        source: ReactionSource,
+        fills: CacheFills | None = FILLS,
+        complete: CompleteReactionSource | None = None,
+    ) -> None:
         self.cache = UserReactionCacheService(redis)
         self.source = source
         self.fills = fills
+        self.complete = complete
 
     def get_user_reactions(self, user_id: int, image_ids: Sequence[int]) -> ReactionsResult:
         ids = list(dict.fromkeys(image_ids))
@@ -166,30 +224,42 @@ class UserReactionQueryService:
         user_id, ids = check_id(user_id, "user id"), check_ids(ids, "image id")
         out = ReactionsResult()
         try:
-            cached: dict[int, int | None] = self.cache.get_user_reactions(user_id, ids)
+            seen = self.cache.lookup(user_id, ids)
             redis_up = True
         except REDIS_DOWN as exc:
             log.warning("Redis unreachable (%s): reading reactions of user %s from ClickHouse", exc, user_id)
-            cached, redis_up = dict.fromkeys(ids), False
-        misses = [i for i, flags in cached.items() if flags is None]
-        found = {i: flags for i, flags in cached.items() if flags is not None}
+            seen, redis_up = Lookup(dict.fromkeys(ids)), False
+        found = seen.known()
+        misses = seen.misses()
+        out.missed = len(misses)
         if misses:
             try:
-                states = self.source(user_id, misses)
+                found.update(self._resolve(user_id, misses, seen, redis_up))
             except TRANSIENT_EXCEPTIONS as exc:
                 log.warning("ClickHouse unreachable (%s): %d images of user %s unknown", exc, len(misses), user_id)
                 out.unavailable.update(misses)
-                states = {}
-            if states and redis_up:
-                self._fill(user_id, [u for bits in states.values() for u in bits])
-            found.update({image: flags_of(bits) for image, bits in states.items()})
         for i in ids:
             out[i] = found.get(i, 0)
         return out
 
-    def _fill(self, user_id: int, updates: list[BitUpdate]) -> None:
+    def _resolve(self, user_id: int, misses: list[int], seen: Lookup, redis_up: bool) -> dict[int, int]:
+        """The missed images' flags from ClickHouse, and their fill queued: the user's complete set where it may be
+        one, else the page's images."""
+        kind = PAGE
+        if self.complete is not None and redis_up and not seen.too_many:
+            every = self.complete(user_id)
+            if every is not None:
+                self._fill(user_id, [u for bits in every.values() for u in bits], COMPLETE, seen.drops)
+                return {image: flags_of(every[image]) if image in every else 0 for image in misses}
+            kind = TOO_MANY
+        states = self.source(user_id, misses)
+        if states and redis_up:
+            self._fill(user_id, [u for bits in states.values() for u in bits], kind, seen.drops)
+        return {image: flags_of(bits) for image, bits in states.items()}
+
+    def _fill(self, user_id: int, updates: list[BitUpdate], kind: str, noted: str) -> None:
         def fill() -> None:
-            reactions_cache.merge(self.cache.redis, {user_id: updates})
+            reactions_cache.fill(self.cache.redis, user_id, updates, kind, noted)
 
         if self.fills is None:
             with contextlib.suppress(*REDIS_DOWN):

@@ -11,14 +11,29 @@ from app.read import dual
 from app.read.clickhouse_sources import (
     HistorySource,
     MetricsSource,
+    clickhouse_complete_source,
     clickhouse_metrics_source,
     clickhouse_reaction_source,
     history_source,
 )
-from app.read.reactions_service import ReactionSource
+from app.read.reactions_service import (
+    FILLS,
+    CacheFills,
+    CompleteReactionSource,
+    ReactionSource,
+    UserReactionQueryService,
+)
 from app.stores.runtime import Runtime
 
-__all__ = ["HistorySource", "MetricsSource", "history_source", "metrics_source", "reaction_source"]
+__all__ = [
+    "HistorySource",
+    "MetricsSource",
+    "complete_reaction_source",
+    "history_source",
+    "metrics_source",
+    "reaction_source",
+    "reactions_reader",
+]
 
 
 def metrics_source(rt: Runtime) -> MetricsSource:
@@ -35,3 +50,14 @@ def reaction_source(rt: Runtime) -> ReactionSource:
     if name == "clickhouse":
         return clickhouse_reaction_source(rt)
     return dual.postgres_reaction_source(rt) if name == "postgres" else dual.dual_reaction_source(rt)
+
+
+def complete_reaction_source(rt: Runtime) -> CompleteReactionSource | None:
+    """A user's complete set of reactions, where reactions are read from ClickHouse and complete sets are on
+    (``REACTIONS_COMPLETE_MAX_IMAGES`` > 0); None otherwise (the legacy sources fill page by page)."""
+    return clickhouse_complete_source(rt) if rt.settings.reactions_read_source == "clickhouse" else None
+
+
+def reactions_reader(rt: Runtime, fills: CacheFills | None = FILLS) -> UserReactionQueryService:
+    """The reactions query service on the configured sources, complete sets included where they are on."""
+    return UserReactionQueryService(rt.redis, reaction_source(rt), fills, complete_reaction_source(rt))

@@ -42,7 +42,7 @@ from app.legacy.models import (
 )
 from app.read.metrics_service import MetricsResult, UserMetricsQueryService
 from app.read.reactions_service import ReactionsResult, UserReactionQueryService
-from app.read.sources import reaction_source
+from app.read.sources import reactions_reader
 from app.stores.runtime import Runtime
 
 IMAGES_PER_PAGE = 12
@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         db=db,
         producer=EventProducer(sending_app(settings=settings)),
         metrics=UserMetricsQueryService(rt),
-        reactions=UserReactionQueryService(rt.redis, reaction_source(rt)),
+        reactions=reactions_reader(rt),
         flower_url=os.environ.get("FLOWER_URL") or f"http://127.0.0.1:{settings.flower_port}/",
     )
     app.add_url_rule("/", view_func=index)
