@@ -294,11 +294,14 @@ def test_hot_keys_written_by_two_worker_processes_stay_exact(shape: Shape) -> No
     import random
 
     from app.jobs.reconcile import reconcile_caches
-    from app.read.reactions_service import UserReactionQueryService, latest_reactions
+    from app.read.reactions_service import UserReactionQueryService, all_reactions, latest_reactions
 
     reset(shape)
     reactions = UserReactionQueryService(
-        shape.rt.redis, lambda u, imgs: latest_reactions(shape.rt.clickhouse, u, imgs), fills=None
+        shape.rt.redis,
+        lambda u, imgs: latest_reactions(shape.rt.clickhouse, u, imgs),
+        fills=None,
+        complete=lambda u: all_reactions(shape.rt.clickhouse, u, 1000),  # the reactor's set, complete and cached
     )
     rnd = random.Random(14)
     reactor, (image, late_image) = 3, IMAGES  # owned by users 1 and 2

@@ -21,6 +21,7 @@ import pytest
 import redis
 import requests
 
+from app.caches import reactions_cache
 from app.core.paths import REPO
 from tests.stack import ROOT, process_env
 
@@ -150,6 +151,9 @@ def test_run_command_end_to_end(stack_env: dict[str, str]) -> None:
             "excluded follower no longer counted",
         )
         assert json.loads(cli(stack_env, "reactions", "1", "100", "101", "--json").stdout) == {"100": 0, "101": 0}
+        # the miss read user 1's complete set through the worker (empty) and cached it as such
+        marks = redis.Redis.from_url(url, decode_responses=True)
+        assert marks.hget(reactions_cache.versions_key(1), "all") == "e"
 
         tasks = _wait(
             lambda: (

@@ -194,6 +194,7 @@ READ_TASKS_BAD_IDS = [
     (c.QUERY_USER_METRICS, {"user_ids": [2, 2**64 + 2]}, str(2**64 + 2)),
     (c.QUERY_REACTIONS, {"user_id": WRAPS_TO_913, "image_ids": [1]}, str(WRAPS_TO_913)),
     (c.QUERY_REACTIONS, {"user_id": 913, "image_ids": [1, 0]}, "0"),
+    (c.QUERY_ALL_REACTIONS, {"user_id": WRAPS_TO_913, "max_images": 10}, str(WRAPS_TO_913)),
     (
         c.QUERY_HISTORY,
         {"user_id": -913, "metric": "followerCount", "start": "2026-01-01T00:00:00+00:00", "end": NOW.isoformat()},
