@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,6 +47,7 @@ from app.stores.clickhouse import ClickHouse
 from app.stores.runtime import Runtime
 from app.write import buffer, flusher, ingest
 from app.write.flusher import Flusher
+from bench.cost import command_delta, commandstats
 from tests.stack import CLUSTER_MODE, SERVER_MODE, wait_drained, wipe_clickhouse
 
 pytestmark = pytest.mark.skipif(CLUSTER_MODE, reason="the budgets are for one ClickHouse server or the engine")
@@ -178,16 +179,6 @@ def counting_connection(counter: RoundTrips) -> type[redis.Connection]:
             super().send_packed_command(command, check_health)
 
     return Counting
-
-
-def commandstats(r: redis.Redis) -> dict[str, int]:
-    """Calls per command so far, from the server (``INFO commandstats``), less this module's own INFO calls."""
-    stats: Any = r.info("commandstats")
-    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items() if name != "cmdstat_info"}
-
-
-def command_delta(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
-    return {k: n - before.get(k, 0) for k, n in sorted(after.items()) if n - before.get(k, 0)}
 
 
 def rows_by_table(ch: ClickHouse) -> dict[str, int]:
