@@ -62,6 +62,7 @@ def sender_config(broker_url: str) -> dict[str, Any]:
             **{name: {"queue": c.READS_QUEUE} for name in c.READ_TASKS},
             **{name: {"queue": c.MAINTENANCE_QUEUE} for name in c.JOBS},
             c.BENCH_NOOP: {"queue": c.EVENTS_QUEUE},
+            c.BENCH_ENGINE_COUNTERS: {"queue": c.READS_QUEUE},
             # Celery's own periodic cleanup (beat adds it only for result backends without expiry).
             "celery.backend_cleanup": {"queue": c.MAINTENANCE_QUEUE},
         },

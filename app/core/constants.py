@@ -129,6 +129,8 @@ JOBS = (
     AWARD_ACHIEVEMENTS,
 )
 BENCH_NOOP = "bench_noop"
+# The embedded engine's insert counters, read by the ingest benchmark through the worker that owns the engine.
+BENCH_ENGINE_COUNTERS = "bench_engine_counters"
 
 # The ClickHouse releases the code is tested with, as major.minor (docs/deployment.md, "Supported ClickHouse
 # versions"). Servers: the local server of the server-mode and cluster test passes (``app.local.clickhouse_server``)
