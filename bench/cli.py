@@ -71,13 +71,17 @@ def bench_ingest(
     server: Annotated[bool, typer.Option("--server", help=_SERVER_HELP)] = False,
     workers: Annotated[int, typer.Option(help="server shape: measure 1..N worker processes")] = 2,
     concurrency: Annotated[int, typer.Option(help="server shape: pool processes per worker")] = 4,
+    jobs: Annotated[
+        bool, typer.Option("--jobs/--no-jobs", help="(b) again in a window with and without beat (the jobs' share)")
+    ] = True,
 ) -> None:
-    """Write path: plain-Celery ceiling, per-message mix, 500-event batches, latency, worker memory; embedded and,
-    with --server or --clickhouse-url, the server shape side by side."""
+    """Write path: plain-Celery ceiling, per-message mix, 500-event batches, latency, worker memory, and the cost
+    per event of each phase (CPU of every process, ClickHouse rows, Redis commands); embedded and, with --server or
+    --clickhouse-url, the server shape side by side."""
     from bench import ingest
 
     with _bench_server(clickhouse_url, server) as url:
-        result = ingest.run(quick, url, workers, concurrency)
+        result = ingest.run(quick, url, workers, concurrency, jobs)
     _print_bench("ingest" + (" (quick)" if quick else ""), result.rows(), result.figures, as_json)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import gc
 import json
 import os
@@ -13,8 +14,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +138,11 @@ class BenchStack:
     # Server shape: a ClickHouse server URL (with the database) and the extra worker processes.
     clickhouse_url: str | None = None
     others: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    beat: subprocess.Popen[bytes] | None = None
+    # Commands this process sent to the stack's Redis to watch it (polls), by name: a phase's cost leaves them out.
+    polls: Counter[str] = field(default_factory=Counter)
 
-    @property
+    @cached_property
     def cache(self) -> redis.Redis:
         return redis.Redis.from_url(self.cache_url)
 
@@ -144,7 +150,7 @@ class BenchStack:
         """The cache Redis as the project's adapters expect it (decoded responses)."""
         return redis.Redis.from_url(self.cache_url, decode_responses=True)
 
-    @property
+    @cached_property
     def broker(self) -> redis.Redis:
         return redis.Redis.from_url(self.broker_url)
 
@@ -182,7 +188,26 @@ class BenchStack:
             else:
                 self.others.append(proc)
 
+    def start_beat(self) -> None:
+        """Celery beat with the project's schedule (``tasks/schedule.py``), its state under the stack's root."""
+        argv = [sys.executable, "-m", "celery", "-A", "tasks.celery_app:celery_app", "beat", "--loglevel", "WARNING"]
+        self.beat = subprocess.Popen(  # noqa: S603 - fixed argv
+            [*argv, "--schedule", str(self.root / "celerybeat-schedule")],
+            env=self.env(),
+            cwd=CHECKOUT,
+            stdout=TO_STDERR,
+            start_new_session=True,
+        )
+
+    def stop_beat(self) -> None:
+        if self.beat is not None:
+            if self.beat.poll() is None:
+                os.killpg(self.beat.pid, signal.SIGTERM)
+            self.beat.wait(60)
+            self.beat = None
+
     def stop_worker(self) -> None:
+        self.stop_beat()
         for proc in [self.worker, *self.others]:
             if proc is not None and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -218,19 +243,24 @@ class BenchStack:
         pipe.execute()
         return n
 
-    def drained(self) -> bool:
-        b = self.broker
-        return (
-            b.llen(c.EVENTS_QUEUE) == 0
-            and b.hlen("unacked") == 0
-            and self.cache.xlen(c.EVENT_STREAM_KEY) == 0
-            and self.cache.zcard(c.METRICS_DIRTY_KEY) == 0
-        )
+    def drained(self, queues: tuple[str, ...] = (c.EVENTS_QUEUE,)) -> bool:
+        b, r = self.broker, self.cache
+        checks: list[tuple[str, Callable[[], Any]]] = [("llen", functools.partial(b.llen, q)) for q in queues]
+        checks += [
+            ("hlen", functools.partial(b.hlen, "unacked")),
+            ("xlen", functools.partial(r.xlen, c.EVENT_STREAM_KEY)),
+            ("zcard", functools.partial(r.zcard, c.METRICS_DIRTY_KEY)),
+        ]
+        for command, check in checks:
+            self.polls[command] += 1
+            if check() != 0:
+                return False
+        return True
 
-    def wait_drained(self, timeout_s: float = 600.0) -> float:
-        """Seconds until every message ran and every buffered event was flushed."""
+    def wait_drained(self, timeout_s: float = 600.0, queues: tuple[str, ...] = (c.EVENTS_QUEUE,)) -> float:
+        """Seconds until every message of ``queues`` ran and every buffered event was flushed."""
         started = time.perf_counter()
-        while not self.drained():
+        while not self.drained(queues):
             if time.perf_counter() - started > timeout_s:
                 raise TimeoutError("the worker did not drain in time")
             for proc in [self.worker, *self.others]:
@@ -240,6 +270,7 @@ class BenchStack:
         return time.perf_counter() - started
 
     def ingested(self) -> int:
+        self.polls["hget"] += 1
         return int(self.cache.hget(c.COUNTER_KEY, "events_ingested_total") or 0)
 
 

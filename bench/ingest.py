@@ -4,7 +4,9 @@
 tasks, end to end (acknowledged, in ClickHouse and in the caches); (c) ``record_events`` with 500-event
 messages; (d) event-to-visible latency at half of (b)'s rate; (e) the worker's peak memory; (f) the project's
 no-op and (b) with the event tasks' task events sampled at 0, the default share and every message
-(``EVENT_TASK_EVENTS_SAMPLE``).
+(``EVENT_TASK_EVENTS_SAMPLE``). The figure of record of (b), (c) and (d) is their cost per event: CPU seconds of
+every process of the stack per 1,000 events, rows written to ClickHouse per event and Redis commands per message
+(``bench/ingest_cost.py``); (b) runs again in a window with and without beat, for the jobs' share.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -24,7 +27,9 @@ from app.core import constants as c
 from app.core.metrics import UserMetrics
 from app.core.settings import Settings
 from app.ops.simulate import TrafficGenerator
+from bench.cost import cost_rows
 from bench.harness import BenchStack, bench_stack, percentile
+from bench.ingest_cost import ROLES, Meter, measure_jobs_share
 
 PLAIN_APP = "bench.plain:plain"
 
@@ -87,6 +92,7 @@ class IngestResult:
                 f"goal >= {GOAL_BATCH_EPS:,}",
             ),
         ]
+        rows += self._cost_rows("embedded", "")
         for n in range(1, self.server_workers + 1):
             rows.append(
                 (
@@ -102,6 +108,7 @@ class IngestResult:
                     f"goal >= {GOAL_BATCH_EPS:,}",
                 )
             )
+            rows += self._cost_rows(f"server x{n}", f"server{n}_")
         rows += [
             (
                 "(d) event-to-visible latency",
@@ -112,6 +119,41 @@ class IngestResult:
         ]
         if f"{sample_key(1.0)}_mix_per_s" in f:
             rows += self._sample_rows()
+        return rows
+
+    def _cost_rows(self, shape: str, prefix: str) -> list[tuple[str, str, str]]:
+        """Each measured phase's cost per event; the jobs' share where (b) also ran with beat."""
+        f = self.figures
+        phases = [
+            ("(b)", "mix"),
+            ("(c)", "batch"),
+            ("(d)", "latency"),
+            ("(b) window, no beat,", "window"),
+            ("(b) window, beat,", "beat"),
+        ]
+        rows = []
+        where = "the engine inside the worker" if not prefix else ""
+        for label, key in phases:
+            if f"{prefix}{key}_events" in f:
+                rows += cost_rows(f"{label} {shape}", f, f"{prefix}{key}", ROLES, where)
+        total, rows_key = "_cpu_s_per_1k_events_total", "_clickhouse_rows_per_event"
+        if f"{prefix}beat{total}" in f:
+            with_beat, without = f[f"{prefix}beat{total}"], f[f"{prefix}window{total}"]
+            rows.append(
+                (
+                    f"(b) jobs' share, {shape}: CPU s / 1,000 events",
+                    f"{with_beat - without:+.2f} CPU s",
+                    f"{with_beat:.2f} with beat, {without:.2f} without; {f[f'{prefix}beat_window_s']:.0f} s windows, "
+                    f"{f[f'{prefix}beat_job_runs']:.0f} job runs",
+                )
+            )
+            rows.append(
+                (
+                    f"(b) jobs' share, {shape}: ClickHouse rows / event",
+                    f"{f[f'{prefix}beat{rows_key}'] - f[f'{prefix}window{rows_key}']:+.2f} rows",
+                    "the derived tables the jobs keep",
+                )
+            )
         return rows
 
     def _sample_rows(self) -> list[tuple[str, str, str]]:
@@ -170,9 +212,12 @@ def _measure_batches(stack: BenchStack, batches: int, size: int) -> float:
     return (stack.ingested() - before) / (time.perf_counter() - started)
 
 
-def measure_latency(stack: BenchStack, rate: float, duration_s: float) -> list[float]:
+def measure_latency(
+    stack: BenchStack, rate: float, duration_s: float, on_start: Callable[[], object] = lambda: None
+) -> list[float]:
     """Send follows of new target users at ``rate``; a watcher notes when each target's cached followerCount
-    turns 1. The targets' hashes are cached beforehand (all zeros, as a reader would have left them)."""
+    turns 1. The targets' hashes are cached beforehand (all zeros, as a reader would have left them); ``on_start``
+    is called then, right before the first follow is sent."""
     sent: dict[int, float] = {}
     seen: dict[int, float] = {}
     done = threading.Event()
@@ -187,6 +232,7 @@ def measure_latency(stack: BenchStack, rate: float, duration_s: float) -> list[f
                 pipe = cache.pipeline(transaction=False)
                 for t in waiting:
                     pipe.hget(metrics_cache.metrics_key(t), "followerCount")
+                stack.polls["hget"] += len(waiting)
                 now = time.perf_counter()
                 for t, count in zip(waiting, pipe.execute(), strict=True):
                     if count == b"1":
@@ -198,6 +244,7 @@ def measure_latency(stack: BenchStack, rate: float, duration_s: float) -> list[f
     total = int(rate * duration_s)
     targets = [1_000_000_000 + i for i in range(total)]
     metrics_cache.write(stack.redis_client(), 0, {t: UserMetrics() for t in targets})
+    on_start()
     last_send = time.perf_counter()
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -231,19 +278,34 @@ def _measure_ceiling(sizes: IngestSizes, f: dict[str, float]) -> None:
     f["noop_per_s"] = max(f["plain_prefork_per_s"], f["plain_threads_per_s"])
 
 
-def _measure_embedded(sizes: IngestSizes, f: dict[str, float]) -> None:
+def _measure_embedded(sizes: IngestSizes, f: dict[str, float], jobs: bool) -> None:
     with bench_stack() as stack:
         stack.start_worker()
         warm_up(stack)
+        meter = Meter(stack)
         f["own_noop_per_s"] = _measure_noop(stack, sizes.noop)
+        before = meter.begin()
         f["mix_per_s"], f["mix_events_per_s"] = _measure_mix(stack, sizes.events)
+        f.update(meter.end(before, sizes.events).figures("mix"))
         f["ratio"] = f["mix_per_s"] / f["noop_per_s"]
+        before = meter.begin()
         f["batch_events_per_s"] = _measure_batches(stack, sizes.batches, sizes.batch_size)
+        f.update(meter.end(before, sizes.batches).figures("batch"))
         f["latency_rate"] = f["mix_per_s"] / 2
-        latencies = measure_latency(stack, f["latency_rate"], sizes.latency_s)
+        starts = []
+        latencies = measure_latency(stack, f["latency_rate"], sizes.latency_s, lambda: starts.append(meter.begin()))
+        f.update(meter.end(starts[0], len(latencies)).figures("latency"))
         f["latency_p50_ms"] = percentile(latencies, 50) * 1000
         f["latency_p99_ms"] = percentile(latencies, 99) * 1000
         f["peak_rss_mb"] = stack.worker_peak_rss_mb()
+        if jobs:
+            _measure_jobs(meter, sizes, f, "")
+
+
+def _measure_jobs(meter: Meter, sizes: IngestSizes, f: dict[str, float], prefix: str) -> None:
+    without, with_beat = measure_jobs_share(meter, sizes.events)
+    f.update(without.figures(f"{prefix}window"))
+    f.update(with_beat.figures(f"{prefix}beat"))
 
 
 def _measure_samples(sizes: IngestSizes, f: dict[str, float]) -> None:
@@ -276,7 +338,9 @@ def _measure_samples(sizes: IngestSizes, f: dict[str, float]) -> None:
     f["sample_rounds"] = rounds
 
 
-def _measure_server(sizes: IngestSizes, base_url: str, workers: int, concurrency: int, f: dict[str, float]) -> None:
+def _measure_server(
+    sizes: IngestSizes, base_url: str, workers: int, concurrency: int, f: dict[str, float], jobs: bool
+) -> None:
     """The server shape: ``n`` prefork worker processes (``concurrency`` pool processes each, the Procfile's 4 by
     default) on one ClickHouse server, n = 1..N, each on a fresh database."""
     for n in range(1, workers + 1):
@@ -286,25 +350,35 @@ def _measure_server(sizes: IngestSizes, base_url: str, workers: int, concurrency
         try:
             with bench_stack(f"{base_url}/{database}") as stack:
                 stack.start_workers(n, "prefork", concurrency)
+                meter = Meter(stack)
                 warm_up(stack)
+                before = meter.begin()
                 f[f"server{n}_mix_per_s"], _ = _measure_mix(stack, sizes.events)
+                f.update(meter.end(before, sizes.events).figures(f"server{n}_mix"))
+                before = meter.begin()
                 f[f"server{n}_batch_events_per_s"] = _measure_batches(stack, sizes.batches, sizes.batch_size)
+                f.update(meter.end(before, sizes.batches).figures(f"server{n}_batch"))
+                if jobs and n == 1:
+                    _measure_jobs(meter, sizes, f, f"server{n}_")
         finally:
             admin.command(f"DROP DATABASE IF EXISTS {database}")
             admin.close()
 
 
-def run(quick: bool, clickhouse_url: str | None = None, workers: int = 0, concurrency: int = 4) -> IngestResult:
-    """Embedded figures, and with ``clickhouse_url`` (a server) the server shape with 1..``workers`` processes."""
+def run(
+    quick: bool, clickhouse_url: str | None = None, workers: int = 0, concurrency: int = 4, jobs: bool = True
+) -> IngestResult:
+    """Embedded figures, and with ``clickhouse_url`` (a server) the server shape with 1..``workers`` processes;
+    with ``jobs``, (b) again with and without beat (embedded, and the server shape with one worker process)."""
     sizes = IngestSizes.pick(quick)
     result = IngestResult(server_workers=workers if clickhouse_url else 0)
     f = result.figures
     _measure_ceiling(sizes, f)
-    _measure_embedded(sizes, f)
+    _measure_embedded(sizes, f, jobs)
     _measure_samples(sizes, f)
     if clickhouse_url is not None and workers:
         f["server_concurrency"] = concurrency
-        _measure_server(sizes, _server_base(clickhouse_url), workers, concurrency, f)
+        _measure_server(sizes, _server_base(clickhouse_url), workers, concurrency, f, jobs)
     return result
 
 
