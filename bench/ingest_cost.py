@@ -11,7 +11,7 @@ Processes (roles) of a bench stack, each with its descendants:
 - ``beat``: Celery beat, in the phase with the jobs running.
 
 Rows written to ClickHouse: the engine's ``InsertedRows`` (read through the worker that owns it) in the embedded
-shape; a server's ``query_log`` (``written_rows`` of the inserts in the stack's database) in the server shape.
+shape; the same counter of each insert in the stack's database from a server's ``query_log`` in the server shape.
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ class Meter:
         try:
             client.command("SYSTEM FLUSH LOGS")
             result = client.query(
-                "SELECT sum(written_rows) FROM system.query_log WHERE type = 'QueryFinish' AND query_kind = 'Insert' "
+                "SELECT sum(ProfileEvents['InsertedRows']) FROM system.query_log "
+                "WHERE type = 'QueryFinish' AND query_kind = 'Insert' "
                 "AND event_time >= toDateTime({t:Float64}) AND (current_database = {db:String} OR has(databases, "
                 "{db:String}))",
                 parameters={"t": self.started - 1, "db": database},
