@@ -11,7 +11,8 @@ Processes (roles) of a bench stack, each with its descendants:
 - ``beat``: Celery beat, in the phase with the jobs running.
 
 Rows written to ClickHouse: the engine's ``InsertedRows`` (read through the worker that owns it) in the embedded
-shape; the same counter of each insert in the stack's database from a server's ``query_log`` in the server shape.
+shape; in the server shape the same counter of each insert in the stack's database from a server's ``query_log``,
+or the server's own counter where it keeps no ``query_log`` (the local server of ``--server``).
 """
 
 from __future__ import annotations
@@ -80,22 +81,11 @@ class Meter:
         if url is None:
             return float(self.ask(c.BENCH_ENGINE_COUNTERS).get("InsertedRows", 0))
         parts = urlsplit(url)
-        database = parts.path.strip("/")
         client = clickhouse_connect.get_client(dsn=parts._replace(path="").geturl())
         try:
-            client.command("SYSTEM FLUSH LOGS")
-            result = client.query(
-                "SELECT sum(ProfileEvents['InsertedRows']) FROM system.query_log "
-                "WHERE type = 'QueryFinish' AND query_kind = 'Insert' "
-                "AND event_time >= toDateTime({t:Float64}) AND (current_database = {db:String} OR has(databases, "
-                "{db:String}))",
-                parameters={"t": self.started - 1, "db": database},
-            )
-        except Exception:  # noqa: BLE001 - a server without query_log: the figure is not measured
-            return None
+            return _server_rows(client, parts.path.strip("/"), self.started)
         finally:
             client.close()
-        return float(result.result_rows[0][0] or 0)
 
     def begin(self) -> Snapshot:
         rows = self.rows_written()
@@ -110,6 +100,30 @@ class Meter:
         own = dict(self.stack.polls)
         after = Snapshot(cpu, commands, self.rows_written(), self.stack.ingested(), own)
         return PhaseCost.between(before, after, messages)
+
+
+def _server_rows(client: Any, database: str, since: float) -> float:
+    """Rows a server's inserts wrote: each insert's ``InsertedRows`` in the stack's database from ``query_log``
+    (the same counter as the engine's) on a server that keeps one; else the server's own ``InsertedRows``, which
+    counts every database (the local server of ``--server`` keeps no system logs, and only the stack writes to it
+    during a phase)."""
+    has_log = bool(
+        client.query("SELECT count() FROM system.tables WHERE database = 'system' AND name = 'query_log'").result_rows[
+            0
+        ][0]
+    )
+    if has_log:
+        client.command("SYSTEM FLUSH LOGS")
+        result = client.query(
+            "SELECT sum(ProfileEvents['InsertedRows']) FROM system.query_log "
+            "WHERE type = 'QueryFinish' AND query_kind = 'Insert' "
+            "AND event_time >= toDateTime({t:Float64}) AND (current_database = {db:String} OR has(databases, "
+            "{db:String}))",
+            parameters={"t": since - 1, "db": database},
+        )
+        return float(result.result_rows[0][0] or 0)
+    result = client.query("SELECT value FROM system.events WHERE event = 'InsertedRows'")
+    return float(result.result_rows[0][0]) if result.result_rows else 0.0
 
 
 def job_runs(stack: BenchStack) -> dict[str, int]:
