@@ -201,6 +201,7 @@ class PhaseCost:
         f[f"{prefix}_events"] = self.events
         f[f"{prefix}_messages"] = self.messages
         f[f"{prefix}_redis_commands_per_message"] = per_unit(sum(self.commands.values()), self.messages)
+        f[f"{prefix}_redis_commands_per_event"] = per_unit(sum(self.commands.values()), self.events)
         f[f"{prefix}_clickhouse_rows_per_event"] = (
             per_unit(self.rows, self.events) if self.rows is not None else float("nan")
         )
@@ -210,16 +211,25 @@ class PhaseCost:
         return f
 
 
+def cpu_text(seconds: float) -> str:
+    """CPU seconds with three significant decimals below 0.1 (a batched event's cost), two above."""
+    return "n/a" if math.isnan(seconds) else f"{seconds:.3f}" if abs(seconds) < 0.1 else f"{seconds:.2f}"
+
+
 def cost_rows(
     label: str, f: Mapping[str, float], prefix: str, roles: Iterable[str], where: str = ""
 ) -> list[tuple[str, str, str]]:
     """Three table rows of one phase's cost from its flat figures: CPU per 1,000 events by process (``where``: a
     note on the processes), ClickHouse rows per event, Redis commands per message."""
     key = f"{prefix}_cpu_s_per_1k_events_"
-    parts = " · ".join(f"{role} {f[key + role]:.2f}" for role in roles if key + role in f)
+    parts = " · ".join(f"{role} {cpu_text(f[key + role])}" for role in roles if key + role in f)
     rows_per_event = f[f"{prefix}_clickhouse_rows_per_event"]
     return [
-        (f"{label} CPU s / 1,000 events", f"{f[key + 'total']:.2f} CPU s", parts + (f" ({where})" if where else "")),
+        (
+            f"{label} CPU s / 1,000 events",
+            f"{cpu_text(f[key + 'total'])} CPU s",
+            parts + (f" ({where})" if where else ""),
+        ),
         (
             f"{label} ClickHouse rows / event",
             "n/a" if math.isnan(rows_per_event) else f"{rows_per_event:.2f} rows",
@@ -228,6 +238,6 @@ def cost_rows(
         (
             f"{label} Redis commands / message",
             f"{f[f'{prefix}_redis_commands_per_message']:.1f} commands",
-            "cache, buffer and broker: one server",
+            f"{f[f'{prefix}_redis_commands_per_event']:.2f} / event; cache, buffer and broker: one server",
         ),
     ]

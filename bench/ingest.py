@@ -12,6 +12,7 @@ every process of the stack per 1,000 events, rows written to ClickHouse per even
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -142,7 +143,7 @@ class IngestResult:
             rows.append(
                 (
                     f"(b) jobs' share, {shape}: CPU s / 1,000 events",
-                    f"{with_beat - without:+.2f} CPU s",
+                    _signed(with_beat - without, "CPU s"),
                     f"{with_beat:.2f} with beat, {without:.2f} without; {f[f'{prefix}beat_window_s']:.0f} s windows, "
                     f"{f[f'{prefix}beat_job_runs']:.0f} job runs",
                 )
@@ -150,7 +151,7 @@ class IngestResult:
             rows.append(
                 (
                     f"(b) jobs' share, {shape}: ClickHouse rows / event",
-                    f"{f[f'{prefix}beat{rows_key}'] - f[f'{prefix}window{rows_key}']:+.2f} rows",
+                    _signed(f[f"{prefix}beat{rows_key}"] - f[f"{prefix}window{rows_key}"], "rows"),
                     "the derived tables the jobs keep",
                 )
             )
@@ -172,6 +173,10 @@ class IngestResult:
                 )
             )
         return rows
+
+
+def _signed(value: float, unit: str) -> str:
+    return "n/a" if math.isnan(value) else f"{value:+.2f} {unit}"
 
 
 def warm_up(stack: BenchStack) -> None:

@@ -11,6 +11,7 @@ from bench.cost import (
     Snapshot,
     command_delta,
     cost_rows,
+    cpu_text,
     delta,
     descendants,
     less_own,
@@ -96,6 +97,11 @@ def test_a_phase_cost_is_per_thousand_events_per_process_and_per_message_for_red
     assert f["mix_redis_evalsha_per_message"] == 2.0
     assert cost_rows("(b)", f, "mix", ("worker",), "engine inside")[0][2] == "worker 3.00 (engine inside)"
     assert rows[1][1] == "5.00 rows"
+    assert rows[2][2].startswith("3.00 / event")  # 3,000 commands, 1,000 events
+
+
+def test_cpu_below_a_tenth_keeps_three_decimals() -> None:
+    assert (cpu_text(0.0612), cpu_text(2.254), cpu_text(float("nan"))) == ("0.061", "2.25", "n/a")
 
 
 def test_rows_not_measured_show_as_such() -> None:
