@@ -232,7 +232,8 @@ def lookup(r: RedisClient, user_id: int, image_ids: Sequence[int]) -> Lookup:
     pipe.expire(flags_key(user_id), c.REACTIONS_TTL_S)
     pipe.expire(versions_key(user_id), c.REACTIONS_TTL_S)
     values, (mark, drops), exists, *_ = pipe.execute()
-    flags = {image: (int(v) if v is not None else None) for image, v in zip(image_ids, values[: len(image_ids)], strict=True)}
+    values = values[: len(image_ids)]  # a page of none asked for one field
+    flags = {image: (int(v) if v is not None else None) for image, v in zip(image_ids, values, strict=True)}
     complete = mark == "e" or (mark == "1" and bool(exists))
     return Lookup(flags, complete=complete, too_many=mark == "x", drops=drops or "")
 
