@@ -54,8 +54,10 @@ def prepare(payload: dict[str, Any]) -> dict[str, Any]:
     eng = create_engine(payload["database_url"])
     ch = clickhouse.connect(settings)
     if not ch.embedded:  # a server keeps databases between runs; the embedded path was removed before this one
+        ch.client.database = "default"  # a request may not name the database it drops
         ch.command(f"DROP DATABASE IF EXISTS {ch.database}")
         ch.command(f"CREATE DATABASE {ch.database}")
+        ch.client.database = ch.database
     migrations.migrate(ch)
     rt = Runtime(settings, clickhouse=ch)
     f = Figures()

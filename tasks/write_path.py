@@ -22,8 +22,10 @@ from celery.concurrency import prefork
 
 from app.core import failpoints
 from app.ops import exporter
+from app.read.answers import CHANNEL_HANDLERS
 from app.stores import broker, migrations, runtime
 from app.stores.locks import redis_lock
+from app.stores.read_channel import ReadServer
 from app.write.flusher import Flusher
 from app.write.refresher import Refresher
 
@@ -37,11 +39,14 @@ def ensure_schema(rt: runtime.Runtime) -> None:
 
 
 class WriteThreads:
-    """The flusher and the refresher of this process, started and stopped together."""
+    """The flusher and the refresher of this process, started and stopped together; in embedded mode also the read
+    channel's server (this process owns the engine: ``app.stores.read_channel``)."""
 
     def __init__(self, consumer: str) -> None:
         rt = runtime.get()
-        self.threads = (Flusher(rt, consumer=consumer), Refresher(rt))
+        self.threads: tuple[Flusher | Refresher | ReadServer, ...] = (Flusher(rt, consumer=consumer), Refresher(rt))
+        if rt.settings.clickhouse_embedded:
+            self.threads += (ReadServer(rt, CHANNEL_HANDLERS),)
 
     def start(self) -> None:
         for t in self.threads:

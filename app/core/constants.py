@@ -107,6 +107,8 @@ READ_TASKS = (
     APPLY_MIGRATIONS,
     RUN_JOB_NOW,
 )
+# The reads a caller asks over the read channel (``app.stores.read_channel``) when the owner serves it.
+CHANNEL_READS = (QUERY_USER_METRICS, QUERY_REACTIONS, QUERY_ALL_REACTIONS, QUERY_HISTORY, QUERY_INSIGHT)
 CHECK_EVENT_BUFFER = "check_event_buffer"
 RECOMPUTE_ENGAGEMENT = "recompute_engagement"
 RECOMPUTE_RANKS = "recompute_ranks"

@@ -50,13 +50,16 @@ def latest_reactions(ch: ClickHouse, user_id: int, image_ids: Sequence[int]) -> 
 
 
 # Every image the user has a reaction event on, as ``_REACTIONS_SQL`` reads a page; at most ``{rows}`` rows (four
-# per image at most), so that a heavy reactor's set is recognised as too big without reading all of it.
+# per image at most), so that a heavy reactor's set is recognised as too big without reading all of it. One thread:
+# a few granules of one user's range, where starting more threads costs more than they save (p50 3.8 against
+# 4.7 ms, p99 6.7 against 8.2 ms on a server, 4.0 against 4.3 ms embedded: docs/benchmarks.md).
 _ALL_REACTIONS_SQL = """
 SELECT entityId, metricType, isOn,
        concat(leftPad(toString(toUnixTimestamp64Milli(at)), 15, '0'), ':', toString(eventId))
 FROM stateByActor FINAL
 WHERE userId = {user:Int64} AND metricType IN {reactions:Array(String)} AND entityType = 'Image'
 LIMIT {rows:UInt64}
+SETTINGS max_threads = 1
 """
 
 

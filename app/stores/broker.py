@@ -30,6 +30,7 @@ from app.client.sending import sender_config, transport_options
 from app.core import constants as c
 from app.core.errors import TransientError
 from app.core.settings import Settings
+from app.stores import read_channel
 from app.stores.runtime import Runtime, resolve_redis_url
 
 log = logging.getLogger(__name__)
@@ -203,6 +204,10 @@ def through_worker(rt: Runtime, task: str, timeout_s: float | None = None, **kwa
     """Run a task of the ``reads`` queue on the worker that owns the embedded ClickHouse (embedded mode while the
     stack runs) and wait for its answer (``READ_TIMEOUT_S`` unless ``timeout_s``)."""
     timeout_s = rt.settings.read_timeout_s if timeout_s is None else timeout_s
+    if task in c.CHANNEL_READS:
+        answered, answer = read_channel.call(rt, task, kwargs, timeout_s)
+        if answered:
+            return answer
     client = _clients.get(rt)
     if client is None:
         client = _clients[rt] = client_app(rt.settings)

@@ -23,6 +23,7 @@ import requests
 
 from app.caches import reactions_cache
 from app.core.paths import REPO
+from app.stores import read_channel
 from tests.stack import ROOT, process_env
 
 pytestmark = pytest.mark.e2e
@@ -154,6 +155,7 @@ def test_run_command_end_to_end(stack_env: dict[str, str]) -> None:
         # the miss read user 1's complete set through the worker (empty) and cached it as such
         marks = redis.Redis.from_url(url, decode_responses=True)
         assert marks.hget(reactions_cache.versions_key(1), "all") == "e"
+        assert marks.exists(read_channel.SERVER_KEY)  # the worker serves reads on the read channel
 
         tasks = _wait(
             lambda: (
