@@ -121,6 +121,8 @@ def _redis_bytes(rt: Runtime, eng: Engine, sample: int) -> dict[str, float]:
     """Every reaction of up to ``sample`` reactors cached through the read service, their hashes' memory per cached
     reaction, and the number of (user, image) pairs all reactions make."""
     with eng.connect() as conn:
+        # The distinct pairs of 8.5 million rows: in memory (the default 4 MB spilled and ran for more than 16 minutes).
+        conn.execute(text("SET LOCAL work_mem = '1GB'"))
         users = sorted(int(u) for (u,) in conn.execute(select(ImageReaction.userId).where(_FLAGGED).distinct()))
         pairs = select(ImageReaction.userId, ImageReaction.imageId).where(_FLAGGED).distinct().subquery()
         total_pairs = int(conn.execute(select(func.count()).select_from(pairs)).scalar_one())
