@@ -84,14 +84,36 @@ def run_script(r: RedisClient, script: str, calls: Sequence[tuple[Sequence[str],
         registered = r.register_script(script)
         if len(calls) == 1:
             return [registered(keys=list(calls[0][0]), args=list(calls[0][1]))]
-        pipe = r.pipeline(transaction=False)
-        for call_keys, args in calls:
-            registered(keys=list(call_keys), args=list(args), client=pipe)
-        return list(pipe.execute())
+        return _evalsha_pipeline(r, registered.sha, script, calls)
     pipe = r.pipeline(transaction=False)
     for call_keys, args in calls:
         cast(Any, pipe).execute_command("EVAL", script, len(call_keys), *call_keys, *args)
     return list(pipe.execute())
+
+
+def _evalsha_pipeline(
+    r: RedisClient, sha: str, script: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+) -> list[Any]:
+    """The calls as ``EVALSHA`` in one pipeline. A pipeline of ``Script`` objects would first ask ``SCRIPT EXISTS``
+    (a round trip of its own, every time); instead, a server that does not know the script (restarted, flushed)
+    answers those calls ``NOSCRIPT``, which ran nothing: the script is loaded and only they are sent again."""
+
+    def send(batch: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+        pipe = r.pipeline(transaction=False)
+        for call_keys, args in batch:
+            cast(Any, pipe).execute_command("EVALSHA", sha, len(call_keys), *call_keys, *args)
+        return list(pipe.execute(raise_on_error=False))
+
+    replies = send(calls)
+    missing = [i for i, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)]
+    if missing:
+        r.script_load(script)
+        for i, reply in zip(missing, send([calls[i] for i in missing]), strict=True):
+            replies[i] = reply
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 CLOCK_KEY = "clock"
