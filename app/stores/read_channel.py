@@ -27,6 +27,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -37,9 +38,26 @@ from app.stores.runtime import Runtime, resolve_redis_url
 
 log = logging.getLogger(__name__)
 
-REQUESTS_KEY = "reads:{channel}:requests"
-SERVER_KEY = "reads:{channel}:server"
-REPLY_PREFIX = "reads:{channel}:reply:"
+
+@dataclass(frozen=True)
+class Channel:
+    """The keys of one channel; the service's is ``CHANNEL``. The name is a hash tag: a channel's keys share a slot."""
+
+    name: str = "channel"
+
+    @property
+    def requests(self) -> str:
+        return f"reads:{{{self.name}}}:requests"
+
+    @property
+    def server(self) -> str:
+        return f"reads:{{{self.name}}}:server"
+
+    def reply(self, request_id: str) -> str:
+        return f"reads:{{{self.name}}}:reply:{request_id}"
+
+
+CHANNEL = Channel()
 HEARTBEAT_TTL_S = 5  # a server refreshes it every POLL_S: one that died stops being asked within this
 POLL_S = 1
 REPLY_TTL_S = 60
@@ -72,15 +90,17 @@ def _blocking_client(rt: Runtime) -> RedisClient:
         return client
 
 
-def call(rt: Runtime, task: str, kwargs: Mapping[str, Any], timeout_s: float) -> tuple[bool, Any]:
+def call(
+    rt: Runtime, task: str, kwargs: Mapping[str, Any], timeout_s: float, channel: Channel = CHANNEL
+) -> tuple[bool, Any]:
     """``(True, answer)`` from the owner's read server, or ``(False, None)`` when none is listening (use Celery)."""
     if is_cluster(rt.redis):
         return False, None
     request_id = uuid.uuid4().hex
     body = json.dumps({"id": request_id, "task": task, "kwargs": dict(kwargs), "deadline": time.time() + timeout_s})
-    if not int(rt.redis.eval(_SEND, 2, SERVER_KEY, REQUESTS_KEY, body, REQUESTS_TTL_S)):
+    if not int(rt.redis.eval(_SEND, 2, channel.server, channel.requests, body, REQUESTS_TTL_S)):
         return False, None
-    got = _blocking_client(rt).blpop([REPLY_PREFIX + request_id], timeout=timeout_s)
+    got = _blocking_client(rt).blpop([channel.reply(request_id)], timeout=timeout_s)
     if got is None:
         raise TransientError(f"the worker did not answer {task} within {timeout_s} s")
     answer = json.loads(got[1])
@@ -94,8 +114,10 @@ class ReadServer:
     """``threads`` threads answering the channel's requests with ``handlers`` (task name → function of the
     request's keyword arguments), in the process that owns the engine."""
 
-    def __init__(self, rt: Runtime, handlers: Mapping[str, Handler], threads: int = 2) -> None:
-        self.rt, self.handlers = rt, dict(handlers)
+    def __init__(
+        self, rt: Runtime, handlers: Mapping[str, Handler], threads: int = 2, channel: Channel = CHANNEL
+    ) -> None:
+        self.rt, self.handlers, self.channel = rt, dict(handlers), channel
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._serve, name=f"read-server-{i}", daemon=True) for i in range(threads)
@@ -112,7 +134,7 @@ class ReadServer:
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
         try:
-            self.rt.redis.delete(SERVER_KEY)  # callers go to Celery at once
+            self.rt.redis.delete(self.channel.server)  # callers go to Celery at once
         except redis.RedisError:
             log.warning("could not remove the read channel's heartbeat; it expires in %d s", HEARTBEAT_TTL_S)
         for t in self._threads:
@@ -125,8 +147,8 @@ class ReadServer:
         waiting = _blocking_client(self.rt)
         while not self._stop.is_set():
             try:
-                self.rt.redis.set(SERVER_KEY, os.getpid(), ex=HEARTBEAT_TTL_S)
-                got = waiting.brpop([REQUESTS_KEY], timeout=POLL_S)
+                self.rt.redis.set(self.channel.server, os.getpid(), ex=HEARTBEAT_TTL_S)
+                got = waiting.brpop([self.channel.requests], timeout=POLL_S)
                 if got is not None and not self._stop.is_set():
                     self._answer(str(got[1]))
             except redis.RedisError as exc:
@@ -153,7 +175,7 @@ class ReadServer:
             answer = {"result": handler(**kwargs)}
         except Exception as exc:
             answer = {"error": str(exc) or type(exc).__name__, "kind": type(exc).__name__}
-        reply = REPLY_PREFIX + request_id
+        reply = self.channel.reply(request_id)
         pipe = self.rt.redis.pipeline(transaction=False)
         pipe.lpush(reply, json.dumps(answer))
         pipe.expire(reply, REPLY_TTL_S)

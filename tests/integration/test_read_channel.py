@@ -12,7 +12,7 @@ import pytest
 
 from app.core.errors import TransientError, ValidationError
 from app.stores import read_channel
-from app.stores.read_channel import REPLY_PREFIX, REQUESTS_KEY, SERVER_KEY, ReadServer
+from app.stores.read_channel import Channel, ReadServer
 from app.stores.runtime import Runtime
 
 
@@ -29,11 +29,18 @@ def _break() -> None:
 
 
 HANDLERS: dict[str, Any] = {"double": _double, "refuse": _refuse, "break": _break}
+# A channel of the tests' own: the session's worker serves the service's channel on the same Redis.
+TEST = Channel("test-channel")
+REQUESTS_KEY, SERVER_KEY = TEST.requests, TEST.server
+
+
+def call(rt: Runtime, task: str, kwargs: dict[str, Any], timeout_s: float) -> tuple[bool, Any]:
+    return read_channel.call(rt, task, kwargs, timeout_s, channel=TEST)
 
 
 @pytest.fixture()
 def server(clean: Runtime) -> Iterator[ReadServer]:
-    srv = ReadServer(clean, HANDLERS)
+    srv = ReadServer(clean, HANDLERS, channel=TEST)
     srv.start()
     deadline = time.monotonic() + 5
     while not clean.redis.exists(SERVER_KEY) and time.monotonic() < deadline:
@@ -43,20 +50,20 @@ def server(clean: Runtime) -> Iterator[ReadServer]:
 
 
 def test_without_a_server_the_caller_is_sent_to_celery_and_nothing_is_queued(clean: Runtime) -> None:
-    assert read_channel.call(clean, "double", {"n": 2}, 1.0) == (False, None)
+    assert call(clean, "double", {"n": 2}, 1.0) == (False, None)
     assert clean.redis.llen(REQUESTS_KEY) == 0
 
 
 def test_answers_and_errors_come_back_to_the_caller(clean: Runtime, server: ReadServer) -> None:
-    assert read_channel.call(clean, "double", {"n": 21}, 5.0) == (True, 42)
+    assert call(clean, "double", {"n": 21}, 5.0) == (True, 42)
     with pytest.raises(ValidationError, match="7 is not a good number"):
-        read_channel.call(clean, "refuse", {"n": 7}, 5.0)
+        call(clean, "refuse", {"n": 7}, 5.0)
     with pytest.raises(TransientError, match="the engine fell over"):
-        read_channel.call(clean, "break", {}, 5.0)
+        call(clean, "break", {}, 5.0)
     with pytest.raises(ValidationError, match="no read named 'nothing'"):
-        read_channel.call(clean, "nothing", {}, 5.0)
+        call(clean, "nothing", {}, 5.0)
     # Every reply list was consumed or expires; the requests list expires when idle
-    assert not [k for k in clean.redis.scan_iter(REPLY_PREFIX + "*") if clean.redis.ttl(k) == -1]
+    assert not [k for k in clean.redis.scan_iter(TEST.reply("*")) if clean.redis.ttl(k) == -1]
     assert clean.redis.ttl(REQUESTS_KEY) in (-2, *range(1, read_channel.REQUESTS_TTL_S + 1))
 
 
@@ -64,16 +71,16 @@ def test_hostile_and_expired_requests_are_dropped_and_serving_goes_on(clean: Run
     clean.redis.lpush(REQUESTS_KEY, "not json", '{"task": "double"}', "[1, 2]")
     expired = '{"id": "late", "task": "double", "kwargs": {"n": 1}, "deadline": 1}'
     clean.redis.lpush(REQUESTS_KEY, expired)
-    assert read_channel.call(clean, "double", {"n": 5}, 5.0) == (True, 10)
+    assert call(clean, "double", {"n": 5}, 5.0) == (True, 10)
     assert clean.redis.llen(REQUESTS_KEY) == 0
-    assert not clean.redis.exists(REPLY_PREFIX + "late")  # its caller had given up: no answer was written
+    assert not clean.redis.exists(TEST.reply("late"))  # its caller had given up: no answer was written
 
 
 def test_a_stopped_server_sends_callers_to_celery_at_once(clean: Runtime, server: ReadServer) -> None:
-    assert read_channel.call(clean, "double", {"n": 1}, 5.0) == (True, 2)
+    assert call(clean, "double", {"n": 1}, 5.0) == (True, 2)
     server.stop()
     started = time.monotonic()
-    assert read_channel.call(clean, "double", {"n": 1}, 5.0) == (False, None)
+    assert call(clean, "double", {"n": 1}, 5.0) == (False, None)
     assert time.monotonic() - started < 1.0
 
 
@@ -81,6 +88,6 @@ def test_a_server_that_died_is_not_asked_once_its_heartbeat_expires(clean: Runti
     # A heartbeat left by a killed owner: callers wait for it only until the key expires, then go to Celery
     clean.redis.set(SERVER_KEY, 12345, px=300)
     with pytest.raises(TransientError, match="did not answer double"):
-        read_channel.call(clean, "double", {"n": 1}, 0.5)
+        call(clean, "double", {"n": 1}, 0.5)
     time.sleep(0.4)
-    assert read_channel.call(clean, "double", {"n": 1}, 0.5) == (False, None)
+    assert call(clean, "double", {"n": 1}, 0.5) == (False, None)
