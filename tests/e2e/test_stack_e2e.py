@@ -155,7 +155,8 @@ def test_run_command_end_to_end(stack_env: dict[str, str]) -> None:
         # the miss read user 1's complete set through the worker (empty) and cached it as such
         marks = redis.Redis.from_url(url, decode_responses=True)
         assert marks.hget(reactions_cache.versions_key(1), "all") == "e"
-        assert marks.exists(read_channel.CHANNEL.server)  # the worker serves reads on the read channel
+        if not stack_env.get("CLICKHOUSE_URL"):  # embedded: the engine's owner serves reads on the read channel
+            assert marks.exists(read_channel.CHANNEL.server)
 
         tasks = _wait(
             lambda: (
