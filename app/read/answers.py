@@ -15,7 +15,7 @@ from app.insights.service import compute_insight
 from app.read.history import metric_history
 from app.read.metrics_miss import user_metrics
 from app.read.reactions_miss import current_reactions
-from app.read.reactions_service import all_reactions
+from app.read.reactions_service import all_reactions, states_to_json
 from app.stores import runtime
 
 
@@ -30,7 +30,7 @@ def user_metrics_answer(user_ids: list[int], as_of: str | None = None) -> dict[s
 def reactions_answer(user_id: int, image_ids: list[int]) -> dict[str, list[list[Any]]]:
     user, images = check_id(user_id, "user id"), check_ids(image_ids, "image id")
     states = current_reactions(runtime.get(), user, images)
-    return {str(image): [[u.bit, u.on, u.version] for u in bits] for image, bits in states.items()}
+    return states_to_json(states)
 
 
 def all_reactions_answer(user_id: int, max_images: int) -> dict[str, list[list[Any]]] | None:
@@ -44,7 +44,7 @@ def all_reactions_answer(user_id: int, max_images: int) -> dict[str, list[list[A
     states = all_reactions(runtime.get().clickhouse, user, max_images)
     if states is None:
         return None
-    return {str(image): [[u.bit, u.on, u.version] for u in bits] for image, bits in states.items()}
+    return states_to_json(states)
 
 
 def history_answer(user_id: int, metric: str, start: str, end: str, interval: str = "day") -> list[dict[str, Any]]:

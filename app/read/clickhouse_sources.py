@@ -13,7 +13,12 @@ from app.core.metrics import UserMetrics
 from app.read.history import HistoryPoint, metric_history
 from app.read.metrics_miss import user_metrics
 from app.read.reactions_miss import current_reactions
-from app.read.reactions_service import CompleteReactionSource, ReactionSource, all_reactions
+from app.read.reactions_service import (
+    CompleteReactionSource,
+    ReactionSource,
+    all_reactions,
+    states_from_json,
+)
 from app.stores import clickhouse
 from app.stores.broker import through_worker
 from app.stores.runtime import Runtime
@@ -50,10 +55,7 @@ def clickhouse_reaction_source(rt: Runtime) -> ReactionSource:
     if clickhouse.owner_is_elsewhere(rt.settings):
 
         def via_worker(user_id: int, image_ids: Sequence[int]) -> dict[int, list[BitUpdate]]:
-            data = through_worker(rt, c.QUERY_REACTIONS, user_id=user_id, image_ids=list(image_ids))
-            return {
-                int(i): [BitUpdate(int(i), int(b), bool(on), str(v)) for b, on, v in bits] for i, bits in data.items()
-            }
+            return states_from_json(through_worker(rt, c.QUERY_REACTIONS, user_id=user_id, image_ids=list(image_ids)))
 
         return via_worker
     return lambda user_id, image_ids: current_reactions(rt, user_id, image_ids)
@@ -69,11 +71,7 @@ def clickhouse_complete_source(rt: Runtime) -> CompleteReactionSource | None:
 
         def via_worker(user_id: int) -> dict[int, list[BitUpdate]] | None:
             data = through_worker(rt, c.QUERY_ALL_REACTIONS, user_id=user_id, max_images=cap)
-            if data is None:
-                return None
-            return {
-                int(i): [BitUpdate(int(i), int(b), bool(on), str(v)) for b, on, v in bits] for i, bits in data.items()
-            }
+            return None if data is None else states_from_json(data)
 
         return via_worker
     return lambda user_id: all_reactions(rt.clickhouse, user_id, cap)

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from app.caches import reactions_cache
 from app.caches.reactions_cache import ALL_BITS, BIT_OF, COMPLETE, NO_VERSION, PAGE, TOO_MANY, BitUpdate, Lookup
@@ -43,6 +43,11 @@ def latest_reactions(ch: ClickHouse, user_id: int, image_ids: Sequence[int]) -> 
     params = {"user": user_id, "images": sorted(found), "reactions": sorted(m.value for m in BIT_OF)}
     for image, metric, value, version in ch.rows(_REACTIONS_SQL, params):
         found[int(image)][BIT_OF[metric]] = BitUpdate(int(image), BIT_OF[metric], int(value) > 0, str(version))
+    return _all_bits(found)
+
+
+def _all_bits(found: dict[int, dict[int, BitUpdate]]) -> dict[int, list[BitUpdate]]:
+    """Each image's four bits, those without an event off with version ``NO_VERSION``."""
     return {
         image: [bits.get(b) or BitUpdate(image, b, False, NO_VERSION) for b in ALL_BITS]
         for image, bits in found.items()
@@ -78,10 +83,16 @@ def all_reactions(ch: ClickHouse, user_id: int, max_images: int) -> dict[int, li
         )
     if len(rows) >= limit or len(found) > max_images:
         return None
-    return {
-        image: [bits.get(b) or BitUpdate(image, b, False, NO_VERSION) for b in ALL_BITS]
-        for image, bits in found.items()
-    }
+    return _all_bits(found)
+
+
+def states_to_json(states: dict[int, list[BitUpdate]]) -> dict[str, list[list[Any]]]:
+    """``{imageId: [[bit, on, version], ...]}``: states as a read task answers them."""
+    return {str(image): [[u.bit, u.on, u.version] for u in bits] for image, bits in states.items()}
+
+
+def states_from_json(data: dict[str, list[list[Any]]]) -> dict[int, list[BitUpdate]]:
+    return {int(i): [BitUpdate(int(i), int(b), bool(on), str(v)) for b, on, v in bits] for i, bits in data.items()}
 
 
 class ReactionSource(Protocol):
