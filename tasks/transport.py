@@ -74,7 +74,7 @@ class Channel(kombu_redis.Channel):
             return
         shared = self._shared_client
         if shared is None or shared.connection_pool is not self.pool:
-            shared = self._shared_client = self._create_client()
+            shared = self._shared_client = self._create_client()  # type: ignore[attr-defined]
         yield shared
 
     def _brpop_read(self, **options: Any) -> bool:
