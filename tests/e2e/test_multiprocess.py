@@ -41,6 +41,7 @@ from tests.integration.test_write_properties import (
     an_event,
     assert_computed_and_cached_match,
 )
+from tests.properties import examples
 from tests.stack import (
     AMQP_URL,
     BASE_REDIS_URL,
@@ -202,7 +203,7 @@ def settled_at_the_oracle(shape: Shape, expected: list[Any], timeout_s: float = 
     return oracle
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(6), deadline=None, suppress_health_check=list(HealthCheck))
 @given(history=st.lists(an_event(), min_size=10, max_size=40), data=st.data())
 def test_every_number_matches_the_oracle_with_two_worker_processes(shape: Shape, history: Any, data: Any) -> None:
     reset(shape)

@@ -14,6 +14,7 @@ from app.caches.metrics_cache import metrics_key, version_key
 from app.core.errors import ValidationError
 from app.read.metrics_service import UserMetricsQueryService
 from bench.oracle import E, Oracle
+from tests.properties import examples
 from tests.stack import prime, wait_drained, wait_events, wipe_clickhouse
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -111,7 +112,7 @@ follow_events = st.lists(
 )
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(20), deadline=None, suppress_health_check=list(HealthCheck))
 @given(history=follow_events, data=st.data())
 def test_follow_counts_match_oracle_under_duplicates_and_reordering(clean, producer, history, data):  # type: ignore[no-untyped-def]
     wait_drained(clean)

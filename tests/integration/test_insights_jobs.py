@@ -33,6 +33,7 @@ from app.stores.runtime import Runtime
 from app.write import deadletters
 from app.write.excluded import set_excluded
 from app.write.replay import replay
+from tests.properties import examples
 from tests.stack import SERVER_MODE, wait_drained, wipe_clickhouse
 
 T0 = datetime(2026, 6, 1, 12, tzinfo=UTC)
@@ -320,7 +321,7 @@ def replayed(events: list[Event], excluded: set[int], user: int) -> list[tuple[s
     return out
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(15), deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_runs_going_on_from_their_progress_match_the_definition(rt: Runtime, data: Any) -> None:
     rt.redis.flushdb()

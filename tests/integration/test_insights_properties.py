@@ -33,6 +33,7 @@ from bench.oracle import E
 from tests import insights_oracle as oracle
 from tests.insights_oracle import Insights
 from tests.integration.test_read_properties import to_event
+from tests.properties import examples
 from tests.stack import wipe_clickhouse
 
 USERS = (1, 2, 3, 4)
@@ -51,7 +52,7 @@ DST_SWITCHES = (
 )
 # Two seasons (first day, last day), each with both zones' switches; a history lies in one of them.
 SEASONS = ((date(2026, 3, 5), date(2026, 4, 1)), (date(2026, 10, 21), date(2026, 11, 4)))
-SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = settings(max_examples=examples(25), deadline=None, suppress_health_check=list(HealthCheck))
 ACHIEVEMENTS_STREAM = "achievements:earned"
 
 users = st.sampled_from(USERS)

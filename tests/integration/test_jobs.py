@@ -36,6 +36,7 @@ from app.stores.redis_store import server_time_us
 from app.stores.runtime import Runtime
 from bench.oracle import Oracle
 from tests.integration.test_read_properties import USERS, an_event, to_event
+from tests.properties import examples
 from tests.stack import BROKER_URL, CACHE_REDIS_URL, process_env, purge_broker, wait_drained, wipe_clickhouse
 
 
@@ -44,7 +45,7 @@ def current_scores(rt: Runtime) -> dict[int, int]:
 
 
 @pytest.mark.timeout(900)  # 20 examples, each wiping and refilling every table: minutes on a 2x2 cluster
-@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(20), deadline=None, suppress_health_check=list(HealthCheck))
 @given(history=st.lists(an_event(), min_size=1, max_size=30, unique_by=lambda e: e.event_id), data=st.data())
 def test_engagement_full_and_incremental_match_the_oracle(clean, history, data):  # type: ignore[no-untyped-def]
     clean.redis.flushdb()

@@ -21,6 +21,7 @@ from app.stores.clickhouse import insert_events
 from app.stores.runtime import Runtime
 from bench.oracle import E, Oracle
 from tests.integration.test_read_properties import REACTION_METRICS, to_event
+from tests.properties import examples
 from tests.stack import wipe_clickhouse
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -167,7 +168,7 @@ def a_reaction(draw: Any) -> E:
     return E(str(draw(st.uuids())), "Image", image, USER, 9, metric, on, at)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_reads_equal_the_oracle_whatever_the_interleaving_of_events_and_fills(clean, data):  # type: ignore[no-untyped-def]
     clean.redis.flushdb()

@@ -28,6 +28,7 @@ from app.stores.runtime import Runtime
 from bench.oracle import E, Oracle
 from tests.integration.test_read_properties import REACTION_METRICS, to_event
 from tests.integration.test_read_service import down_redis
+from tests.properties import examples
 from tests.stack import wipe_clickhouse
 
 USERS = (1, 2, 3)
@@ -75,7 +76,7 @@ def _assert_served(rt: Runtime, history: list[E]) -> None:
                 assert b.version == versions.get((user, image, b.bit), NO_VERSION), (user, image, b)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=list(HealthCheck))
 @given(history=st.lists(a_reaction(), min_size=1, max_size=40, unique_by=lambda e: e.event_id), data=st.data())
 def test_misses_served_from_the_snapshot_match_the_oracle(clean, no_margin, history, data):  # type: ignore[no-untyped-def]
     FILLS.drain()  # an earlier example's reactions fills land before the slate is wiped

@@ -25,6 +25,7 @@ from app.read.reactions_service import latest_reactions
 from app.stores.clickhouse import insert_events
 from app.write.excluded import set_excluded
 from bench.oracle import E, Oracle
+from tests.properties import examples
 from tests.stack import wipe_clickhouse
 
 USERS = (1, 2, 3, 4)
@@ -88,7 +89,7 @@ def assert_metrics(got: dict[str, Any], expected: dict[str, object], context: ob
     assert got["engagementScore"] == float(expected.get("engagementScore", Decimal(0))), (got, expected, context)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=list(HealthCheck))
 @given(history=st.lists(an_event(), min_size=1, max_size=40, unique_by=lambda e: e.event_id), data=st.data())
 def test_current_values_as_of_and_history_match_the_oracle(clean, history, data):  # type: ignore[no-untyped-def]
     clean.redis.flushdb()

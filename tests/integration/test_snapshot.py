@@ -23,6 +23,7 @@ from app.stores.runtime import Runtime
 from app.write.excluded import set_excluded
 from bench.oracle import E
 from tests.integration.test_read_properties import USERS, an_event, assert_metrics, oracle_at, to_event, users
+from tests.properties import examples
 from tests.stack import wipe_clickhouse
 
 
@@ -37,7 +38,7 @@ def _touched(events: list[E]) -> set[int]:
     return {u for e in events for u in (e.user_id, e.owner_id)}
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=list(HealthCheck))
 @given(history=st.lists(an_event(), min_size=1, max_size=40, unique_by=lambda e: e.event_id), data=st.data())
 def test_misses_served_from_the_snapshot_match_the_oracle(clean, no_margin, history, data):  # type: ignore[no-untyped-def]
     clean.redis.flushdb()

@@ -21,6 +21,7 @@ from app.stores.clickhouse import insert_events
 from app.write.excluded import set_excluded
 from bench.oracle import E
 from tests.integration.test_read_properties import NOW, USERS, an_event, oracle_at, to_event, users
+from tests.properties import examples
 from tests.stack import wipe_clickhouse
 
 STATE_METRICS = ("followerCount", "followingCount", "modelCount", "imageCount", "uploadCount", "reactionCount")
@@ -57,7 +58,7 @@ def check_history(rt: Any, history: list[Any], excluded: set[int], context: str)
             assert point.value == past.metrics(uid).get("reactionCount", 0), (context, "hourly", uid, point)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(15), deadline=None, suppress_health_check=list(HealthCheck))
 @given(history=st.lists(an_event(), min_size=1, max_size=40, unique_by=lambda e: e.event_id), data=st.data())
 def test_history_from_the_timeline_matches_the_oracle(clean, history, data):  # type: ignore[no-untyped-def]
     wipe_clickhouse(clean)

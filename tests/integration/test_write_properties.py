@@ -16,6 +16,7 @@ from app.derived.metrics_from_log import compute_user_metrics
 from app.read.reactions_service import FILLS, UserReactionQueryService, latest_reactions
 from app.stores.runtime import Runtime
 from bench.oracle import Oracle, events_of
+from tests.properties import examples
 from tests.stack import prime, wait_drained, wait_events, wipe_clickhouse
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -95,7 +96,7 @@ def assert_computed_and_cached_match(rt: Runtime, oracle: Oracle, context: objec
             assert got["uploadCount"] == got["modelCount"] + got["postCount"] + got["imageCount"]
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(30), deadline=None, suppress_health_check=list(HealthCheck))
 @given(history=st.lists(an_event(), min_size=3, max_size=30), data=st.data())
 def test_every_metric_and_reaction_matches_the_oracle(clean, producer, history, data):  # type: ignore[no-untyped-def]
     wait_drained(clean)
