@@ -26,6 +26,7 @@ import redis
 from app.core import constants as c
 from app.core.settings import Settings
 from app.local import embedded_redis
+from app.ops.runner import ingest_worker_argv
 from app.stores.clickhouse import ClickHouse
 from app.stores.runtime import Runtime
 
@@ -168,6 +169,8 @@ class BenchStack:
         return env
 
     def start_worker(self, concurrency: int = 4, **extra: str) -> None:
+        """The project's worker on every queue; embedded, also the stack's events-only worker (``app.ops.runner``),
+        as ``python -m app run`` starts them."""
         self.worker = subprocess.Popen(  # noqa: S603 - fixed argv
             worker_argv("bench@%h", concurrency) + ["--without-mingle", "--without-gossip"],
             env=self.env(**extra),
@@ -175,6 +178,18 @@ class BenchStack:
             stdout=TO_STDERR,
             start_new_session=True,
         )
+        processes = int(self.env(**extra).get("INGEST_PROCESSES", Settings.model_fields["ingest_processes"].default))
+        if self.embedded and processes:
+            argv = ingest_worker_argv(processes, "WARNING") + ["--without-mingle", "--without-gossip"]
+            self.others.append(
+                subprocess.Popen(  # noqa: S603 - fixed argv
+                    argv, env=self.env(**extra), cwd=CHECKOUT, stdout=TO_STDERR, start_new_session=True
+                )
+            )
+
+    @property
+    def embedded(self) -> bool:
+        return self.clickhouse_url is None or self.clickhouse_url.startswith("chdb://")
 
     def start_workers(self, n: int, pool: str, concurrency: int, app: str = "tasks.celery_app:celery_app") -> None:
         """``n`` worker instances (the first is ``self.worker``), each with its own pool."""

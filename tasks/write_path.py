@@ -2,6 +2,8 @@
 bootstep), and the worker's process signals.
 
 - Thread pool (embedded mode): two threads in the worker process, which owns the embedded ClickHouse engine.
+- ``--without-write-path`` (the embedded stack's events-only worker, ``app.ops.runner``): none. Its event tasks only
+  validate and append to the buffer in Redis; the engine's owner, a thread-pool worker, flushes.
 - Prefork pool (server mode): two threads in the pool's first child process. The consumer's process (kombu's
   event loop: receive, hand to the pool, acknowledge) limits a prefork worker's throughput, and a flusher beside
   it competes with it for one interpreter lock; the pool's children wait on the consumer most of the time. A child
@@ -99,9 +101,10 @@ class WriteStep(bootsteps.StartStopStep):
 
     requires = ("celery.worker.components:Pool",)
 
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
+    def __init__(self, parent: Any, without_write_path: bool = False, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
-        if _is_prefork(parent.pool_cls):
+        self.enabled = not without_write_path  # a step not enabled is left out of the worker (``include_if``)
+        if self.enabled and _is_prefork(parent.pool_cls):
             PoolChildWriter.prepare(parent.hostname)  # before the pool forks: its children inherit it
 
     def start(self, worker: Any) -> None:
@@ -120,10 +123,12 @@ def _is_prefork(pool_cls: Any) -> bool:
 
 @signals.worker_init.connect
 def _restore_unacknowledged(**_: Any) -> None:
-    """Embedded mode: this worker owns the ClickHouse data path, so no other worker consumes its broker. Messages
-    a killed worker had taken but not acknowledged go back to their queues now, not after the broker's visibility
-    timeout (an hour). Server mode: RabbitMQ requeues them when the dead worker's connection drops; with a Redis
-    broker they come back after ``BROKER_VISIBILITY_TIMEOUT_S`` (docs/reliability.md)."""
+    """Embedded mode: the stack's workers (the engine's owner and the events-only worker) are its broker's only
+    consumers. Messages a killed worker had taken but not acknowledged go back to their queues now, not after the
+    broker's visibility timeout (an hour). With the other worker running, its messages in flight go back too and
+    run twice; a repeat is absorbed as any duplicate delivery is (an event's id is stable across redeliveries; a
+    job takes its lock; a read answers twice). Server mode: RabbitMQ requeues them when the dead worker's connection
+    drops; with a Redis broker they come back after ``BROKER_VISIBILITY_TIMEOUT_S`` (docs/reliability.md)."""
     settings = runtime.get().settings
     if not settings.clickhouse_embedded:
         return

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
 
     # Worker and write path.
     worker_concurrency: int = Field(default=4, ge=1, alias="WORKER_CONCURRENCY")
+    # Embedded stack only: pool processes of the events-only worker beside the engine's owner (0: none).
+    ingest_processes: int = Field(default=2, ge=0, le=64, alias="INGEST_PROCESSES")
     flush_max_wait_ms: int = Field(default=250, ge=1, le=5000, alias="FLUSH_MAX_WAIT_MS")
     flush_linger_ms: int = Field(default=100, ge=0, le=1000, alias="FLUSH_LINGER_MS")
     flush_max_events: int = Field(default=5000, ge=1, alias="FLUSH_MAX_EVENTS")

@@ -2,6 +2,9 @@
 
 Embedded mode: a private redis-server is started first and its URL handed to every child; the worker runs a
 thread pool so that it is the only process opening the chdb data path (beat and Flower never touch ClickHouse).
+Beside it an events-only worker (``ingest``, a prefork pool of ``INGEST_PROCESSES``) takes the event tasks too: an
+event task only validates its message and appends it to the buffer in Redis, so it needs no engine, and a pool of
+processes runs it beside the owner's interpreter instead of queueing behind it (the owner's flusher writes).
 Server mode (service URLs set): the same processes against the configured services, with a prefork pool.
 
 The runner supervises: a child that exits is started again after a backoff (1 s, doubling up to 30 s, back to 1 s
@@ -78,9 +81,31 @@ class Child:
         return self.proc is not None and self.proc.poll() is None
 
 
+def ingest_worker_argv(processes: int, log_level: str) -> list[str]:
+    """The embedded stack's events-only worker: the events queue, a prefork pool, no write path of its own."""
+    return [
+        *CELERY,
+        "worker",
+        "-Q",
+        c.EVENTS_QUEUE,
+        "--pool",
+        "prefork",
+        "--concurrency",
+        str(processes),
+        "--hostname",
+        "ingest@%h",
+        "--without-write-path",
+        "--loglevel",
+        log_level,
+    ]
+
+
 def commands(settings: Settings, beat_schedule_path: str) -> dict[str, list[str]]:
     """The processes of the stack. Flower reads its credentials from FLOWER_BASIC_AUTH (never argv)."""
     pool = ["--pool", "threads"] if settings.clickhouse_embedded else ["--pool", "prefork"]
+    ingest = {}
+    if settings.clickhouse_embedded and settings.ingest_processes:
+        ingest["ingest"] = ingest_worker_argv(settings.ingest_processes, settings.log_level)
     return {
         "worker": [
             *CELERY,
@@ -95,6 +120,7 @@ def commands(settings: Settings, beat_schedule_path: str) -> dict[str, list[str]
             "--loglevel",
             settings.log_level,
         ],
+        **ingest,
         "beat": [*CELERY, "beat", "--schedule", beat_schedule_path, "--loglevel", settings.log_level],
         "flower": [
             *CELERY,
@@ -187,11 +213,11 @@ class Supervisor:
             return
         self.redis_backoff.delay_s = 0.0
         self.log(f"embedded redis-server running again at {self.redis.url} (pid {self.redis.pid})")
-        # The worker restarts so that it puts back the broker messages it had taken; if the URL changed (the old
-        # port was taken) every child needs the new one.
+        # The workers restart so that they put back the broker messages they had taken; if the URL changed (the
+        # old port was taken) every child needs the new one.
         moved = self.redis.url != old_url
         for child in self.children:
-            if moved or child.name == "worker":
+            if moved or child.name in ("worker", "ingest"):
                 self._restart_now(child)
 
     def _restart_now(self, child: Child) -> None:

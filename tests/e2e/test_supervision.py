@@ -5,8 +5,8 @@ again); only a port taken by another program moves it.
 
 Given the stack on embedded defaults (its own data directory), when the worker is killed with SIGKILL, then the
 runner starts a new worker and the embedded Redis keeps running on the same port; when the redis-server is killed
-with SIGKILL, then the runner starts it again on the same port with its data (AOF), and restarts the worker; and
-SIGTERM still stops everything.
+with SIGKILL, then the runner starts it again on the same port with its data (AOF), and restarts both workers (the
+engine's owner and the events-only one); and SIGTERM still stops everything.
 """
 
 from __future__ import annotations
@@ -74,8 +74,9 @@ def _listening_addresses(port: int) -> set[str]:
     return found
 
 
-def _worker_pid(runner: int) -> int | None:
-    pids = [pid for pid, cmd in _children(runner).items() if " worker " in cmd and "celery" in cmd]
+def _worker_pid(runner: int, hostname: str = "worker") -> int | None:
+    """The runner's Celery worker of ``hostname``: ``worker`` (the engine's owner) or ``ingest`` (events only)."""
+    pids = [pid for pid, cmd in _children(runner).items() if " worker " in cmd and f"{hostname}@%h" in cmd]
     return pids[0] if len(pids) == 1 else None
 
 
@@ -192,7 +193,8 @@ def test_runner_restarts_a_dead_worker_and_a_dead_redis(stack: Stack) -> None:
     assert stack.redis_url() == url and stack.redis_pid() == redis_pid and pid_alive(redis_pid)
     assert stack.proc.poll() is None
 
-    # A dead redis-server is started again on the same port with its data; the worker is restarted after it.
+    # A dead redis-server is started again on the same port with its data; both workers are restarted after it.
+    ingest = _wait(lambda: _worker_pid(runner, "ingest"), 10, "the events-only worker")
     os.kill(redis_pid, signal.SIGKILL)
     _wait(lambda: stack.redis_pid() != redis_pid and client.ping(), 20, "redis-server to come back")
     assert stack.redis_url() == url
@@ -200,6 +202,7 @@ def test_runner_restarts_a_dead_worker_and_a_dead_redis(stack: Stack) -> None:
     assert 0 < client.ttl("supervision:probe") <= 3600
     third = _wait(lambda: (pid := _worker_pid(runner)) not in (None, second) and pid, 30, "the worker restart")
     _wait(stack.worker_ready, 60, "the worker after the Redis restart")
+    _wait(lambda: (pid := _worker_pid(runner, "ingest")) not in (None, ingest) and pid, 30, "the events-only restart")
     assert third != first and stack.proc.poll() is None
     new_redis_pid = stack.redis_pid()
 
