@@ -29,6 +29,7 @@ from app.local import embedded_redis
 from app.ops.runner import ingest_worker_argv
 from app.stores.clickhouse import ClickHouse
 from app.stores.runtime import Runtime
+from bench.cost import descendants, read_stats
 
 # The checkout holding this package: the subprocesses a benchmark starts (workers, the read client) run there, so
 # that ``-m`` finds ``bench`` and the project's code it measures on their path.
@@ -241,10 +242,14 @@ class BenchStack:
         """Peak resident memory (VmHWM) of the worker process."""
         if self.worker is None:
             return float("nan")
-        for line in Path(f"/proc/{self.worker.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        return _peak_rss_mb(self.worker.pid)
+
+    def others_peak_rss_mb(self) -> float:
+        """The other worker processes' peaks (VmHWM) added up, their pool processes included: an upper bound of
+        what they held at once (0 when there are none)."""
+        parents = {s.pid: s.ppid for s in read_stats().values()}
+        pids = {p for proc in self.others for p in descendants(proc.pid, parents)}
+        return sum(_peak_rss_mb(p) for p in pids if p in parents)
 
     def enqueue_bulk(self, messages: Iterable[tuple[str, dict[str, Any]]], queue: str = c.EVENTS_QUEUE) -> int:
         """LPUSH many task messages in pipelined chunks (far faster than one publish per message)."""
@@ -287,6 +292,13 @@ class BenchStack:
     def ingested(self) -> int:
         self.polls["hget"] += 1
         return int(self.cache.hget(c.COUNTER_KEY, "events_ingested_total") or 0)
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 @contextlib.contextmanager
