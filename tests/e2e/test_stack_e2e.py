@@ -99,6 +99,7 @@ def test_run_command_end_to_end(stack_env: dict[str, str]) -> None:
     flower = f"http://127.0.0.1:{stack_env['FLOWER_PORT']}"
     auth = ("ops", "s3cret")
     try:
+
         def both_workers() -> list[str]:
             names = list(requests.get(f"{flower}/api/workers?refresh=1", auth=auth, timeout=5).json())
             # The engine's owner and the events-only worker (embedded shape: app/ops/runner.py).
