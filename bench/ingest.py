@@ -36,7 +36,7 @@ PLAIN_APP = "bench.plain:plain"
 
 GOAL_RATIO = 0.7
 GOAL_BATCH_EPS = 20_000
-GOAL_P99_S = 1.0
+GOAL_P99_S = 0.5  # the write path's goal at the per-message rate; the contract's "within a second" is the bound
 # (f): the event tasks' task-event samples compared: none, the default, every message.
 DEFAULT_SAMPLE = float(Settings.model_fields["event_task_events_sample"].default)
 SAMPLES = (0.0, DEFAULT_SAMPLE, 1.0)
