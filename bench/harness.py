@@ -179,18 +179,17 @@ class BenchStack:
             stdout=TO_STDERR,
             start_new_session=True,
         )
-        processes = int(self.env(**extra).get("INGEST_PROCESSES", Settings.model_fields["ingest_processes"].default))
-        if self.embedded and processes:
-            argv = ingest_worker_argv(processes, "WARNING") + ["--without-mingle", "--without-gossip"]
+        env = self.env(**extra)
+        settings = Settings(
+            CLICKHOUSE_URL=self.clickhouse_url,
+            DATA_DIR=str(self.root),
+            INGEST_PROCESSES=env.get("INGEST_PROCESSES", Settings.model_fields["ingest_processes"].default),
+        )
+        if settings.clickhouse_embedded and settings.ingest_processes:
+            argv = ingest_worker_argv(settings.ingest_processes, "WARNING") + ["--without-mingle", "--without-gossip"]
             self.others.append(
-                subprocess.Popen(  # noqa: S603 - fixed argv
-                    argv, env=self.env(**extra), cwd=CHECKOUT, stdout=TO_STDERR, start_new_session=True
-                )
+                subprocess.Popen(argv, env=env, cwd=CHECKOUT, stdout=TO_STDERR, start_new_session=True)  # noqa: S603
             )
-
-    @property
-    def embedded(self) -> bool:
-        return self.clickhouse_url is None or self.clickhouse_url.startswith("chdb://")
 
     def start_workers(self, n: int, pool: str, concurrency: int, app: str = "tasks.celery_app:celery_app") -> None:
         """``n`` worker instances (the first is ``self.worker``), each with its own pool."""
