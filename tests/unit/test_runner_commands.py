@@ -9,7 +9,9 @@ from app.ops.runner import commands
 
 
 def _settings(**env: str) -> Settings:
-    return Settings(DATA_DIR="/tmp/x", **env)  # type: ignore[arg-type]  # noqa: S108
+    """Settings from these values alone: a blank URL or cluster is unset, whatever the pass's environment holds."""
+    values = {"CLICKHOUSE_URL": "", "CLICKHOUSE_CLUSTER": "", "INGEST_PROCESSES": "2", **env}
+    return Settings(DATA_DIR="/tmp/x", **values)  # type: ignore[arg-type]  # noqa: S108
 
 
 def test_the_embedded_stack_runs_an_events_only_worker_beside_the_owner() -> None:
