@@ -46,7 +46,9 @@ class WriteThreads:
 
     def __init__(self, consumer: str) -> None:
         rt = runtime.get()
-        self.threads: tuple[Flusher | Refresher | ReadServer, ...] = (Flusher(rt, consumer=consumer), Refresher(rt))
+        refresher = Refresher(rt)
+        flusher = Flusher(rt, consumer=consumer, on_marked=refresher.wake)
+        self.threads: tuple[Flusher | Refresher | ReadServer, ...] = (flusher, refresher)
         if rt.settings.clickhouse_embedded:
             self.threads += (ReadServer(rt, CHANNEL_HANDLERS),)
 

@@ -46,13 +46,14 @@ READ_STEP = 50  # stream entries per read while a batch is assembled
 class FlushResult:
     entries: int = 0
     events: int = 0
-    users_marked: int = 0
+    users_marked: int = 0  # users with a cached hash (or a fill under way), queued for the refresher
 
 
 class Flusher:
-    def __init__(self, rt: Runtime, consumer: str) -> None:
+    def __init__(self, rt: Runtime, consumer: str, on_marked: Callable[[], object] = lambda: None) -> None:
         self.rt = rt
         self.consumer = consumer
+        self.on_marked = on_marked  # this process's refresher's wake: marked users are recomputed at once
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._recover = True  # first read our own pending entries (left by a crash or a failed cycle)
@@ -143,10 +144,12 @@ class Flusher:
             insert_events(ch, late)
         users = {u for e in (*events, *resolution.adopted, *late) for u in e.affected_users()}
         reactions_cache.merge(r, reactions_cache.updates_from_events(events))
-        mark_dirty(r, users)  # the refresher recomputes their cached hashes
+        marked = mark_dirty(r, users)  # the refresher recomputes their cached hashes
+        if marked:
+            self.on_marked()
         buffer.ack(r, [entry.entry_id for entry in entries])
         self._count(messages_ingested_total=len(entries), events_ingested_total=len(events), flushes_total=1)
-        return FlushResult(len(entries), len(events), len(users))
+        return FlushResult(len(entries), len(events), marked)
 
     def _give_up_on_exhausted(self, entries: list[Entry]) -> list[Entry]:
         """Entries that failed ``FLUSH_MAX_DELIVERIES`` times go to the dead letters (replayable), not round again."""

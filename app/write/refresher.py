@@ -121,12 +121,20 @@ def refresh_users(rt: Runtime, user_ids: Iterable[int]) -> int:
 
 
 class Refresher:
+    """Recomputes the dirty users' hashes. Idle, it looks at the set every ``idle_wait_s`` (marks from other
+    processes), and at once when this process's flusher has marked users (``wake``)."""
+
     def __init__(self, rt: Runtime, batch: int = 5000, idle_wait_s: float = 0.05) -> None:
         self.rt = rt
         self.batch = batch
         self.idle_wait_s = idle_wait_s
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def wake(self) -> None:
+        """Users were marked: look at the set now instead of at the end of the idle wait."""
+        self._wake.set()
 
     def refresh_once(self) -> int:
         """One cycle over the oldest dirty users; returns how many were taken off the set."""
@@ -146,10 +154,11 @@ class Refresher:
         failures = 0
         while not self._stop.is_set():
             try:
+                self._wake.clear()
                 done = self.refresh_once()
                 failures = 0
                 if not done:
-                    self._stop.wait(self.idle_wait_s)
+                    self._wake.wait(self.idle_wait_s)
             except Exception:
                 failures += 1
                 delay = jittered_delay(failures, max_s=BACKOFF_MAX_S)
@@ -162,6 +171,7 @@ class Refresher:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
 
