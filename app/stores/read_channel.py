@@ -104,6 +104,8 @@ def call(
     if got is None:
         raise TransientError(f"the worker did not answer {task} within {timeout_s} s")
     answer = json.loads(got[1])
+    if answer.get("stopped"):  # the server stopped before taking the request
+        return False, None
     if "error" in answer:
         kind = ValidationError if answer.get("kind") == "ValidationError" else TransientError
         raise kind(f"{task}: {answer['error']}")
@@ -119,6 +121,7 @@ class ReadServer:
     ) -> None:
         self.rt, self.handlers, self.channel = rt, dict(handlers), channel
         self._stop = threading.Event()
+        self._beat = threading.Lock()  # the heartbeat's renewal against its removal by ``stop``
         self._threads = [
             threading.Thread(target=self._serve, name=f"read-server-{i}", daemon=True) for i in range(threads)
         ]
@@ -132,14 +135,29 @@ class ReadServer:
             t.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        try:
-            self.rt.redis.delete(self.channel.server)  # callers go to Celery at once
-        except redis.RedisError:
-            log.warning("could not remove the read channel's heartbeat; it expires in %d s", HEARTBEAT_TTL_S)
+        with self._beat:  # no serving thread renews the heartbeat after this
+            self._stop.set()
+            try:
+                self.rt.redis.delete(self.channel.server)  # callers go to Celery at once
+            except redis.RedisError:
+                log.warning("could not remove the read channel's heartbeat; it expires in %d s", HEARTBEAT_TTL_S)
         for t in self._threads:
             if t.is_alive():
                 t.join(timeout_s)
+        self._send_back_waiting()
+
+    def _send_back_waiting(self) -> None:
+        """Requests pushed before the heartbeat went and not taken: their callers are sent to Celery now instead of
+        waiting out their timeouts."""
+        try:
+            while (raw := self.rt.redis.rpop(self.channel.requests)) is not None:
+                try:
+                    request_id = str(json.loads(raw)["id"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+                self._reply(request_id, {"stopped": True})
+        except redis.RedisError as exc:
+            log.warning("read channel: could not send waiting callers to Celery (%s); they time out", exc)
 
     terminate = stop
 
@@ -147,9 +165,12 @@ class ReadServer:
         waiting = _blocking_client(self.rt)
         while not self._stop.is_set():
             try:
-                self.rt.redis.set(self.channel.server, os.getpid(), ex=HEARTBEAT_TTL_S)
+                with self._beat:
+                    if self._stop.is_set():
+                        break
+                    self.rt.redis.set(self.channel.server, os.getpid(), ex=HEARTBEAT_TTL_S)
                 got = waiting.brpop([self.channel.requests], timeout=POLL_S)
-                if got is not None and not self._stop.is_set():
+                if got is not None:  # taken, so answered, even while stopping: its caller waits for it
                     self._answer(str(got[1]))
             except redis.RedisError as exc:
                 log.warning("read channel: Redis unreachable (%s); retrying", exc)
@@ -175,9 +196,12 @@ class ReadServer:
             answer = {"result": handler(**kwargs)}
         except Exception as exc:
             answer = {"error": str(exc) or type(exc).__name__, "kind": type(exc).__name__}
+        self._reply(request_id, answer)
+        self.answered += 1
+
+    def _reply(self, request_id: str, answer: dict[str, Any]) -> None:
         reply = self.channel.reply(request_id)
         pipe = self.rt.redis.pipeline(transaction=False)
         pipe.lpush(reply, json.dumps(answer))
         pipe.expire(reply, REPLY_TTL_S)
         pipe.execute()
-        self.answered += 1

@@ -4,6 +4,7 @@ serving; stopping the server sends callers back to Celery at once."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -91,3 +92,23 @@ def test_a_server_that_died_is_not_asked_once_its_heartbeat_expires(clean: Runti
         call(clean, "double", {"n": 1}, 0.5)
     time.sleep(0.4)
     assert call(clean, "double", {"n": 1}, 0.5) == (False, None)
+
+
+def test_a_request_waiting_when_the_server_stops_is_sent_to_celery_at_once(clean: Runtime) -> None:
+    """A caller pushed its request while the heartbeat stood, and no thread took it before the stop (here: a server
+    whose threads never ran). Stopping answers it with "go to Celery" instead of leaving it to its timeout."""
+    srv = ReadServer(clean, HANDLERS, channel=TEST)
+    clean.redis.set(SERVER_KEY, 12345, ex=30)  # as a serving thread leaves it
+    results: list[tuple[bool, Any]] = []
+    caller = threading.Thread(target=lambda: results.append(call(clean, "double", {"n": 3}, 10.0)))
+    started = time.monotonic()
+    caller.start()
+    deadline = time.monotonic() + 5
+    while not clean.redis.llen(REQUESTS_KEY) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert clean.redis.llen(REQUESTS_KEY) == 1
+    srv.stop()
+    caller.join(10)
+    assert results == [(False, None)]
+    assert time.monotonic() - started < 5.0
+    assert not clean.redis.exists(SERVER_KEY) and clean.redis.llen(REQUESTS_KEY) == 0
