@@ -152,7 +152,7 @@ class ReadServer:
         try:
             while (raw := self.rt.redis.rpop(self.channel.requests)) is not None:
                 try:
-                    request_id = str(json.loads(raw)["id"])
+                    request_id = str(json.loads(str(raw))["id"])
                 except (ValueError, KeyError, TypeError):
                     continue
                 self._reply(request_id, {"stopped": True})
