@@ -48,6 +48,32 @@ def _processes_with(marker: str) -> list[int]:
     return found
 
 
+def _engine_files(pid: int, data_dir: str) -> list[str]:
+    """The files of the embedded engine (its data path and its ownership lock) that process ``pid`` holds open."""
+    engine = str(Path(data_dir) / "clickhouse")
+    held = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(engine):
+            held.append(target)
+    return held
+
+
+def _stack_processes(data_dir: str, argv_marker: str) -> list[int]:
+    """The stack's processes (by their DATA_DIR) whose command line holds ``argv_marker``."""
+    found = []
+    for pid in _processes_with(f"DATA_DIR={data_dir}"):
+        try:
+            if argv_marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
 def _wait(predicate, timeout_s: float, what: str):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout_s
     last = None
@@ -160,6 +186,14 @@ def test_run_command_end_to_end(stack_env: dict[str, str]) -> None:
         assert marks.hget(reactions_cache.versions_key(1), "all") == "e"
         if not stack_env.get("CLICKHOUSE_URL"):  # embedded: the engine's owner serves reads on the read channel
             assert marks.exists(read_channel.CHANNEL.server)
+            # ... and only it holds the engine: the events-only worker (its parent and pool processes) has run
+            # event tasks by now without opening a file of it.
+            data_dir = stack_env["DATA_DIR"]
+            owners = _stack_processes(data_dir, "worker@")
+            ingest = _stack_processes(data_dir, "--without-write-path")
+            assert owners and any(_engine_files(pid, data_dir) for pid in owners)
+            assert len(ingest) >= 2  # the prefork parent and its pool
+            assert {pid: _engine_files(pid, data_dir) for pid in ingest} == {pid: [] for pid in ingest}
 
         tasks = _wait(
             lambda: (
