@@ -35,10 +35,10 @@ def test_the_flusher_wakes_the_refresher_when_it_marks_cached_users(clean: Runti
     user, follower = 930_001, 930_002
     metrics_cache.write(rt.redis, 0, {user: UserMetrics()})  # cached zeros, as a reader leaves them
     refresher = Refresher(rt, idle_wait_s=60.0)
-    woken: list[float] = []
+    woken: list[bool] = []
 
     def wake() -> None:
-        woken.append(time.monotonic())
+        woken.append(True)
         refresher.wake()
 
     flusher = Flusher(rt, consumer="wake-test", on_marked=wake)
@@ -52,7 +52,6 @@ def test_the_flusher_wakes_the_refresher_when_it_marks_cached_users(clean: Runti
         assert flusher.flush_once(block_ms=1000).users_marked == 1
         assert woken, "the flusher marked a cached user without waking the refresher"
         wait_until(lambda: _followers(rt, user) == 1, "the refresher to recompute the marked user", timeout_s=5.0)
-        assert time.monotonic() - woken[0] < 5.0
         assert rt.redis.zcard(c.METRICS_DIRTY_KEY) == 0
     finally:
         refresher.stop()
