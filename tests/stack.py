@@ -156,6 +156,21 @@ def wipe_clickhouse(rt: Runtime) -> None:
                 node.close()
 
 
+def merge_the_log(rt: Runtime) -> None:
+    """Merge every part of the event log (each node's own table in cluster mode) into one, as the background merges
+    eventually do: the rows a merge collapses are gone."""
+    for node in rt.clickhouse.nodes():
+        try:
+            for (table,) in node.rows(
+                "SELECT name FROM system.tables WHERE database = currentDatabase() "
+                "AND name IN ('entityMetricEvents', 'entityMetricEvents_local') AND engine != 'Distributed'"
+            ):
+                node.command(f"OPTIMIZE TABLE `{table}` FINAL")
+        finally:
+            if node is not rt.clickhouse:
+                node.close()
+
+
 @pytest.fixture()
 def clean(rt: Runtime) -> Runtime:
     """A clean slate: empty cache database and empty ClickHouse tables."""

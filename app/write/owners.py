@@ -125,7 +125,16 @@ def adopt_after_insert(ch: ClickHouse, written: Sequence[Event]) -> list[Event]:
     again once this batch is stored closes that window: of two inserts, the later one's look sees the earlier one's
     rows, so either the orphan's writer finds the Upload or the Upload's writer finds the orphan. Re-writing an
     event that the other flusher also adopted is harmless (same event id, same owner).
+
+    This batch's own orphans whose owner is now known are written again even when an owned row of theirs is
+    already stored: the log collapses rows with the same key and event id, and a merge keeps the one inserted
+    last. A redelivered orphan resolved before the Upload was visible, and stored after another flusher adopted
+    the event, would otherwise be the row that survives, and the owner's copy would be gone after the next merge.
     """
     if not any(_owned(e) or e.metric_type is MetricType.UPLOAD for e in written):
         return []
-    return resolve(ch, written).adopted
+    again = resolve(ch, written)
+    orphaned_here = {str(e.event_id) for e in written if _owned(e) and not e.owner_id}
+    mine = [e for e in again.events if e.owner_id and str(e.event_id) in orphaned_here]
+    taken = {str(e.event_id) for e in mine}
+    return mine + [e for e in again.adopted if str(e.event_id) not in taken]
