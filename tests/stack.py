@@ -141,34 +141,31 @@ def rt(settings: Settings) -> Iterator[Runtime]:
     yield r
 
 
-def wipe_clickhouse(rt: Runtime) -> None:
-    """Empty every ClickHouse table (events, aggregates, excluded users), keeping the schema; in cluster mode the
-    local tables of every node."""
+def _on_every_node(rt: Runtime, which: str, statement: str) -> None:
+    """Run ``statement`` (``{table}`` in it) on each table of this database that is not a view or a ``Distributed``
+    table and matches ``which`` (SQL on ``system.tables``), on every node in cluster mode."""
     for node in rt.clickhouse.nodes():
         try:
             for (table,) in node.rows(
                 "SELECT name FROM system.tables WHERE database = currentDatabase() AND engine NOT LIKE '%View%' "
-                "AND engine != 'Distributed' AND name != 'schema_migrations'"
+                f"AND engine != 'Distributed' AND {which}"
             ):
-                node.command(f"TRUNCATE TABLE `{table}`")
+                node.command(statement.format(table=table))
         finally:
             if node is not rt.clickhouse:
                 node.close()
+
+
+def wipe_clickhouse(rt: Runtime) -> None:
+    """Empty every ClickHouse table (events, aggregates, excluded users), keeping the schema; in cluster mode the
+    local tables of every node."""
+    _on_every_node(rt, "name != 'schema_migrations'", "TRUNCATE TABLE `{table}`")
 
 
 def merge_the_log(rt: Runtime) -> None:
     """Merge every part of the event log (each node's own table in cluster mode) into one, as the background merges
     eventually do: the rows a merge collapses are gone."""
-    for node in rt.clickhouse.nodes():
-        try:
-            for (table,) in node.rows(
-                "SELECT name FROM system.tables WHERE database = currentDatabase() "
-                "AND name IN ('entityMetricEvents', 'entityMetricEvents_local') AND engine != 'Distributed'"
-            ):
-                node.command(f"OPTIMIZE TABLE `{table}` FINAL")
-        finally:
-            if node is not rt.clickhouse:
-                node.close()
+    _on_every_node(rt, "name IN ('entityMetricEvents', 'entityMetricEvents_local')", "OPTIMIZE TABLE `{table}` FINAL")
 
 
 @pytest.fixture()
