@@ -30,6 +30,8 @@ TIMELINE_BEFORE_INSERT = "timeline.before_insert"
 # it announces the others; and after announcing them, before it records them in ClickHouse.
 ACHIEVEMENTS_BEFORE_ANNOUNCE = "achievements.before_announce"
 ACHIEVEMENTS_BEFORE_RECORD = "achievements.before_record"
+# The flusher, once its batch's checks are done and before its insert.
+FLUSH_BEFORE_INSERT = "flush.before_insert"
 # A beat job inside its lock, before it starts working.
 JOB_RUNNING = "job.running"
 # A backfill's engine path, once it has loaded its image owners and before its first chunk.

@@ -8,6 +8,14 @@ with load instead of capping at the rate of single inserts.
 Order of effects per cycle: insert events, merge reaction caches, mark the affected users for the refresher,
 acknowledge the stream entries. A crash anywhere before the acknowledgement replays the cycle, which is harmless
 (queries are idempotent in ``eventId``; cache writes are whole-hash and versioned).
+
+Taking turns (server mode, where every worker process runs a flusher on the one buffer): a cycle whose batch is
+not full runs under a short lease in Redis (``lock:flush-turn``), so such cycles run one at a time across the
+processes. Without it, N flushers each linger on their share of a trickle and the stack makes N times the
+inserts, each paying every view's fixed cost, for the same events. A full batch (a backlog, ``record_events``)
+hands the turn on before its insert, so flushers write big batches side by side. The lease is an economy, never
+a guard: queries and cache writes are correct with any number of flushers at once, so a lease that runs out (a
+killed holder, an insert slower than the lease) only lets another flusher start early.
 """
 
 from __future__ import annotations
@@ -20,9 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
+from redis.exceptions import LockError
+from redis.lock import Lock
 
 from app.caches import reactions_cache
 from app.core import constants as c
+from app.core import failpoints
 from app.core.backoff import jittered_delay
 from app.core.errors import PermanentError
 from app.core.events import Event
@@ -40,6 +51,9 @@ BACKOFF_BASE_S = 0.2
 BACKOFF_MAX_S = 30.0
 RECLAIM_EVERY_S = 15.0
 READ_STEP = 50  # stream entries per read while a batch is assembled
+TURN_LEASE_S = 1.0  # the turn outlives a normal cycle; a killed holder delays the others by at most this
+TURN_POLL_S = 0.01  # how often a waiting flusher asks for the turn
+TURN_STEP_BACK_S = 0.015  # after a cycle that wrote, a flusher waits this long so a waiting one gets the turn
 
 
 @dataclass
@@ -50,7 +64,13 @@ class FlushResult:
 
 
 class Flusher:
-    def __init__(self, rt: Runtime, consumer: str, on_marked: Callable[[], object] = lambda: None) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        consumer: str,
+        on_marked: Callable[[], object] = lambda: None,
+        take_turns: bool | None = None,
+    ) -> None:
         self.rt = rt
         self.consumer = consumer
         self.on_marked = on_marked  # this process's refresher's wake: marked users are recomputed at once
@@ -58,6 +78,12 @@ class Flusher:
         self._thread: threading.Thread | None = None
         self._recover = True  # first read our own pending entries (left by a crash or a failed cycle)
         self._last_reclaim = 0.0
+        # Turns by default on a server; an embedded engine has one flusher, its owner's, with no one to take turns.
+        self._turn: Lock | None = None
+        if take_turns is None:
+            take_turns = not rt.settings.clickhouse_embedded
+        if take_turns:
+            self._turn = Lock(rt.redis, c.LOCK_KEY.format(name="flush-turn"), timeout=TURN_LEASE_S, sleep=TURN_POLL_S)
 
     # One cycle -----------------------------------------------------------------------------------------------
     def _take(self, block_ms: int) -> list[Entry]:
@@ -99,9 +125,24 @@ class Flusher:
     def flush_once(self, block_ms: int | None = None) -> FlushResult:
         """Run one cycle; raises on failure, leaving the entries pending for the next try."""
         wait = self.rt.settings.flush_max_wait_ms if block_ms is None else block_ms
+        if self._turn is not None and not self._turn.acquire(blocking_timeout=max(wait, 1) / 1000):
+            return FlushResult()  # another flusher's cycle is under way; it takes what is waiting
+        try:
+            return self._cycle(wait)
+        finally:
+            self._hand_on_turn()
+
+    def _hand_on_turn(self) -> None:
+        if self._turn is not None and self._turn.local.token is not None:
+            with contextlib.suppress(LockError):  # the lease ran out: another flusher has had the turn since
+                self._turn.release()
+
+    def _cycle(self, wait: int) -> FlushResult:
         entries = self._take(wait)
         if not entries:
             return FlushResult()
+        if sum(len(e.events) for e in entries) >= self.rt.settings.flush_max_events:
+            self._hand_on_turn()  # a full batch: the next flusher may take another one and insert beside us
         try:
             return self._write(entries)
         except Exception as exc:
@@ -136,6 +177,7 @@ class Flusher:
             entries = self._dead_letter_conflicts(entries, resolution.conflicts)
         keep = {str(e.event_id) for entry in entries for e in entry.events}
         events = [e for e in resolution.events if str(e.event_id) in keep]
+        failpoints.hit(failpoints.FLUSH_BEFORE_INSERT)
         insert_events(ch, events + resolution.adopted)
         # Several flushers (server mode: one per worker process) look again after their insert; an embedded engine
         # has exactly one flusher (its owner process), so nothing can interleave and the two queries are skipped.
@@ -227,8 +269,10 @@ class Flusher:
                     buffer.ensure_group(self.rt.redis)
                 result = self.flush_once()
                 failures = 0
-                if result.events:
+                if result.entries:
                     log.debug("flushed %d events from %d entries", result.events, result.entries)
+                    if self._turn is not None:
+                        self._stop.wait(TURN_STEP_BACK_S)  # let a waiting flusher have the next turn
             except Exception as exc:
                 if isinstance(exc, redis.ResponseError) and ("NOGROUP" in str(exc) or "UNBLOCKED" in str(exc)):
                     # The stream or its group vanished (FLUSHALL, a new Redis): recreate it and carry on.
