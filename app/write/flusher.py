@@ -133,8 +133,9 @@ class Flusher:
             self._hand_on_turn()
 
     def _hand_on_turn(self) -> None:
-        if self._turn is not None and self._turn.local.token is not None:
-            with contextlib.suppress(LockError):  # the lease ran out: another flusher has had the turn since
+        if self._turn is not None:
+            # Not held (handed on already, before a full batch's insert) or the lease ran out: nothing to hand on.
+            with contextlib.suppress(LockError):
                 self._turn.release()
 
     def _cycle(self, wait: int) -> FlushResult:
