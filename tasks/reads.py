@@ -33,9 +33,9 @@ def query_reactions(self: Any, user_id: int, image_ids: list[int]) -> dict[str, 
 
 
 @project_task(c.QUERY_ALL_REACTIONS, ignore_result=False, max_retries=0, time_limit_s=30)
-def query_all_reactions(self: Any, user_id: int, max_images: int) -> dict[str, list[list[Any]]] | None:
-    """Every image a user has a reaction event on, as ``query_reactions`` answers; None for more than
-    ``max_images``."""
+def query_all_reactions(self: Any, user_id: int, max_images: int) -> dict[str, list[Any]] | None:
+    """Every image a user has a reaction event on: ``{"images": [...], "flags": [...], "states": [...]}``
+    (``ReactionSet``), the states as a fill writes them; None for more than ``max_images``."""
     return all_reactions_answer(user_id, max_images)
 
 

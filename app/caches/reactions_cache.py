@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from app.core import constants as c
 from app.core import keys
@@ -170,19 +171,47 @@ def updates_from_events(events: Iterable[Event]) -> dict[int, list[BitUpdate]]:
     return out
 
 
-def _args(mode: str, updates: Sequence[BitUpdate]) -> list[str | int]:
-    by_image: dict[int, list[BitUpdate]] = defaultdict(list)
+def _image_args(updates: Iterable[BitUpdate]) -> list[str]:
+    """One merge-script argument per image (``image|bit|on|version|...``), the newest update per bit."""
+    by_image: dict[int, dict[int, BitUpdate]] = defaultdict(dict)
     for u in updates:
-        by_image[u.image_id].append(u)
-    args: list[str | int] = [c.REACTIONS_TTL_S, mode]
-    for image_id, bits in by_image.items():
-        # Within one call, keep only the newest update per bit.
-        newest: dict[int, BitUpdate] = {}
-        for u in bits:
-            if u.bit not in newest or u.version > newest[u.bit].version:
-                newest[u.bit] = u
-        args.append("|".join([str(image_id), *(f"{u.bit}|{1 if u.on else 0}|{u.version}" for u in newest.values())]))
-    return args
+        newest = by_image[u.image_id]
+        if u.bit not in newest or u.version > newest[u.bit].version:
+            newest[u.bit] = u
+    return [
+        "|".join([str(image_id), *(f"{u.bit}|{1 if u.on else 0}|{u.version}" for u in newest.values())])
+        for image_id, newest in by_image.items()
+    ]
+
+
+def _args(mode: str, updates: Sequence[BitUpdate]) -> list[str | int]:
+    return [c.REACTIONS_TTL_S, mode, *_image_args(updates)]
+
+
+@dataclass(frozen=True, slots=True)
+class ReactionSet:
+    """A user's complete set as a reader answers from it and a fill writes it: the flags of every image the user has
+    a reaction event on (an image absent has none), and per image the merge script's argument with all four bits
+    (``image|bit|on|version|...``, version ``NO_VERSION`` for a bit no event set). ClickHouse formats the arguments
+    (``app.read.reactions_service.all_reactions``), so that neither a reader nor its fill builds an object per bit:
+    at 1,000 images that was about 30 ms of Python in a miss."""
+
+    flags: dict[int, int]
+    states: tuple[str, ...]
+
+    @classmethod
+    def of(cls, states: Mapping[int, Sequence[BitUpdate]]) -> ReactionSet:
+        """The set of every bit of each image (``latest_reactions``' shape)."""
+        flags = {image: sum(u.bit for u in bits if u.on) for image, bits in states.items()}
+        return cls(flags, tuple(_image_args(u for bits in states.values() for u in bits)))
+
+    def to_json(self) -> dict[str, list[Any]]:
+        return {"images": list(self.flags), "flags": list(self.flags.values()), "states": list(self.states)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Sequence[Any]]) -> ReactionSet:
+        flags = dict(zip(map(int, data["images"]), map(int, data["flags"]), strict=True))
+        return cls(flags, tuple(map(str, data["states"])))
 
 
 def _keys(user_id: int) -> list[str]:
@@ -200,6 +229,13 @@ def fill(r: RedisClient, user_id: int, updates: Sequence[BitUpdate], kind: str, 
     an event was dropped since its reader noted ``noted_drops`` (``Lookup.drops``): then nothing is written and -1
     returned. Otherwise the image fields written."""
     (written,) = run_script(r, _MERGE_SCRIPT, [(_keys(user_id), _args(f"{kind}:{noted_drops}", updates))])
+    return int(written)
+
+
+def fill_set(r: RedisClient, user_id: int, complete: ReactionSet, noted_drops: str) -> int:
+    """``fill`` of a complete set."""
+    args = [c.REACTIONS_TTL_S, f"{COMPLETE}:{noted_drops}", *complete.states]
+    (written,) = run_script(r, _MERGE_SCRIPT, [(_keys(user_id), args)])
     return int(written)
 
 

@@ -33,7 +33,7 @@ def reactions_answer(user_id: int, image_ids: list[int]) -> dict[str, list[list[
     return states_to_json(states)
 
 
-def all_reactions_answer(user_id: int, max_images: int) -> dict[str, list[list[Any]]] | None:
+def all_reactions_answer(user_id: int, max_images: int) -> dict[str, list[Any]] | None:
     user = check_id(user_id, "user id")
     if (
         not isinstance(max_images, int)
@@ -41,10 +41,8 @@ def all_reactions_answer(user_id: int, max_images: int) -> dict[str, list[list[A
         or not 0 < max_images <= c.REACTIONS_COMPLETE_LIMIT
     ):
         raise ValidationError(f"max_images must be an integer in 1..{c.REACTIONS_COMPLETE_LIMIT}, got {max_images!r}")
-    states = all_reactions(runtime.get().clickhouse, user, max_images)
-    if states is None:
-        return None
-    return states_to_json(states)
+    every = all_reactions(runtime.get().clickhouse, user, max_images)
+    return None if every is None else every.to_json()
 
 
 def history_answer(user_id: int, metric: str, start: str, end: str, interval: str = "day") -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
-from app.caches.reactions_cache import BitUpdate
+from app.caches.reactions_cache import BitUpdate, ReactionSet
 from app.core import constants as c
 from app.core.metrics import UserMetrics
 from app.read.history import HistoryPoint, metric_history
@@ -69,9 +69,9 @@ def clickhouse_complete_source(rt: Runtime) -> CompleteReactionSource | None:
         return None
     if clickhouse.owner_is_elsewhere(rt.settings):
 
-        def via_worker(user_id: int) -> dict[int, list[BitUpdate]] | None:
+        def via_worker(user_id: int) -> ReactionSet | None:
             data = through_worker(rt, c.QUERY_ALL_REACTIONS, user_id=user_id, max_images=cap)
-            return None if data is None else states_from_json(data)
+            return None if data is None else ReactionSet.from_json(data)
 
         return via_worker
     return lambda user_id: all_reactions(rt.clickhouse, user_id, cap)

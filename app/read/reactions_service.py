@@ -14,7 +14,16 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from app.caches import reactions_cache
-from app.caches.reactions_cache import ALL_BITS, BIT_OF, COMPLETE, NO_VERSION, PAGE, TOO_MANY, BitUpdate, Lookup
+from app.caches.reactions_cache import (
+    ALL_BITS,
+    BIT_OF,
+    NO_VERSION,
+    PAGE,
+    TOO_MANY,
+    BitUpdate,
+    Lookup,
+    ReactionSet,
+)
 from app.core.errors import ValidationError
 from app.core.events import epoch_ms
 from app.core.ids import check_id, check_ids
@@ -54,36 +63,49 @@ def _all_bits(found: dict[int, dict[int, BitUpdate]]) -> dict[int, list[BitUpdat
     }
 
 
-# Every image the user has a reaction event on, as ``_REACTIONS_SQL`` reads a page; at most ``{rows}`` rows (four
-# per image at most), so that a heavy reactor's set is recognised as too big without reading all of it. One thread:
-# a few granules of one user's range, where starting more threads costs more than they save (p50 3.8 against
-# 4.7 ms, p99 6.7 against 8.2 ms on a server, 4.0 against 4.3 ms embedded: docs/benchmarks.md).
-_ALL_REACTIONS_SQL = """
-SELECT entityId, metricType, isOn,
-       concat(leftPad(toString(toUnixTimestamp64Milli(at)), 15, '0'), ':', toString(eventId))
-FROM stateByActor FINAL
-WHERE userId = {user:Int64} AND metricType IN {reactions:Array(String)} AND entityType = 'Image'
-LIMIT {rows:UInt64}
+def _bit_state(metric: str, bit: int) -> str:
+    """One bit of an image's merge-script argument, ``|bit|on|version``, from its latest-state row if any."""
+    has = f"metricType = '{metric}'"
+    version = f"if(countIf({has}) = 0, '{NO_VERSION}', anyIf(version, {has}))"
+    return f"'|{bit}|', toString(maxIf(isOn, {has})), '|', {version}"
+
+
+_BY_BIT = sorted(BIT_OF.items(), key=lambda item: item[1])
+# Every image the user has a reaction event on, as ``_REACTIONS_SQL`` reads a page, one row per image: its flags, its
+# merge-script argument (``reactions_cache.ReactionSet``) and how many state rows it has. At most ``{rows}`` state
+# rows are read (four per image at most), so that a heavy reactor's set is recognised as too big without reading all
+# of it. One thread: a few granules of one user's range, where starting more threads costs more than they save
+# (p50 3.8 against 4.7 ms, p99 6.7 against 8.2 ms on a server, 4.0 against 4.3 ms embedded: docs/benchmarks.md).
+# Built from constants only.
+_ALL_REACTIONS_SQL = f"""
+SELECT entityId,
+       groupBitOr(if(isOn, transform(toString(metricType), {[m.value for m, _ in _BY_BIT]},
+                                     {[b for _, b in _BY_BIT]}, 0), 0)),
+       concat(toString(entityId), {", ".join(_bit_state(m.value, b) for m, b in _BY_BIT)}),
+       count()
+FROM (
+    SELECT entityId, metricType, isOn,
+           concat(leftPad(toString(toUnixTimestamp64Milli(at)), 15, '0'), ':', toString(eventId)) AS version
+    FROM stateByActor FINAL
+    WHERE userId = {{user:Int64}} AND metricType IN {{reactions:Array(String)}} AND entityType = 'Image'
+    LIMIT {{rows:UInt64}}
+)
+GROUP BY entityId
 SETTINGS max_threads = 1
-"""
+"""  # noqa: S608
 
 
-def all_reactions(ch: ClickHouse, user_id: int, max_images: int) -> dict[int, list[BitUpdate]] | None:
-    """The latest state of every image ``user_id`` has a reaction event on (``latest_reactions``' shape), or None
-    when there are more than ``max_images`` of them. An image absent from the answer has no reaction."""
+def all_reactions(ch: ClickHouse, user_id: int, max_images: int) -> ReactionSet | None:
+    """The latest state of every image ``user_id`` has a reaction event on, or None when there are more than
+    ``max_images`` of them. An image absent from the set has no reaction."""
     if max_images <= 0:
         return None
     limit = 4 * max_images + 1
     params = {"user": user_id, "rows": limit, "reactions": sorted(m.value for m in BIT_OF)}
     rows = ch.rows(_ALL_REACTIONS_SQL, params)
-    found: dict[int, dict[int, BitUpdate]] = {}
-    for image, metric, value, version in rows:
-        found.setdefault(int(image), {})[BIT_OF[metric]] = BitUpdate(
-            int(image), BIT_OF[metric], int(value) > 0, str(version)
-        )
-    if len(rows) >= limit or len(found) > max_images:
+    if len(rows) > max_images or sum(int(n) for *_, n in rows) >= limit:
         return None
-    return _all_bits(found)
+    return ReactionSet({int(image): int(flags) for image, flags, _, _ in rows}, tuple(str(s) for _, _, s, _ in rows))
 
 
 def states_to_json(states: dict[int, list[BitUpdate]]) -> dict[str, list[list[Any]]]:
@@ -102,7 +124,7 @@ class ReactionSource(Protocol):
 class CompleteReactionSource(Protocol):
     """Every image a user has a reaction event on (``all_reactions``), or None for a user with too many."""
 
-    def __call__(self, user_id: int) -> dict[int, list[BitUpdate]] | None: ...
+    def __call__(self, user_id: int) -> ReactionSet | None: ...
 
 
 def flags_of(bits: Sequence[BitUpdate]) -> int:
@@ -263,18 +285,17 @@ class UserReactionQueryService:
         if self.complete is not None and redis_up and not seen.too_many:
             every = self.complete(user_id)
             if every is not None:
-                self._fill(user_id, [u for bits in every.values() for u in bits], COMPLETE, seen.drops)
-                return {image: flags_of(every[image]) if image in every else 0 for image in misses}
+                complete = every  # bound for the deferred fill
+                self._fill(lambda: reactions_cache.fill_set(self.cache.redis, user_id, complete, seen.drops))
+                return {image: every.flags.get(image, 0) for image in misses}
             kind = TOO_MANY
         states = self.source(user_id, misses)
         if states and redis_up:
-            self._fill(user_id, [u for bits in states.values() for u in bits], kind, seen.drops)
+            updates = [u for bits in states.values() for u in bits]
+            self._fill(lambda: reactions_cache.fill(self.cache.redis, user_id, updates, kind, seen.drops))
         return {image: flags_of(bits) for image, bits in states.items()}
 
-    def _fill(self, user_id: int, updates: list[BitUpdate], kind: str, noted: str) -> None:
-        def fill() -> None:
-            reactions_cache.fill(self.cache.redis, user_id, updates, kind, noted)
-
+    def _fill(self, fill: Callable[[], object]) -> None:
         if self.fills is None:
             with contextlib.suppress(*REDIS_DOWN):
                 fill()

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.caches import reactions_cache
-from app.caches.reactions_cache import COMPLETE, BitUpdate
+from app.caches.reactions_cache import COMPLETE, BitUpdate, ReactionSet
 from app.read.reactions_service import UserReactionQueryService, all_reactions, latest_reactions
 from app.stores.clickhouse import insert_events
 from app.stores.runtime import Runtime
@@ -45,7 +45,7 @@ class Calls:
         self.pages.append(list(image_ids))
         return latest_reactions(self.rt.clickhouse, user_id, image_ids)
 
-    def every(self, user_id: int) -> dict[int, list[BitUpdate]] | None:
+    def every(self, user_id: int) -> ReactionSet | None:
         self.complete += 1
         return all_reactions(self.rt.clickhouse, user_id, self.max_images)
 
@@ -111,6 +111,29 @@ def test_a_heavy_reactor_is_filled_page_by_page_and_not_asked_again(clean: Runti
     assert calls.complete == 1 and calls.pages == [[100, 500], [102]]
 
 
+def test_the_engine_formats_the_complete_set_as_a_page_read_resolves_it(clean: Runtime) -> None:
+    # Given images with every mix of bits: all four, one set then taken back, one of each kind
+    kinds = sorted(m.value for m in reactions_cache.BIT_OF)
+    insert(clean, *(reaction(100, k, seconds_ago=50 + i) for i, k in enumerate(kinds)))
+    insert(clean, reaction(101, "ReactionCry", seconds_ago=40), reaction(101, "ReactionCry", on=False, seconds_ago=20))
+    insert(clean, *(reaction(110 + i, k) for i, k in enumerate(kinds)))
+    # When the complete set is read, its flags and fill arguments are those of the latest state per bit
+    every = all_reactions(clean.clickhouse, USER, 6)
+    assert every is not None
+    expected = ReactionSet.of(latest_reactions(clean.clickhouse, USER, [100, 101, 110, 111, 112, 113]))
+    assert every.flags == expected.flags == {100: 15, 101: 0, 110: 8, 111: 2, 112: 4, 113: 1}
+
+    def bits(states: tuple[str, ...]) -> dict[str, set[tuple[str, str, str]]]:
+        parts = [s.split("|") for s in states]
+        return {p[0]: {tuple(p[i : i + 3]) for i in range(1, len(p), 3)} for p in parts}  # type: ignore[misc]
+
+    assert bits(every.states) == bits(expected.states)
+    assert all(len(s.split("|")) == 13 for s in every.states)  # all four bits of every image
+    # And one image more than the cap, or a bit more than four per image allow, is a set too big
+    assert all_reactions(clean.clickhouse, USER, 5) is None
+    assert ReactionSet.from_json(every.to_json()) == every
+
+
 def test_one_event_on_an_absent_image_of_a_complete_set_is_applied(clean: Runtime) -> None:
     insert(clean, reaction(100))
     calls = Calls(clean)
@@ -130,8 +153,8 @@ def test_one_event_on_an_absent_image_of_a_complete_set_is_applied(clean: Runtim
 def test_a_fill_that_raced_a_dropped_event_is_skipped(clean: Runtime) -> None:
     # Given a reader that noted the cache and read ClickHouse before an event arrived
     noted = reactions_cache.lookup(clean.redis, USER, [100]).drops
-    states = all_reactions(clean.clickhouse, USER, 1000)
-    assert states == {}
+    every = all_reactions(clean.clickhouse, USER, 1000)
+    assert every == ReactionSet({}, ())
     # When the event reaches ClickHouse and its one bit cannot be written to the cache (no set yet)
     e = reaction(100, "ReactionHeart", seconds_ago=1)
     insert(clean, e)
@@ -184,7 +207,7 @@ def test_reads_equal_the_oracle_whatever_the_interleaving_of_events_and_fills(cl
     steps = [items[k].pop(0) for k in order]
     max_images = data.draw(st.sampled_from([2, 1000]))  # a heavy reactor, or a set that fits
     noted: dict[int, reactions_cache.Lookup] = {}
-    read: dict[int, dict[int, list[BitUpdate]] | None] = {}
+    read: dict[int, ReactionSet | None] = {}
     for step, i in steps:
         if step == "insert":
             insert(clean, delivery[i])
@@ -196,9 +219,12 @@ def test_reads_equal_the_oracle_whatever_the_interleaving_of_events_and_fills(cl
             read[i] = all_reactions(clean.clickhouse, USER, max_images)
         else:
             every = read[i]
-            kind = COMPLETE if every is not None else reactions_cache.TOO_MANY
-            states = every if every is not None else latest_reactions(clean.clickhouse, USER, list(IMAGES))
-            reactions_cache.fill(clean.redis, USER, [u for b in states.values() for u in b], kind, noted[i].drops)
+            if every is not None:
+                reactions_cache.fill_set(clean.redis, USER, every, noted[i].drops)
+            else:
+                states = latest_reactions(clean.clickhouse, USER, list(IMAGES))
+                updates = [u for b in states.values() for u in b]
+                reactions_cache.fill(clean.redis, USER, updates, reactions_cache.TOO_MANY, noted[i].drops)
 
     oracle = Oracle(now=NOW)
     oracle.apply_all(history)
