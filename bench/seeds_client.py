@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Engine, event
 
-from app.caches.reactions_cache import BitUpdate
+from app.caches.reactions_cache import BitUpdate, ReactionSet
 from app.core.metrics import UserMetrics
 from app.core.settings import Settings
 from app.read.metrics_service import UserMetricsQueryService
@@ -56,7 +56,7 @@ def readers(rt: Runtime, counts: Counts) -> tuple[UserMetricsQueryService, UserR
         counts.source_calls += 1  # the page's missed images are counted from its answer
         return reactions(user_id, image_ids)
 
-    def complete_miss(user_id: int) -> dict[int, list[BitUpdate]] | None:
+    def complete_miss(user_id: int) -> ReactionSet | None:
         counts.source_calls += 1
         counts.complete_calls += 1
         assert every is not None

@@ -63,6 +63,7 @@ REACTIONS_SENTINEL = (0, 0)  # ids are positive: row (0, 0) is the generation of
 REACTION_NAMES = sorted(m.value for m in BIT_OF)
 BITS = sorted(BIT_OF.values())
 BIT_OF_NAME = {bit: metric.value for metric, bit in BIT_OF.items()}
+SETS = "sets"  # in the sentinel row: the run kept every user's set row (user, 0), ``app.read.reactions_miss``
 REACTIONS_GENERATION_SQL = f"SELECT versions FROM {REACTIONS_TABLE} WHERE userId = 0 AND imageId = 0"  # noqa: S608
 
 
@@ -71,9 +72,10 @@ def reactions_sql(sql: str, ch: ClickHouse) -> str:
     return cluster_schema.as_deployed(sql, REACTIONS_TABLE, ch.cluster is not None)
 
 
-def recorded_reactions_generation(ch: ClickHouse) -> list[str]:
-    """The generation the reactions snapshot's sentinel row holds ([] when it has none)."""
-    return [str(v[0]) if v else "" for (v,) in ch.rows(reactions_sql(REACTIONS_GENERATION_SQL, ch))]
+def recorded_reactions_sentinel(ch: ClickHouse) -> list[list[str]]:
+    """The reactions snapshot's sentinel row's values ([] when it has none): the generation, the position and
+    ``SETS`` when the set rows are kept."""
+    return [[str(x) for x in v] or [""] for (v,) in ch.rows(reactions_sql(REACTIONS_GENERATION_SQL, ch))]
 
 
 # metricTimeline

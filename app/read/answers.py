@@ -14,8 +14,8 @@ from app.insights.requests import InsightRequest
 from app.insights.service import compute_insight
 from app.read.history import metric_history
 from app.read.metrics_miss import user_metrics
-from app.read.reactions_miss import current_reactions
-from app.read.reactions_service import all_reactions, states_to_json
+from app.read.reactions_miss import complete_reactions, current_reactions
+from app.read.reactions_service import states_to_json
 from app.stores import runtime
 
 
@@ -41,7 +41,7 @@ def all_reactions_answer(user_id: int, max_images: int) -> dict[str, list[Any]] 
         or not 0 < max_images <= c.REACTIONS_COMPLETE_LIMIT
     ):
         raise ValidationError(f"max_images must be an integer in 1..{c.REACTIONS_COMPLETE_LIMIT}, got {max_images!r}")
-    every = all_reactions(runtime.get().clickhouse, user, max_images)
+    every = complete_reactions(runtime.get(), user, max_images)
     return None if every is None else every.to_json()
 
 

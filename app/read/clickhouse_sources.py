@@ -12,11 +12,10 @@ from app.core import constants as c
 from app.core.metrics import UserMetrics
 from app.read.history import HistoryPoint, metric_history
 from app.read.metrics_miss import user_metrics
-from app.read.reactions_miss import current_reactions
+from app.read.reactions_miss import complete_reactions, current_reactions
 from app.read.reactions_service import (
     CompleteReactionSource,
     ReactionSource,
-    all_reactions,
     states_from_json,
 )
 from app.stores import clickhouse
@@ -74,7 +73,7 @@ def clickhouse_complete_source(rt: Runtime) -> CompleteReactionSource | None:
             return None if data is None else ReactionSet.from_json(data)
 
         return via_worker
-    return lambda user_id: all_reactions(rt.clickhouse, user_id, cap)
+    return lambda user_id: complete_reactions(rt, user_id, cap)
 
 
 def history_source(rt: Runtime) -> HistorySource:

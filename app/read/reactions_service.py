@@ -63,49 +63,44 @@ def _all_bits(found: dict[int, dict[int, BitUpdate]]) -> dict[int, list[BitUpdat
     }
 
 
-def _bit_state(metric: str, bit: int) -> str:
-    """One bit of an image's merge-script argument, ``|bit|on|version``, from its latest-state row if any."""
-    has = f"metricType = '{metric}'"
-    version = f"if(countIf({has}) = 0, '{NO_VERSION}', anyIf(version, {has}))"
-    return f"'|{bit}|', toString(maxIf(isOn, {has})), '|', {version}"
-
-
-_BY_BIT = sorted(BIT_OF.items(), key=lambda item: item[1])
-# Every image the user has a reaction event on, as ``_REACTIONS_SQL`` reads a page, one row per image: its flags, its
-# merge-script argument (``reactions_cache.ReactionSet``) and how many state rows it has. At most ``{rows}`` state
-# rows are read (four per image at most), so that a heavy reactor's set is recognised as too big without reading all
-# of it. One thread: a few granules of one user's range, where starting more threads costs more than they save
-# (p50 3.8 against 4.7 ms, p99 6.7 against 8.2 ms on a server, 4.0 against 4.3 ms embedded: docs/benchmarks.md).
-# Built from constants only.
-_ALL_REACTIONS_SQL = f"""
-SELECT entityId,
-       groupBitOr(if(isOn, transform(toString(metricType), {[m.value for m, _ in _BY_BIT]},
-                                     {[b for _, b in _BY_BIT]}, 0), 0)),
-       concat(toString(entityId), {", ".join(_bit_state(m.value, b) for m, b in _BY_BIT)}),
-       count()
-FROM (
-    SELECT entityId, metricType, isOn,
-           concat(leftPad(toString(toUnixTimestamp64Milli(at)), 15, '0'), ':', toString(eventId)) AS version
-    FROM stateByActor FINAL
-    WHERE userId = {{user:Int64}} AND metricType IN {{reactions:Array(String)}} AND entityType = 'Image'
-    LIMIT {{rows:UInt64}}
-)
-GROUP BY entityId
+# Every image the user has a reaction event on, as ``_REACTIONS_SQL`` reads a page; at most ``{rows}`` rows (four
+# per image at most), so that a heavy reactor's set is recognised as too big without reading all of it. One thread:
+# a few granules of one user's range, where starting more threads costs more than they save (p50 3.8 against
+# 4.7 ms, p99 6.7 against 8.2 ms on a server, 4.0 against 4.3 ms embedded: docs/benchmarks.md). The rows are not
+# grouped by image in the engine: on a server that cost 3 to 4 ms more than this query, more than Python takes.
+_ALL_REACTIONS_SQL = """
+SELECT entityId, metricType, isOn,
+       concat(leftPad(toString(toUnixTimestamp64Milli(at)), 15, '0'), ':', toString(eventId))
+FROM stateByActor FINAL
+WHERE userId = {user:Int64} AND metricType IN {reactions:Array(String)} AND entityType = 'Image'
+LIMIT {rows:UInt64}
 SETTINGS max_threads = 1
-"""  # noqa: S608
+"""
 
 
 def all_reactions(ch: ClickHouse, user_id: int, max_images: int) -> ReactionSet | None:
-    """The latest state of every image ``user_id`` has a reaction event on, or None when there are more than
-    ``max_images`` of them. An image absent from the set has no reaction."""
+    """The latest state of every image ``user_id`` has a reaction event on, from the latest-state table, or None
+    when there are more than ``max_images`` of them. An image absent from the set has no reaction."""
     if max_images <= 0:
         return None
     limit = 4 * max_images + 1
     params = {"user": user_id, "rows": limit, "reactions": sorted(m.value for m in BIT_OF)}
     rows = ch.rows(_ALL_REACTIONS_SQL, params)
-    if len(rows) > max_images or sum(int(n) for *_, n in rows) >= limit:
+    if len(rows) >= limit:
         return None
-    return ReactionSet({int(image): int(flags) for image, flags, _, _ in rows}, tuple(str(s) for _, _, s, _ in rows))
+    found: dict[int, dict[int, tuple[int, str]]] = {}
+    for image, metric, on, version in rows:
+        found.setdefault(int(image), {})[BIT_OF[metric]] = (int(on), str(version))
+    if len(found) > max_images:
+        return None
+    flags = {image: sum(b for b, (on, _) in bits.items() if on) for image, bits in found.items()}
+    states = tuple(
+        "|".join(
+            [str(image), *(f"{b}|{bits[b][0]}|{bits[b][1]}" if b in bits else f"{b}|0|{NO_VERSION}" for b in ALL_BITS)]
+        )
+        for image, bits in found.items()
+    )
+    return ReactionSet(flags, states)
 
 
 def states_to_json(states: dict[int, list[BitUpdate]]) -> dict[str, list[list[Any]]]:

@@ -14,15 +14,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.caches.reactions_cache import BIT_OF, NO_VERSION
+from app.caches.reactions_cache import BIT_OF, NO_VERSION, ReactionSet
 from app.core import constants as c
 from app.core.events import MetricType
 from app.derived import changelog
 from app.jobs import reactions_snapshot as job
 from app.jobs.derived_tables import snapshot_user_metrics
 from app.jobs.reactions_snapshot import snapshot_reactions
-from app.read.reactions_miss import current_reactions, from_snapshot
-from app.read.reactions_service import FILLS, UserReactionQueryService, latest_reactions
+from app.read.reactions_miss import complete_reactions, current_reactions, from_snapshot, set_from_snapshot
+from app.read.reactions_service import FILLS, UserReactionQueryService, all_reactions, latest_reactions
 from app.stores.clickhouse import insert_events
 from app.stores.runtime import Runtime
 from bench.oracle import E, Oracle
@@ -74,6 +74,26 @@ def _assert_served(rt: Runtime, history: list[E]) -> None:
             assert sum(b.bit for b in bits if b.on) == oracle.reactions(user, image), (user, image)
             for b in bits:
                 assert b.version == versions.get((user, image, b.bit), NO_VERSION), (user, image, b)
+        # The complete set, from the set row or the latest-state table, carries the same flags and versions
+        every = complete_reactions(rt, user, 1000)
+        assert every is not None
+        assert {i: every.flags.get(i, 0) for i in IMAGES} == {i: oracle.reactions(user, i) for i in IMAGES}
+        assert set_bits(every) == {
+            (image, b): (int((oracle.reactions(user, image) & b) > 0), versions.get((user, image, b), NO_VERSION))
+            for image in {e.entity_id for e in history if e.user_id == user}
+            for b in BIT_OF.values()
+        }
+
+
+def set_bits(every: ReactionSet | None) -> dict[tuple[int, int], tuple[int, str]]:
+    """(image, bit) -> (on, version) of a complete set's fill arguments."""
+    assert every is not None
+    out = {}
+    for state in every.states:
+        image, *parts = state.split("|")
+        for i in range(0, len(parts), 3):
+            out[(int(image), int(parts[i]))] = (int(parts[i + 1]), parts[i + 2])
+    return out
 
 
 @settings(max_examples=examples(25), deadline=None, suppress_health_check=list(HealthCheck))
@@ -101,6 +121,9 @@ def test_misses_served_from_the_snapshot_match_the_oracle(clean, no_margin, hist
         served, rest = from_snapshot(clean, user, IMAGES)
         assert {e.entity_id for e in pending if e.user_id == user} == set(rest)  # arrivals since: never stale
         assert set(served) | set(rest) == set(IMAGES)
+        # A complete set comes from the user's set row unless the user reacted since
+        exact, _ = set_from_snapshot(clean.clickhouse, user, 1000)
+        assert exact == (not any(e.user_id == user for e in pending))
     _assert_served(clean, history)
     # And a cache miss through the query service serves the same flags
     service = UserReactionQueryService(clean.redis, lambda u, imgs: current_reactions(clean, u, imgs))
@@ -193,3 +216,57 @@ def test_the_job_runs_with_the_snapshot_job(clean: Runtime, no_margin: Any) -> N
     assert "; reactions full;" in snapshot_user_metrics(clean).mode
     assert "; reactions incremental;" in snapshot_user_metrics(clean).mode
     assert from_snapshot(clean, 2, [100])[0][100][0].on
+
+
+def test_a_complete_set_is_one_lookup_of_the_users_set_row_while_it_is_exact(clean: Runtime, no_margin: Any) -> None:
+    """The set row serves a user's first miss; a reaction since the run sends it to the latest-state table until the
+    next run rewrites the row; a user without reactions is an empty set; the reader's cap decides what is too big."""
+    rt = clean
+    insert_events(rt.clickhouse, [to_event(_like(1, 100)), to_event(_like(1, 101, -1)), to_event(_like(2, 100))])
+    assert snapshot_reactions(rt).mode == "full"
+    exact, every = set_from_snapshot(rt.clickhouse, 1, 1000)
+    assert exact and every is not None and every.flags == {100: 1, 101: 0}
+    assert set_bits(every) == set_bits(all_reactions(rt.clickhouse, 1, 1000))  # the latest-state table's answer
+    assert set_from_snapshot(rt.clickhouse, 7, 1000) == (True, ReactionSet({}, ()))  # no reaction at all
+    assert set_from_snapshot(rt.clickhouse, 1, 1) == (True, None)  # two images: too many for a cap of one
+    # A reaction of user 1 arrives: the set row is not used until the next run, and the answer is the latest state
+    insert_events(rt.clickhouse, [to_event(_like(1, 102, 1, NOW))])
+    assert set_from_snapshot(rt.clickhouse, 1, 1000) == (False, None)
+    assert set_from_snapshot(rt.clickhouse, 2, 1000)[0]  # another user's row still serves
+    fresh = complete_reactions(rt, 1, 1000)
+    assert fresh is not None and fresh.flags == {100: 1, 101: 0, 102: 1}
+    assert snapshot_reactions(rt).mode == "incremental"
+    exact, every = set_from_snapshot(rt.clickhouse, 1, 1000)
+    assert exact and every is not None and set_bits(every) == set_bits(fresh) and every.flags == fresh.flags
+
+
+def test_a_user_over_the_jobs_cap_gets_a_count_and_readers_decide_with_their_own(
+    clean: Runtime, no_margin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = clean
+    monkeypatch.setattr(rt, "settings", rt.settings.model_copy(update={"reactions_complete_max_images": 2}))
+    insert_events(rt.clickhouse, [to_event(_like(1, 100 + i)) for i in range(3)])
+    assert snapshot_reactions(rt).mode == "full"
+    assert set_from_snapshot(rt.clickhouse, 1, 2) == (True, None)  # 3 images: too many for this cap
+    assert set_from_snapshot(rt.clickhouse, 1, 5) == (False, None)  # a bigger cap asks the latest-state table
+    every = complete_reactions(rt, 1, 5)
+    assert every is not None and every.flags == {100: 1, 101: 1, 102: 1}
+
+
+def test_a_table_kept_without_set_rows_gets_a_full_run_and_is_not_read_for_sets_meanwhile(
+    clean: Runtime, no_margin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Complete sets turned on after runs without them (or a table an earlier version kept): readers do not take
+    the missing set rows for users without reactions, and the next run is a full one that writes them."""
+    rt = clean
+    insert_events(rt.clickhouse, [to_event(_like(1, 100))])
+    monkeypatch.setattr(rt, "settings", rt.settings.model_copy(update={"reactions_complete_max_images": 0}))
+    assert snapshot_reactions(rt).mode == "full"
+    assert snapshot_reactions(rt).mode == "incremental"
+    assert set_from_snapshot(rt.clickhouse, 1, 1000) == (False, None)
+    every = complete_reactions(rt, 1, 1000)
+    assert every is not None and every.flags == {100: 1}
+    monkeypatch.setattr(rt, "settings", rt.settings.model_copy(update={"reactions_complete_max_images": 1000}))
+    assert snapshot_reactions(rt).mode == "full"
+    exact, kept = set_from_snapshot(rt.clickhouse, 1, 1000)
+    assert exact and kept == every
