@@ -26,6 +26,7 @@ from app.stores.runtime import Runtime
 READ_SQL = f"""
 SELECT userId, imageId, flags, versions, toUnixTimestamp64Milli(computedAt) FROM {REACTIONS_TABLE}
 WHERE userId IN {{users:Array(Int64)}} AND imageId IN {{images:Array(Int64)}}
+SETTINGS max_threads = 1
 """  # noqa: S608
 
 
@@ -67,9 +68,12 @@ def from_snapshot(rt: Runtime, user_id: int, images: Sequence[int]) -> tuple[dic
     return served, rest
 
 
+# Three keys on one thread: the engine's threads for a lookup cost more than they save (embedded, 800 lookups: p50
+# 2.7-3.0 / p99 4.7-4.9 ms against 3.1-3.9 / 6.1-7.9 ms; docs/benchmarks.md).
 SET_SQL = f"""
 SELECT userId, flags, versions, toUnixTimestamp64Milli(computedAt) FROM {REACTIONS_TABLE}
 WHERE userId IN {{users:Array(Int64)}} AND imageId = 0
+SETTINGS max_threads = 1
 """  # noqa: S608
 
 
