@@ -210,6 +210,12 @@ class ReactionSet:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Sequence[Any]]) -> ReactionSet:
+        """``to_json``'s form, or the bits per image an earlier version's worker answers with (``{imageId: [[bit,
+        on, version], ...]}``), so that readers can be upgraded before the workers."""
+        if "states" not in data:
+            return cls.of(
+                {int(i): [BitUpdate(int(i), int(b), bool(on), str(v)) for b, on, v in bits] for i, bits in data.items()}
+            )
         flags = dict(zip(map(int, data["images"]), map(int, data["flags"]), strict=True))
         return cls(flags, tuple(map(str, data["states"])))
 

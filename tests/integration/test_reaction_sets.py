@@ -132,6 +132,13 @@ def test_the_engine_formats_the_complete_set_as_a_page_read_resolves_it(clean: R
     # And one image more than the cap, or a bit more than four per image allow, is a set too big
     assert all_reactions(clean.clickhouse, USER, 5) is None
     assert ReactionSet.from_json(every.to_json()) == every
+    # An earlier version's worker answers with bits per image: a reader upgraded first reads it all the same
+    earlier = {
+        str(i): [[u.bit, u.on, u.version] for u in bits]
+        for i, bits in latest_reactions(clean.clickhouse, USER, list(every.flags)).items()
+    }
+    assert ReactionSet.from_json(earlier) == ReactionSet.of(latest_reactions(clean.clickhouse, USER, list(every.flags)))
+    assert ReactionSet.from_json(earlier).flags == every.flags
 
 
 def test_one_event_on_an_absent_image_of_a_complete_set_is_applied(clean: Runtime) -> None:
