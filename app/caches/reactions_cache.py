@@ -192,9 +192,9 @@ def _args(mode: str, updates: Sequence[BitUpdate]) -> list[str | int]:
 class ReactionSet:
     """A user's complete set as a reader answers from it and a fill writes it: the flags of every image the user has
     a reaction event on (an image absent has none), and per image the merge script's argument with all four bits
-    (``image|bit|on|version|...``, version ``NO_VERSION`` for a bit no event set). ClickHouse formats the arguments
-    (``app.read.reactions_service.all_reactions``), so that neither a reader nor its fill builds an object per bit:
-    at 1,000 images that was about 30 ms of Python in a miss."""
+    (``image|bit|on|version|...``, version ``NO_VERSION`` for a bit no event set). The reactions snapshot's set rows
+    hold the arguments as the engine formatted them (``app.jobs.reactions_snapshot``), so that neither a reader, the
+    read channel nor the fill builds an object per bit: at 1,000 images that was about 30 ms of Python in a miss."""
 
     flags: dict[int, int]
     states: tuple[str, ...]
