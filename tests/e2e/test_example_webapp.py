@@ -105,14 +105,24 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
 def _click(driver, element_id: str) -> float:  # type: ignore[no-untyped-def]
     """Click a form's button and wait until the browser has left the page (the form posts, then redirects); returns
     when the click returned (``time.monotonic``)."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
 
     button = driver.find_element(By.ID, element_id)
     button.click()
     clicked = time.monotonic()
-    WebDriverWait(driver, 10, poll_frequency=0.02).until(expected_conditions.staleness_of(button))
+
+    def left(_: object) -> bool:
+        # A button of the page being left is stale; mid-navigation the driver may instead answer that the node "does
+        # not belong to the document" (an inspector error, not StaleElementReferenceException): gone all the same.
+        try:
+            button.is_enabled()
+        except WebDriverException:
+            return True
+        return False
+
+    WebDriverWait(driver, 10, poll_frequency=0.02).until(left)
     return clicked
 
 
